@@ -1,0 +1,5 @@
+"""sfm.data: OC20 LMDB in and out, structure math, PBC graphs, element dictionary, batching."""
+
+from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter, validate, write_lmdb
+
+__all__ = ["LmdbDataset", "LmdbWriter", "validate", "write_lmdb"]

@@ -89,12 +89,11 @@ def minimum_image(dfrac: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
     best = _best_image(frac0, lattice, _IMAGES_27.to(dfrac))
     dist = best.norm(dim=-1, keepdim=True)  # [..., 1]
     recip_norm = torch.linalg.inv(lattice).norm(dim=-2).expand_as(frac0)  # |inv(L)[:, k]| = 1/h_k
-    reach = (frac0.abs() + dist * recip_norm).detach()
-    max_shift = int(torch.floor(reach.max() + 1e-6).item()) if reach.numel() else 0
-    if max_shift <= 1:
+    reach = (frac0.abs() + dist * recip_norm).detach().reshape(-1, 3)
+    max_shift = torch.floor(reach.max(dim=0).values + 1e-6).long().tolist() if reach.numel() else [0, 0, 0]
+    if max(max_shift) <= 1:
         return best
-    rng = range(-max_shift, max_shift + 1)
-    images = torch.tensor(list(itertools.product(rng, rng, rng))).to(dfrac)
+    images = torch.tensor(list(itertools.product(*(range(-k, k + 1) for k in max_shift)))).to(dfrac)
     return _best_image(frac0, lattice, images)
 
 

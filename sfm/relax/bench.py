@@ -33,7 +33,7 @@ def make_slabs(n: int, seed: int = 0, sizes=SIZES, metals=("Cu", "Pt", "Au"), no
     out = []
     for i in range(n):
         size = sizes[i % len(sizes)]
-        slab = fcc111(metals[i % len(metals)], size=size, vacuum=7.0)
+        slab = fcc111(metals[i % len(metals)], size=size, vacuum=7.0, periodic=True)  # as OC20
         layer = slab.get_tags()  # 1 = top layer
         ads = ADSORBATES[rng.integers(len(ADSORBATES))]
         add_adsorbate(slab, molecule(ads) if len(ads) > 1 else ads, 1.8,

@@ -1,0 +1,116 @@
+"""Periodic radius graphs built on the fly from fractional coordinates and lattices.
+
+Lattice convention as in :mod:`sfm.data.lattice` (rows = lattice vectors, A). An edge
+``e = (j -> i)`` with integer image offset ``o_e`` (``[3]``, stored as float) stands for
+
+    vec_e = (frac[j] + o_e - frac[i]) @ lattice[batch[i]]        (A)
+
+``edge_index[0]`` is the source ``j`` (neighbour), ``edge_index[1]`` the target ``i``
+(centre). This holds for whatever ``frac`` is passed, wrapped or not, so the same graph
+stays valid while a model differentiates through ``frac`` and ``lattice``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+_MAX_CHUNK = 1 << 21  # pair-image candidates held in memory at once (~25 MB in float32)
+
+
+@torch.no_grad()
+def radius_graph_pbc(
+    frac: torch.Tensor,
+    lattice: torch.Tensor,
+    batch: torch.Tensor,
+    cutoff: float,
+    max_neighbors: int | None = None,
+    pbc: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs ``(j, i)`` and periodic images closer than ``cutoff`` (A), per graph.
+
+    Args:
+        frac: ``[N, 3]`` fractional coordinates (any range).
+        lattice: ``[B, 3, 3]`` one cell per graph, rows = lattice vectors (A).
+        batch: ``[N]`` long, graph index of each atom.
+        cutoff: radius in A; an edge has ``|vec| < cutoff``.
+        max_neighbors: if set, keep only the nearest ``max_neighbors`` sources per target
+            (exactly k: a tie at the k-th distance is broken arbitrarily).
+        pbc: periodicity of axes a, b, c. On a periodic axis every image inside the
+            cutoff is found: ``ceil(cutoff / h_k)`` images each side, ``h_k`` the spacing
+            of the lattice planes (small cells get several). A non-periodic axis gets none.
+
+    Returns:
+        ``edge_index [2, E]`` long (row 0 source j, row 1 target i; grouped by target) and
+        ``offsets [E, 3]`` (whole numbers, ``frac``'s dtype). No self-edge with zero offset;
+        an atom does neighbour its own periodic images.
+    """
+    lattice = lattice.to(frac.dtype)
+    periodic = torch.tensor(pbc, dtype=torch.bool, device=frac.device)
+    shift = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
+    wrapped = frac - shift  # periodic axes in [0, 1); the search works on these
+    counts = torch.bincount(batch, minlength=lattice.shape[0]).tolist()
+    sources, targets, offsets = [], [], []
+    start = 0
+    for graph, n in enumerate(counts):
+        if n:
+            src, dst, off = _graph_edges(wrapped[start : start + n], lattice[graph], cutoff, pbc, max_neighbors)
+            sources.append(src + start)
+            targets.append(dst + start)
+            offsets.append(off)
+        start += n
+    if not sources:
+        return torch.zeros(2, 0, dtype=torch.long, device=frac.device), frac.new_zeros(0, 3)
+    src, dst, off = torch.cat(sources), torch.cat(targets), torch.cat(offsets)
+    # the search saw frac - shift; re-express offsets for the frac that was passed in
+    return torch.stack([src, dst]), off - shift[src] + shift[dst]
+
+
+def _graph_edges(frac, lattice, cutoff, pbc, max_neighbors):
+    """Edges of one graph: ``frac [n, 3]``, ``lattice [3, 3]`` -> (src [E], dst [E], offsets [E, 3])."""
+    n = frac.shape[0]
+    plane_spacing = 1.0 / torch.linalg.inv(lattice).norm(dim=0)  # [3], A
+    reach = [math.ceil(cutoff / h) if p else 0 for h, p in zip(plane_spacing.tolist(), pbc)]
+    images = torch.tensor(list(itertools.product(*(range(-k, k + 1) for k in reach))), dtype=frac.dtype, device=frac.device)
+    num_images = images.shape[0]
+    zero_image = num_images // 2  # the product over symmetric ranges puts (0, 0, 0) in the middle
+    cart = frac @ lattice  # [n, 3]
+    candidates = (cart[:, None, :] + (images @ lattice)[None]).reshape(n * num_images, 3)  # source j, image m
+    # only candidates within the cutoff of the targets' bounding box can be neighbours
+    low, high = cart.min(0).values, cart.max(0).values
+    gap = (low - candidates).clamp(min=0) + (candidates - high).clamp(min=0)
+    cand_ids = torch.nonzero(gap.pow(2).sum(-1) < cutoff**2).flatten()
+    candidates = candidates[cand_ids]
+    self_ids = torch.arange(n, device=frac.device) * num_images + zero_image
+    chunk = max(1, _MAX_CHUNK // max(1, cand_ids.shape[0]))
+    found = []  # (target, candidate index, squared distance)
+    for lo in range(0, n, chunk):
+        d2 = (candidates[None] - cart[lo : lo + chunk, None]).pow(2).sum(-1)  # [chunk, C]
+        tgt, col = torch.nonzero(d2 < cutoff**2, as_tuple=True)
+        cand = cand_ids[col]
+        keep = cand != self_ids[tgt + lo]  # no self-edge at zero offset
+        found.append((tgt[keep] + lo, cand[keep], d2[tgt[keep], col[keep]]))
+    dst, cand, d2 = (torch.cat(parts) for parts in zip(*found))
+    if max_neighbors is not None:  # nearest k per target, via a padded [n, max degree] table
+        starts = torch.searchsorted(dst, torch.arange(n + 1, device=dst.device))  # dst is sorted
+        slot = torch.arange(dst.shape[0], device=dst.device) - starts[dst]
+        table = torch.full((n, int(slot.max()) + 1 if slot.numel() else 1), math.inf, dtype=d2.dtype, device=d2.device)
+        table[dst, slot] = d2
+        nearest_d2, nearest = table.topk(min(max_neighbors, table.shape[1]), dim=1, largest=False)
+        edge = (starts[:-1, None] + nearest)[torch.isfinite(nearest_d2)]
+        dst, cand = dst[edge], cand[edge]
+    return cand // num_images, dst, images[cand % num_images]
+
+
+def edge_vectors(
+    frac: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
+    """Edge vectors ``[E, 3]`` (A), ``(frac[j] + offsets - frac[i]) @ lattice[batch[i]]``.
+
+    Differentiable with respect to ``frac [N, 3]`` and ``lattice [B, 3, 3]``.
+    """
+    src, dst = edge_index
+    dfrac = frac[src] + offsets - frac[dst]
+    return torch.einsum("ek,ekl->el", dfrac, lattice[batch[dst]])

@@ -75,8 +75,10 @@ def validate(data: Data, where: str, dictionary=None) -> Data:
     if n and (z.min() < 1 or z.max() > 118):
         raise ValueError(f"{where}: atomic_numbers outside 1..118: {sorted(set(z.tolist()))}")
     if dictionary is not None:
-        for element in torch.unique(z).tolist():
-            dictionary.index(element)
+        try:
+            dictionary.indices(z)
+        except KeyError as err:
+            raise KeyError(f"{where}: {err.args[0]}") from None
     return data
 
 

@@ -1,0 +1,153 @@
+"""Score a sample LMDB against a reference LMDB: validity, composition, match@k, ADwT, uniqueness,
+lattice statistics (definitions in sfm/eval/generation.py and oc20.py).
+
+    python -m sfm.eval.gen_metrics --samples SAMPLES.lmdb --reference REF.lmdb [--json out.json]
+        [--stol 0.5 --ltol 0.3 --angle_tol 10] [--adwt_atoms adsorbate|free|all]
+        [--energy_key y_relaxed]
+
+Samples are matched to reference entries by `sid`; the samples of one sid are ordered by
+their `sample_idx` (else by position in the file), so "@1" is each system's first sample and
+"@k" its first k. The reference structure is `pos_relaxed` where stored, else `pos`.
+ADwT needs the sample's atoms in the reference's order (same atomic_numbers sequence, as the
+samplers write them); other samples count as misses. With --energy_key (a per-sample energy
+field written by scoring) and reference `y_relaxed`, placement success@1/@k is added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from sfm.data import LmdbDataset
+from sfm.eval.generation import (ANGLE_TOL, LTOL, STOL, composition_kept, is_valid, lattice_stats, match_at_k,
+                                 match_rms, structure_matcher, to_structure, uniqueness)
+from sfm.eval.oc20 import adwt, mean_distance
+from sfm.eval.placement import success_at_k
+
+
+def sid_key(data):
+    """Hashable system id of an entry (tensor / int / str sid)."""
+    sid = data.sid
+    return sid.item() if torch.is_tensor(sid) and sid.numel() == 1 else sid
+
+
+def group_samples(samples) -> dict:
+    """{sid: [Data, ...]} ordered by `sample_idx` (or file order)."""
+    groups = defaultdict(list)
+    for i, data in enumerate(samples):
+        idx = int(data.sample_idx) if "sample_idx" in data else i
+        groups[sid_key(data)].append((idx, data))
+    return {sid: [d for _, d in sorted(group, key=lambda t: t[0])] for sid, group in groups.items()}
+
+
+def adwt_mask(data, atoms: str) -> torch.Tensor:
+    """[n] bool atoms scored by ADwT: adsorbate (tags 2, else all), free (not fixed) or all."""
+    n = int(data.natoms)
+    if atoms == "adsorbate" and "tags" in data and (data.tags == 2).any():
+        return data.tags == 2
+    if atoms == "free" and "fixed" in data:
+        return ~data.fixed.bool()
+    return torch.ones(n, dtype=torch.bool)
+
+
+def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="adsorbate",
+             energy_key=None) -> dict:
+    """Metrics of `samples` (iterable of Data with sid) against `references` (iterable of Data)."""
+    refs = {sid_key(r): r for r in references}
+    groups = group_samples(samples)
+    missing = [sid for sid in groups if sid not in refs]
+    groups = {sid: g for sid, g in groups.items() if sid in refs}
+    if not groups:
+        raise ValueError(f"no sample sid is in the reference ({len(missing)} sids unmatched)")
+    K = max(len(g) for g in groups.values())
+    S = len(groups)
+    matcher = structure_matcher(stol, ltol, angle_tol)
+    rms, dist, energy = (np.full((S, K), np.nan) for _ in range(3))
+    valid, kept, unique, cells = [], [], [], []
+    for s, (sid, group) in enumerate(groups.items()):
+        ref = refs[sid]
+        ref_pos = (ref.pos_relaxed if "pos_relaxed" in ref else ref.pos).double()
+        ref_cell = ref.cell.reshape(3, 3).double()
+        ref_struct = to_structure(ref.atomic_numbers, ref_pos, ref_cell)
+        structs = []
+        for k, d in enumerate(group):
+            pos, cell = d.pos.double(), d.cell.reshape(3, 3).double()
+            cells.append(cell)
+            ok = is_valid(pos, cell)
+            valid.append(ok)
+            kept.append(composition_kept(d.atomic_numbers, ref.atomic_numbers))
+            struct = to_structure(d.atomic_numbers, pos, cell) if ok else None
+            structs += [struct] if ok else []
+            rms[s, k] = match_rms(struct, ref_struct, matcher) if kept[-1] else np.nan
+            if torch.equal(d.atomic_numbers.long(), ref.atomic_numbers.long()):
+                mask = adwt_mask(ref, adwt_atoms)
+                dist[s, k] = mean_distance(pos, ref_pos, ref_cell[None], torch.zeros(len(pos), dtype=torch.long),
+                                           mask).item()
+            if energy_key is not None and energy_key in d:
+                energy[s, k] = float(d[energy_key])
+        if len(group) > 1:
+            unique.append(uniqueness(structs, matcher) if structs else 0.0)
+    best_dist = np.where(np.isnan(dist), np.inf, dist).min(axis=1)
+    out = {"systems": S, "samples": len(valid), "k": K, "unmatched_sids": len(missing),
+           "tolerances": {"stol": stol, "ltol": ltol, "angle_tol": angle_tol},
+           "validity": float(np.mean(valid)), "composition_kept": float(np.mean(kept)),
+           "match@1": match_at_k(rms, 1), f"match@{K}": match_at_k(rms, K),
+           "adwt@1": adwt(dist[:, 0]), f"adwt@{K}": adwt(best_dist), "adwt_atoms": adwt_atoms,
+           "uniqueness": float(np.mean(unique)) if unique else float("nan"),
+           "lattice": lattice_stats(torch.stack(cells), torch.stack([r.cell.reshape(3, 3) for r in refs.values()]))}
+    if energy_key is not None:
+        ref_e = np.array([float(refs[sid].y_relaxed) if "y_relaxed" in refs[sid] else np.nan for sid in groups])
+        out["success@1"] = success_at_k(energy, ref_e, 1)
+        out[f"success@{K}"] = success_at_k(energy, ref_e, K)
+    return out
+
+
+def format_table(m: dict) -> str:
+    """One-screen text table of `evaluate`'s output."""
+    K = m["k"]
+    rows = [("systems / samples / k", f"{m['systems']} / {m['samples']} / {K}"),
+            ("sample sids not in reference", str(m["unmatched_sids"])),
+            ("validity", f"{m['validity']:.3f}"), ("composition kept", f"{m['composition_kept']:.3f}")]
+    for k in sorted({1, K}):
+        rows.append((f"match rate @{k}  (rmse)", f"{m[f'match@{k}']['match_rate']:.3f}  ({m[f'match@{k}']['rmse']:.4f})"))
+        rows.append((f"ADwT @{k}  ({m['adwt_atoms']} atoms)", f"{m[f'adwt@{k}']:.3f}"))
+        if f"success@{k}" in m:
+            rows.append((f"placement success @{k}", f"{m[f'success@{k}']:.3f}"))
+    rows.append(("uniqueness", f"{m['uniqueness']:.3f}"))
+    tol = m["tolerances"]
+    rows.append(("matcher stol / ltol / angle_tol", f"{tol['stol']} / {tol['ltol']} / {tol['angle_tol']}"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    lines.append(f"\n{'lattice':<8}{'mean':>9}{'std':>8}{'ref mean':>10}{'ref std':>9}{'W1':>8}")
+    for name, s in m["lattice"].items():
+        lines.append(f"{name:<8}{s['mean']:>9.3f}{s['std']:>8.3f}{s['ref_mean']:>10.3f}{s['ref_std']:>9.3f}"
+                     f"{s['wasserstein']:>8.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--samples", required=True, help="sample LMDB (file or folder of shards)")
+    p.add_argument("--reference", required=True, help="reference LMDB (pos_relaxed used where present)")
+    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--stol", type=float, default=STOL, help="site tolerance, units of (V/n)^(1/3)")
+    p.add_argument("--ltol", type=float, default=LTOL, help="fractional lattice-length tolerance")
+    p.add_argument("--angle_tol", type=float, default=ANGLE_TOL, help="lattice angle tolerance, degrees")
+    p.add_argument("--adwt_atoms", choices=["adsorbate", "free", "all"], default="adsorbate")
+    p.add_argument("--energy_key", help="per-sample energy field for placement success@k")
+    args = p.parse_args(argv)
+    m = evaluate(LmdbDataset(args.samples), LmdbDataset(args.reference), args.stol, args.ltol,
+                 args.angle_tol, args.adwt_atoms, args.energy_key)
+    print(format_table(m))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(m, f, indent=2)
+    return m
+
+
+if __name__ == "__main__":
+    main()

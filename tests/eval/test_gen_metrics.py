@@ -1,0 +1,74 @@
+"""gen_metrics CLI on small hand-made sample / reference LMDBs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sfm.data import write_lmdb
+from sfm.eval.gen_metrics import main
+from sfm.relax import atoms_to_data
+from sfm.relax.bench import make_slabs
+
+
+@pytest.fixture(scope="module")
+def lmdbs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen")
+    refs = []
+    for sid, atoms in enumerate(make_slabs(3, seed=1)):
+        d = atoms_to_data(atoms, sid=sid, y_relaxed=torch.tensor(float(sid)))
+        d.pos_relaxed = d.pos + 0.01  # a rigid shift: the same structure, 0.0173 A per atom away
+        refs.append(d)
+
+    def sample(ref, idx, pos=None, numbers=None, energy=0.0):
+        d = ref.clone()
+        del d.pos_relaxed, d.y_relaxed
+        d.pos = ref.pos_relaxed.clone() if pos is None else pos
+        if numbers is not None:
+            d.atomic_numbers = numbers
+        d.sample_idx, d.energy = idx, torch.tensor(energy)
+        return d
+
+    r0, r1, r2 = refs
+    ads0 = r0.tags == 2
+    far = r0.pos_relaxed.clone()
+    far[ads0] += torch.tensor([0.0, 0.0, 1.0])  # adsorbate 1 A off: valid, no match at stol 0.1
+    clash = r1.pos_relaxed.clone()
+    clash[-1] = clash[0] + 0.1  # the adsorbate atom 0.1 A from a subsurface atom: invalid
+    assert (clash[-1] - r1.pos_relaxed[-1]).norm() > 1.0
+    swapped = r1.atomic_numbers.clone()
+    swapped[-1] = 79  # composition changed
+    samples = [sample(r0, 1, pos=far, energy=0.5), sample(r0, 0, energy=0.05),  # written out of order
+               sample(r1, 0, pos=clash, energy=1.5), sample(r1, 1, numbers=swapped, energy=1.5),
+               sample(r2, 0, energy=2.3),
+               sample(r2, 1, energy=1.9)]
+    stray = sample(r2, 0)
+    stray.sid = 99  # no such reference: reported, not scored
+    write_lmdb(tmp / "ref.lmdb", refs)
+    write_lmdb(tmp / "samples.lmdb", samples + [stray])
+    return tmp
+
+
+def test_gen_metrics_cli(lmdbs, capsys):
+    out = lmdbs / "m.json"
+    main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"),
+          "--json", str(out), "--stol", "0.1", "--energy_key", "energy"])
+    m = json.loads(out.read_text())
+    table = capsys.readouterr().out
+    assert "match rate @1" in table and "wasserstein" not in table and "W1" in table
+    assert (m["systems"], m["samples"], m["k"], m["unmatched_sids"]) == (3, 6, 2, 1)
+    assert m["validity"] == pytest.approx(5 / 6) and m["composition_kept"] == pytest.approx(5 / 6)
+    # first samples: system 0 exact, system 1 invalid, system 2 exact
+    assert m["match@1"]["match_rate"] == pytest.approx(2 / 3)
+    assert m["match@2"]["match_rate"] == pytest.approx(2 / 3)
+    assert m["match@1"]["rmse"] == pytest.approx(0.0, abs=1e-6)
+    # ADwT (adsorbate atoms vs pos_relaxed): per system, sample 0 of systems 0 and 2 sits at
+    # 0 A, the clashing sample of system 1 at > 0.5 A (no threshold), the swapped one is a miss
+    assert m["adwt@1"] == pytest.approx(2 / 3) and m["adwt@2"] == pytest.approx(2 / 3)
+    # uniqueness (stol 0.1): system 0 has 2 distinct, system 1 one valid, system 2 two equal
+    assert m["uniqueness"] == pytest.approx((1.0 + 1.0 + 0.5) / 3)
+    assert m["lattice"]["a"]["wasserstein"] == pytest.approx(0.0, abs=1e-5)
+    # energies vs y_relaxed = sid: 0.05 (ok), 1.5 / 1.5 (0.5 above), 2.3 / 1.9 (ok only @2)
+    assert m["success@1"] == pytest.approx(1 / 3) and m["success@2"] == pytest.approx(2 / 3)
+    assert np.isfinite(m["match@2"]["rmse"])

@@ -1,0 +1,12 @@
+import json
+
+from sfm.data.bench_loader import main
+
+
+def test_bench_loader_runs(lmdb_file, tmp_path, capsys):
+    result = main(["--data", str(lmdb_file), "--workers", "0", "--batch-size", "2", "--json", str(tmp_path / "b.json")])
+    assert "structures/s" in capsys.readouterr().out
+    (row,) = result["rows"]
+    assert row["workers"] == 0 and row["structures"] == 3 and row["structures_per_s"] > 0  # first batch not timed
+    assert row["edges_per_structure"] == 20 * (10 + 11 + 12) / 3  # every atom has >= 20 neighbours in 12 A
+    assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["structures"] == 3

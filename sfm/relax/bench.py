@@ -44,3 +44,100 @@ def make_slabs(n: int, seed: int = 0, sizes=SIZES, metals=("Cu", "Pt", "Au"), no
         slab.positions += rng.normal(scale=noise, size=slab.positions.shape) * (tags > 0)[:, None]
         out.append(slab)
     return out
+
+
+def load_structures(n: int, data: str | None, seed: int = 0):
+    """n structures as (list of Data, list of ase.Atoms): from an OC20 LMDB (its first n;
+    `pos` is the start) or from `make_slabs` with demo-world sizes (36-65 atoms)."""
+    from sfm.relax.atoms import atoms_to_data, batch_to_atoms
+    from torch_geometric.data import Batch
+
+    if data is None:
+        atoms = make_slabs(n, seed=seed, sizes=[(3, 3, 4), (4, 3, 4), (4, 4, 4)])
+        return [atoms_to_data(a, sid=i) for i, a in enumerate(atoms)], atoms
+    from sfm.data import LmdbDataset
+
+    ds = LmdbDataset(data)
+    datas = [ds[i % len(ds)] for i in range(n)]
+    return datas, batch_to_atoms(Batch.from_data_list(datas))
+
+
+def build(model: str, device: str):
+    """(relax_batch model_or_fn, ASE calculator factory) for 'emt', a preset name or a checkpoint."""
+    if model == "emt":
+        from ase.calculators.emt import EMT
+
+        from sfm.relax.emt import EMTFn
+        return EMTFn(), EMT
+    from sfm.relax.calculator import SFMCalculator, as_model
+
+    net = as_model(model, device)
+    return net, lambda: SFMCalculator(net, device=device)
+
+
+def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: int) -> dict:
+    """Relax the same n structures both ways; structures/s, steps, agreement of final energies."""
+    from ase.optimize import FIRE
+    from torch_geometric.data import Batch
+
+    from sfm.relax.relax_batch import relax_batch
+
+    fn, calc = build(model, device)
+    datas, atoms_list = load_structures(n, data)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    relax_batch(fn, Batch.from_data_list(datas[:2]).to(device), fmax=fmax, steps=2)  # warm-up
+    batch = Batch.from_data_list(datas).to(device)
+    sync()
+    t0 = time.perf_counter()
+    res = relax_batch(fn, batch, optimizer="fire", fmax=fmax, steps=steps)
+    sync()
+    t_batched = time.perf_counter() - t0
+    ase_e, ase_steps, ase_conv = [], [], []
+    t0 = time.perf_counter()
+    for atoms in atoms_list:
+        atoms = atoms.copy()
+        atoms.calc = calc()
+        opt = FIRE(atoms, logfile=None)
+        ase_conv.append(opt.run(fmax=fmax, steps=steps))
+        ase_e.append(atoms.get_potential_energy())
+        ase_steps.append(opt.nsteps)
+    t_ase = time.perf_counter() - t0
+    natoms = np.array([len(a) for a in atoms_list])
+    de = np.abs(res.energy.double().cpu().numpy() - np.array(ase_e)) / natoms
+    return {"n": n, "device": device, "model": model, "atoms_mean": float(natoms.mean()),
+            "batched_per_s": n / t_batched, "ase_per_s": n / t_ase, "ratio": t_ase / t_batched,
+            "batched_s": t_batched, "ase_s": t_ase,
+            "steps_batched": float(res.steps.double().mean()), "steps_ase": float(np.mean(ase_steps)),
+            "converged_batched": float(res.converged.double().mean()), "converged_ase": float(np.mean(ase_conv)),
+            "max_dE_per_atom": float(de.max())}
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny", help="emt, a preset (tiny, small, ...) or a checkpoint .pt")
+    p.add_argument("--n", type=int, nargs="+", default=[32, 128], help="numbers of structures")
+    p.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    p.add_argument("--data", help="OC20 LMDB to take structures from (default: make_slabs)")
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=100, help="step cap (untrained models rarely converge)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    print(vars(args))
+    rows = []
+    print(f"{'n':>5} {'device':>6} {'atoms':>6} {'batched/s':>10} {'ASE/s':>8} {'ratio':>7} "
+          f"{'steps b/a':>11} {'conv b/a':>11} {'max dE/atom':>12}")
+    for device in args.device:
+        for n in args.n:
+            r = run(n, device, args.model, args.data, args.fmax, args.steps)
+            rows.append(r)
+            print(f"{n:>5} {device:>6} {r['atoms_mean']:>6.1f} {r['batched_per_s']:>10.2f} {r['ase_per_s']:>8.2f} "
+                  f"{r['ratio']:>6.1f}x {r['steps_batched']:>5.1f}/{r['steps_ase']:<5.1f} "
+                  f"{r['converged_batched']:>5.2f}/{r['converged_ase']:<5.2f} {r['max_dE_per_atom']:>12.2e}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": rows}, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

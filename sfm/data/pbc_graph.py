@@ -18,6 +18,7 @@ import math
 import torch
 
 _MAX_CHUNK = 1 << 21  # pair-image candidates held in memory at once (~25 MB in float32)
+_MAX_IMAGES = 50_000  # more means a degenerate cell (a plane spacing far below the cutoff)
 
 
 @torch.no_grad()
@@ -56,7 +57,7 @@ def radius_graph_pbc(
     start = 0
     for graph, n in enumerate(counts):
         if n:
-            src, dst, off = _graph_edges(wrapped[start : start + n], lattice[graph], cutoff, pbc, max_neighbors)
+            src, dst, off = _graph_edges(wrapped[start : start + n], lattice[graph], cutoff, pbc, max_neighbors, graph)
             sources.append(src + start)
             targets.append(dst + start)
             offsets.append(off)
@@ -68,11 +69,20 @@ def radius_graph_pbc(
     return torch.stack([src, dst]), off - shift[src] + shift[dst]
 
 
-def _graph_edges(frac, lattice, cutoff, pbc, max_neighbors):
+def _graph_edges(frac, lattice, cutoff, pbc, max_neighbors, graph):
     """Edges of one graph: ``frac [n, 3]``, ``lattice [3, 3]`` -> (src [E], dst [E], offsets [E, 3])."""
     n = frac.shape[0]
-    plane_spacing = 1.0 / torch.linalg.inv(lattice).norm(dim=0)  # [3], A
-    reach = [math.ceil(cutoff / h) if p else 0 for h, p in zip(plane_spacing.tolist(), pbc)]
+    # spacing of the lattice planes spanned by the two other vectors: volume / |a_j x a_k|
+    areas = torch.linalg.cross(lattice[[1, 2, 0]], lattice[[2, 0, 1]]).norm(dim=-1)
+    spacing = (torch.linalg.det(lattice).abs() / areas).tolist()  # [3], A
+    if not all(math.isfinite(h) and h > 0 for h in spacing) or math.prod(
+        2 * math.ceil(cutoff / h) + 1 for h, p in zip(spacing, pbc) if p
+    ) > _MAX_IMAGES:
+        raise ValueError(
+            f"graph {graph}: lattice {lattice.tolist()} is degenerate for cutoff {cutoff} A "
+            f"(plane spacings {spacing} A would need over {_MAX_IMAGES} periodic images)"
+        )
+    reach = [math.ceil(cutoff / h) if p else 0 for h, p in zip(spacing, pbc)]
     images = torch.tensor(list(itertools.product(*(range(-k, k + 1) for k in reach))), dtype=frac.dtype, device=frac.device)
     num_images = images.shape[0]
     zero_image = num_images // 2  # the product over symmetric ranges puts (0, 0, 0) in the middle

@@ -112,3 +112,10 @@ def test_empty_and_float32():
     assert edge_index.shape == (2, 0) and offsets.shape == (0, 3) and offsets.dtype == torch.float32
     edge_index, _ = radius_graph_pbc(torch.rand(4, 3), torch.eye(3)[None] * 50, torch.zeros(4, dtype=torch.long), 0.01, 3)
     assert edge_index.shape == (2, 0)
+
+
+@pytest.mark.parametrize("cell", [[[5.0, 0, 0], [0, 5, 0], [0, 0, 1e-3]], [[5.0, 0, 0], [10, 0, 0], [0, 0, 5]]])
+def test_degenerate_cell_raises(cell):
+    lattice = torch.stack([torch.eye(3) * 10, torch.tensor(cell)])
+    with pytest.raises(ValueError, match="graph 1: .*degenerate"):
+        radius_graph_pbc(torch.rand(4, 3), lattice, torch.tensor([0, 0, 1, 1]), 6.0)

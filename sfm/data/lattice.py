@@ -65,7 +65,7 @@ def check_lattice(lattice: torch.Tensor, name: str = "lattice") -> None:
             raise ValueError(f"{where(b)} has non-finite entries: {cell.tolist()}")
         det = torch.linalg.det(cell).item()
         scale = cell.norm(dim=-1).prod().item()
-        if abs(det) <= 1e-6 * scale or scale == 0.0:
+        if abs(det) <= 1e-6 * scale:
             raise ValueError(f"{where(b)} is singular (det={det:.3g} A^3): {cell.tolist()}")
         if det < 0:
             raise ValueError(

@@ -65,11 +65,11 @@ def test_density_normalised_periodic_and_continuous_across_series_switch():
 def test_expected_sq_score_matches_monte_carlo_and_normal_limit():
     g = torch.Generator().manual_seed(1)
     for sigma in [0.03, 0.1, 0.3, 0.5]:
-        s = torch.full((200_000,), sigma, dtype=torch.float64)
+        s = torch.full((50_000,), sigma, dtype=torch.float64)
         x = wn.sample(torch.zeros_like(s), s, generator=g)
         mc = (wn.score(x, torch.zeros_like(s), s) ** 2).mean().item()
         exact = wn.expected_sq_score(torch.tensor(sigma)).item()
-        assert abs(mc / exact - 1) < 0.02, (sigma, mc, exact)
+        assert abs(mc / exact - 1) < 0.04, (sigma, mc, exact)
     small = torch.tensor([1e-3, 0.01, 0.04], dtype=torch.float64)
     assert torch.allclose(wn.expected_sq_score(small), 1 / small**2)
 
@@ -78,7 +78,7 @@ def test_score_norm_table_matches_exact_and_is_continuous():
     sigma = torch.logspace(-3, 0, 777, dtype=torch.float64)
     exact = wn.expected_sq_score(sigma).sqrt()
     fast = wn.score_norm(sigma)
-    assert ((fast / exact - 1).abs()).max() < 3e-5
+    assert ((fast / exact - 1).abs()).max() < 1e-4
     assert wn.score_norm(torch.tensor([0.5], dtype=torch.float32)).dtype == torch.float32
 
 

@@ -1,0 +1,121 @@
+"""Energy and forces (S2EF) on the EquiformerV2 backbone.
+
+- Energy: a feed-forward block maps each atom's features to one invariant number; the
+  sum over atoms, divided by ``avg_num_atoms`` (77.81 on OC20, as EquiformerV2), is the
+  normalised energy ``e``; physical ``E = std * e + mean + sum_i ref[Z_i]``
+  (:class:`~sfm.models.normalizer.EnergyNormalizer`, buffers in the state dict).
+- Forces ``"direct"`` (EquiformerV2's default): the l=1 output of one more attention
+  layer, times ``force_std``; fast, not conservative. ``"conservative"``: ``-dE/dpos``
+  by autograd (graph kept in training), and optionally the stress ``(1/V) dE/d(strain)``.
+- Loss: ``energy_coef * |e - e_target|`` (mean over structures) ``+ force_coef *
+  ||F - F_target|| / force_std`` (L2 norm per atom, mean over free atoms).
+
+Batches are PyG ``Batch``/``Data`` with ``atomic_numbers [N]``, ``pos [N, 3]`` (A),
+``cell [B, 3, 3]``, ``batch [N]``, and for the loss ``y [B]`` (eV), ``force [N, 3]``
+(optional: without it the loss is energy only), ``fixed [N]`` bool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from sfm.data.lattice import cart_to_frac
+from sfm.models.backbone import BackboneConfig, EquiformerV2
+from sfm.models.normalizer import EnergyNormalizer
+
+OC20_AVG_NUM_ATOMS = 77.81317
+
+
+def batch_tensors(batch):
+    """``(atomic_numbers [N], pos [N, 3], cell [B, 3, 3], batch [N])`` of a PyG Batch or Data."""
+    pos = batch.pos
+    index = getattr(batch, "batch", None)
+    if index is None:
+        index = torch.zeros(len(pos), dtype=torch.long, device=pos.device)
+    return batch.atomic_numbers.long(), pos, batch.cell.reshape(-1, 3, 3).to(pos.dtype), index
+
+
+class S2EFModel(nn.Module):
+    """``forward(atomic_numbers, pos, cell, batch, forces=True, stress=False) -> dict`` with
+    ``energy [B]`` (eV), ``energy_norm [B]``, ``forces [N, 3]`` (eV/A) and, conservative
+    only, ``stress [B, 3, 3]`` (eV/A^3, ASE sign). ``predict(batch)`` and ``loss(batch)``
+    take PyG batches.
+    """
+
+    def __init__(
+        self,
+        backbone_cfg: BackboneConfig,
+        forces: str = "direct",
+        energy_coef: float = 4.0,
+        force_coef: float = 100.0,
+        avg_num_atoms: float = OC20_AVG_NUM_ATOMS,
+        pbc: tuple = (True, True, True),
+    ):
+        super().__init__()
+        if forces not in ("direct", "conservative"):
+            raise ValueError(f"forces must be 'direct' or 'conservative', got {forces!r}")
+        self.forces_mode, self.energy_coef, self.force_coef = forces, float(energy_coef), float(force_coef)
+        self.avg_num_atoms, self.pbc = float(avg_num_atoms), tuple(bool(p) for p in pbc)
+        self.backbone = EquiformerV2(backbone_cfg)
+        self.energy_head = self.backbone.make_feed_forward(1)
+        self.force_head = self.backbone.make_attention(1) if forces == "direct" else None
+        self.normalizer = EnergyNormalizer()
+
+    def forward(self, atomic_numbers, pos, cell, batch, forces: bool = True, stress: bool = False) -> dict:
+        conservative = self.forces_mode == "conservative" and (forces or stress)
+        if stress and not conservative:
+            raise ValueError("stress needs forces='conservative'")
+        with torch.enable_grad() if conservative else contextlib.nullcontext():
+            if conservative:
+                pos = pos if pos.requires_grad else pos.detach().requires_grad_(True)
+            strain = torch.zeros_like(cell, requires_grad=True) if stress else None
+            lattice = cell + cell @ strain if stress else cell
+            frac = cart_to_frac(pos, cell[batch])  # strain moves atoms with the cell: frac fixed
+            x, graph = self.backbone.encode(atomic_numbers, frac, lattice, batch, pbc=self.pbc)
+            per_atom = self.energy_head(x)[:, 0, 0]
+            e_norm = per_atom.new_zeros(cell.shape[0]).index_add_(0, batch, per_atom) / self.avg_num_atoms
+            out = {"energy_norm": e_norm, "energy": self.normalizer.energy(e_norm, atomic_numbers, batch)}
+            if conservative:
+                inputs = [pos] + ([strain] if stress else [])
+                grads = torch.autograd.grad(out["energy"].sum(), inputs, create_graph=self.training)
+                out["forces"] = -grads[0]
+                if stress:
+                    volume = torch.linalg.det(cell).abs()[:, None, None]
+                    out["stress"] = 0.5 * (grads[1] + grads[1].transpose(1, 2)) / volume
+            elif forces:
+                out["forces"] = self.force_head(x, graph)[:, 1:4, 0] * self.normalizer.force_std.to(x.dtype)
+        return out
+
+    @torch.no_grad()
+    def predict(self, batch, stress: bool = False) -> dict:
+        """Inference: ``energy [B]`` (eV), ``forces [N, 3]`` (eV/A) [, ``stress [B, 3, 3]``], detached."""
+        out = self(*batch_tensors(batch), forces=True, stress=stress)
+        return {k: out[k].detach() for k in ("energy", "forces", "stress") if k in out}
+
+    def loss(self, batch):
+        """``(loss, parts)``: weighted energy + force loss, and its parts (detached) incl. MAEs."""
+        atomic_numbers, pos, cell, index = batch_tensors(batch)
+        target_force = getattr(batch, "force", None)
+        out = self(atomic_numbers, pos, cell, index, forces=target_force is not None)
+        target = self.normalizer.normalize_energy(batch.y.reshape(-1).to(pos.dtype), atomic_numbers, index)
+        e_err = out["energy_norm"] - target
+        energy_loss = e_err.abs().mean()
+        parts = {"energy_loss": energy_loss, "energy_mae": e_err.abs().mean() * self.normalizer.std.to(pos.dtype)}
+        loss = self.energy_coef * energy_loss
+        if target_force is not None:
+            free = ~batch.fixed.bool() if getattr(batch, "fixed", None) is not None else torch.ones_like(index, dtype=torch.bool)
+            f_err = (out["forces"] - target_force.to(pos.dtype))[free]
+            norm = f_err.norm(dim=-1) / self.normalizer.force_std.to(pos.dtype)
+            force_loss = norm.mean() if len(norm) else norm.sum()
+            loss = loss + self.force_coef * force_loss
+            parts.update(force_loss=force_loss, force_mae=f_err.abs().mean() if len(norm) else norm.sum())
+        parts = {k: v.detach() for k, v in parts.items()}
+        parts["loss"] = loss.detach()
+        return loss, parts
+
+    def fit_normalizer(self, dataset_or_batches, fit_references: bool = True) -> dict:
+        """Fit mean, std, per-element references and force scale on training data."""
+        return self.normalizer.fit(dataset_or_batches, fit_references)

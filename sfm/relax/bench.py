@@ -4,7 +4,8 @@
                               [--data LMDB] [--steps 100] [--json out.json]
 
 Both paths relax the same structures with the same FIRE (ASE parameters), fmax and step
-cap, with the same model: `relax_batch` on one batch, and `ase.optimize.FIRE` with
+cap, with the same model (an untrained preset's forces are tiny, so pass `--fmax 0`: every
+structure then takes exactly `--steps` steps and the rate is per relaxation of that length): `relax_batch` on one batch, and `ase.optimize.FIRE` with
 `SFMCalculator` one structure at a time (with `--model emt`: EMT in both, which times the
 optimiser overhead alone). Structures come from `--data` (an OC20 LMDB, e.g. the demo
 world) or, by default, from `make_slabs`.
@@ -63,15 +64,21 @@ def load_structures(n: int, data: str | None, seed: int = 0):
 
 
 def build(model: str, device: str):
-    """(relax_batch model_or_fn, ASE calculator factory) for 'emt', a preset name or a checkpoint."""
+    """(relax_batch model_or_fn, ASE calculator factory) for 'emt', a preset name (untrained,
+    seed 0) or a checkpoint path."""
     if model == "emt":
         from ase.calculators.emt import EMT
 
         from sfm.relax.emt import EMTFn
         return EMTFn(), EMT
+    from sfm.models import PRESETS, build_model
     from sfm.relax.calculator import SFMCalculator, as_model
 
-    net = as_model(model, device)
+    if model in PRESETS:
+        torch.manual_seed(0)
+        net = build_model(model, head="s2ef").to(device).eval()
+    else:
+        net = as_model(model, device)
     return net, lambda: SFMCalculator(net, device=device)
 
 

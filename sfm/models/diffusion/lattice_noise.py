@@ -117,10 +117,11 @@ class LatticeProcess(nn.Module):
     the state dict; :meth:`fit` sets them from training lattices.
     """
 
-    def __init__(self, schedule_offset: float = 0.008, alpha_bar_min: float = 1e-4):
+    def __init__(self, schedule_offset: float = 0.008, alpha_bar_min: float = 1e-4, z0_clip: float = 5.0):
         super().__init__()
         self.schedule_offset = schedule_offset
         self.alpha_bar_min = alpha_bar_min
+        self.z0_clip = z0_clip
         std = torch.full((3, 3), _DEFAULT_STD_OFF)
         std.diagonal().fill_(_DEFAULT_STD_DIAG)
         self.register_buffer("mean", torch.diag(torch.tensor(_DEFAULT_LENGTHS).log()))
@@ -163,6 +164,17 @@ class LatticeProcess(nn.Module):
         """``Z_0`` implied by a noise estimate: ``(Z_t - sqrt(1 - ab) eps) / sqrt(ab)``."""
         ab = self.alpha_bar(t)[:, None, None]
         return (zt - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def clip_eps(self, zt: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``eps`` whose implied ``Z_0`` is clipped to ``+-z0_clip`` (data are unit-variance).
+
+        Near ``t = 1`` an error in ``eps`` reaches ``Z_0`` multiplied by ``1 / sqrt(ab)``
+        (100 here); unclipped, an imperfect network can throw the cell far off in one
+        step (DDPM's x0 clipping). Samplers use this; training does not.
+        """
+        ab = self.alpha_bar(t)[:, None, None]
+        z0 = self.predict_z0(zt, eps, t).clamp(-self.z0_clip, self.z0_clip)
+        return (zt - ab.sqrt() * z0) / (1 - ab).sqrt().clamp(min=1e-12)
 
     def ancestral_step(self, zt, eps, t, s, generator=None) -> torch.Tensor:
         """One DDPM step ``t -> s < t``: a draw from ``q(Z_s | Z_t, Z_0 = predict_z0(...))``."""

@@ -13,9 +13,11 @@ Two samplers over the same trained model:
   ``sigma`` (``dx/dsigma = -sigma * score``), the lattice in ``Zbar = Z / sqrt(ab)``
   against ``sqrt((1 - ab) / ab)`` (``dZbar = eps``; its Euler step is DDIM).
 
-Both hold given atoms and given lattices exactly (given atoms keep their input ``pos``
-bit for bit), wrap coordinates to ``[0, 1)`` after every move, and draw all randomness
-from ``generator``, so a seed fixes the result.
+The lattice noise estimate is sanitised by clipping the clean latent it implies
+(``LatticeProcess.clip_eps``). Both samplers hold given atoms and given lattices
+exactly (given atoms keep their input ``pos`` bit for bit), wrap coordinates to
+``[0, 1)`` after every move, and draw all randomness from ``generator``, so a seed
+fixes the result.
 
 The model is duck-typed: ``model.frac_process`` (``FracProcess``),
 ``model.lattice_process`` (``LatticeProcess``), ``model.given_tags`` and
@@ -72,7 +74,7 @@ class _Run:
         sigma_graph = self.model.frac_process.sigma(tt, self.lengths)
         coord, eps = self.model.predict(self.numbers, x, self.lattice(z), self.batch, tt, sigma_graph, self.masks)
         sigma = sigma_graph[self.batch]
-        return coord * wrapped_normal.score_norm(sigma), eps
+        return coord * wrapped_normal.score_norm(sigma), self.model.lattice_process.clip_eps(z, eps, tt)
 
     def move(self, x, dx):
         """Generated atoms moved by ``dx`` and wrapped; given atoms untouched."""
@@ -111,6 +113,15 @@ def sample(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     masks = mode_masks(batch, mode, model.given_tags, atom_given)
+    was_training = model.training
+    model.eval()
+    try:
+        return _sample(model, batch, masks, sampler, steps, generator, corrector, callback)
+    finally:
+        model.train(was_training)
+
+
+def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, callback):
     run = _Run(model, batch, masks)
     device, dtype = run.batch.device, run.dtype
 

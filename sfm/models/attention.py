@@ -34,13 +34,13 @@ def smooth_leaky_relu(x: torch.Tensor, slope: float = 0.2) -> torch.Tensor:
 
 def edge_softmax(logits: torch.Tensor, dst: torch.Tensor, num_nodes: int, weight: torch.Tensor) -> torch.Tensor:
     """Softmax of ``logits [E, H]`` over the edges sharing a centre ``dst [E]``, with each
-    edge's ``exp`` multiplied by ``weight [E]`` (the cutoff envelope). Computed in float32.
+    edge's ``exp`` multiplied by ``weight [E]`` (the cutoff envelope). At least float32.
     """
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     index = dst[:, None].expand_as(logits)
     peak = logits.new_full((num_nodes, logits.shape[1]), -torch.inf)
     peak = peak.scatter_reduce(0, index, logits.detach(), "amax", include_self=True)
-    expo = torch.exp(logits - peak[dst]) * weight.float()[:, None]
+    expo = torch.exp(logits - peak[dst]) * weight.to(logits.dtype)[:, None]
     total = logits.new_zeros(num_nodes, logits.shape[1]).index_add_(0, dst, expo)
     return expo / (total[dst] + 1e-12)
 

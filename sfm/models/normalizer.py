@@ -62,7 +62,8 @@ class EnergyNormalizer(nn.Module):
         for item in batches:
             z = item.atomic_numbers.long().reshape(-1)
             graph = getattr(item, "batch", None)
-            graph = torch.zeros_like(z) if graph is None else graph
+            if graph is None:  # a single structure
+                graph = torch.zeros_like(z)
             num = int(graph.max()) + 1 if len(graph) else 0
             c = torch.zeros(num, NUM_ELEMENTS, dtype=torch.float64)
             c.index_put_((graph, z), torch.ones(len(z), dtype=torch.float64), accumulate=True)

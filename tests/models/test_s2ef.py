@@ -1,0 +1,141 @@
+"""S2EF head: conservative forces and stress against finite differences, direct forces
+rotate, loss on free atoms, normaliser, predict, rebuild from build_kwargs."""
+
+import json
+
+import pytest
+import torch
+from e3nn import o3
+from torch_geometric.data import Batch, Data
+
+from sfm.models import build_model
+from sfm.models.normalizer import EnergyNormalizer
+
+
+def s2ef_model(dtype=torch.float32, seed=0, **overrides):
+    torch.manual_seed(seed)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return build_model("tiny", **overrides).to(dtype).eval()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def structures(eqv2_cell, seeds=(0, 1), sizes=(4, 5), dtype=torch.float32):
+    items = []
+    for seed, n in zip(seeds, sizes):
+        z, frac, lattice = eqv2_cell(seed, n=n)
+        lattice = lattice.to(dtype)
+        g = torch.Generator().manual_seed(seed)
+        items.append(
+            Data(
+                atomic_numbers=z, pos=frac.to(dtype) @ lattice[0], cell=lattice, y=torch.tensor([float(n)], dtype=dtype),
+                force=torch.randn(n, 3, generator=g, dtype=dtype), fixed=torch.arange(n) < 2,
+            )
+        )  # fmt: skip
+    return Batch.from_data_list(items)
+
+
+def energy_of(model, batch, pos, cell):
+    return model(batch.atomic_numbers, pos, cell, batch.batch, forces=False)["energy"]
+
+
+def test_conservative_forces_and_stress_are_energy_derivatives(eqv2_cell):
+    model = s2ef_model(torch.float64, forces="conservative", max_neighbors=None)
+    model.normalizer.std.fill_(50.0)  # forces of order 0.01-0.1 eV/A
+    batch = structures(eqv2_cell, dtype=torch.float64)
+    out = model.predict(batch, stress=True)
+    h = 1e-5
+    for atom, axis in [(0, 0), (3, 2), (6, 1)]:
+        step = torch.zeros_like(batch.pos)
+        step[atom, axis] = h
+        de = energy_of(model, batch, batch.pos + step, batch.cell) - energy_of(model, batch, batch.pos - step, batch.cell)
+        assert torch.isclose(-de.sum() / (2 * h), out["forces"][atom, axis], rtol=1e-6, atol=1e-9)
+    # stress: homogeneous strain of cell and positions, (1/V) dE/d(strain)
+    volume = torch.linalg.det(batch.cell).abs()
+    for a, b in [(0, 0), (1, 2), (2, 2)]:
+        eps = torch.zeros(3, 3, dtype=torch.float64)
+        eps[a, b] = eps[b, a] = h / 2 if a != b else h
+        energies = []
+        for sign in (1, -1):
+            strain = torch.eye(3, dtype=torch.float64) + sign * eps
+            energies.append(energy_of(model, batch, batch.pos @ strain, batch.cell @ strain))
+        numeric = (energies[0] - energies[1]) / (2 * h) / volume
+        assert torch.allclose(numeric, out["stress"][:, a, b], rtol=1e-6, atol=1e-10)
+
+
+def test_forces_rotate_and_energy_is_invariant(eqv2_cell):
+    torch.manual_seed(5)
+    rot = o3.rand_matrix()
+    for mode in ("direct", "conservative"):
+        model = s2ef_model(forces=mode, grid_resolution=32)
+        batch = structures(eqv2_cell)
+        out = model.predict(batch)
+        batch.pos, batch.cell = batch.pos @ rot.T, batch.cell @ rot.T
+        out_rot = model.predict(batch)
+        scale = out["forces"].abs().max()
+        assert (out_rot["forces"] - out["forces"] @ rot.T).abs().max() < 1e-5 * scale, mode
+        assert torch.allclose(out_rot["energy"], out["energy"], rtol=1e-5, atol=1e-6), mode
+
+
+def test_loss_uses_free_atoms_only_and_energy_only_without_forces(eqv2_cell):
+    model = s2ef_model()
+    batch = structures(eqv2_cell)
+    loss, parts = model.loss(batch)
+    assert set(parts) == {"loss", "energy_loss", "energy_mae", "force_loss", "force_mae"}
+    assert torch.isclose(loss, 4 * parts["energy_loss"] + 100 * parts["force_loss"])
+    batch.force[batch.fixed] += 10.0  # fixed atoms' forces are not learned
+    assert torch.isclose(model.loss(batch)[0], loss)
+    del batch.force
+    energy_only, parts = model.loss(batch)
+    assert set(parts) == {"loss", "energy_loss", "energy_mae"} and torch.isclose(energy_only, 4 * parts["energy_loss"])
+
+
+@pytest.mark.parametrize("mode", ["direct", "conservative"])
+def test_training_step_reaches_every_parameter(eqv2_cell, mode):
+    model = s2ef_model(forces=mode).train()
+    loss, _ = model.loss(structures(eqv2_cell))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    # conservative: the energy head's bias and l>0 outputs do not move the energy's gradient
+    assert missing == [] or mode == "conservative" and all("energy_head" in n or "modulation" in n for n in missing)
+
+
+def test_normalizer_fit_round_trip_and_precision():
+    torch.manual_seed(0)
+    refs = {1: -3.5, 8: -7.25, 29: -410.0}
+    items = []
+    for i in range(20):
+        z = torch.tensor([1, 8, 29])[torch.randint(0, 3, (6,))]
+        y = sum(refs[int(v)] for v in z) + 0.1 * torch.randn(()).item()
+        items.append(Data(atomic_numbers=z, pos=torch.rand(6, 3), y=torch.tensor([y]), force=2 * torch.randn(6, 3), fixed=torch.arange(6) < 2))
+    norm = EnergyNormalizer()
+    fitted = norm.fit(Batch.from_data_list(items[i : i + 5]) for i in range(0, 20, 5))
+    assert all(abs(fitted["element_refs"][z] - refs[z]) < 0.1 for z in refs)
+    assert 0.01 < fitted["std"] < 0.3 and 1.5 < fitted["force_std"] < 2.5
+    batch = Batch.from_data_list(items[:3])
+    energy = batch.y.double()
+    assert torch.allclose(norm.energy(norm.normalize_energy(energy, batch.atomic_numbers, batch.batch), batch.atomic_numbers, batch.batch), energy)
+    norm.float()  # stays float64: references of hundreds of eV
+    assert norm.element_refs.dtype == torch.float64 and norm.element_refs[29] == fitted["element_refs"][29]
+    assert set(norm.state_dict()) == {"mean", "std", "force_std", "element_refs"}
+
+
+def test_build_kwargs_rebuild_and_predict(eqv2_cell):
+    model = s2ef_model(forces="direct", num_layers=1)
+    model.normalizer.mean.fill_(-12.0)
+    kwargs = json.loads(json.dumps(model.build_kwargs))
+    assert kwargs == {"model_type": "tiny", "head": "s2ef", "forces": "direct", "num_layers": 1}
+    clone = build_model(**kwargs).eval()
+    clone.load_state_dict(model.state_dict())
+    batch = structures(eqv2_cell)
+    out, out_clone = model.predict(batch), clone.predict(batch)
+    assert out["energy"].shape == (2,) and out["forces"].shape == (9, 3)
+    assert torch.equal(out["energy"], out_clone["energy"]) and torch.equal(out["forces"], out_clone["forces"])
+    with pytest.raises(ValueError, match="conservative"):
+        model.predict(batch, stress=True)
+    with pytest.raises(ValueError):
+        build_model("tiny", head="nope")
+    with pytest.raises(TypeError):
+        build_model("tiny", not_an_option=1)

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
+from sfm.data.lattice import cart_to_frac, wrap_frac
 from sfm.relax.fire import FIRE
 from sfm.relax.lbfgs import LBFGS
 
@@ -71,7 +72,8 @@ def fixed_mask(batch) -> Tensor:
 def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float = 0.05,
                 steps: int = 300, callback: Callable[[RelaxFrame], None] | None = None,
                 **optimizer_kwargs) -> RelaxResult:
-    """Relax every structure of a PyG batch with a batched FIRE or L-BFGS (see fire.py, lbfgs.py).
+    """Relax the atoms of every structure of a PyG batch with a batched FIRE or L-BFGS (see
+    fire.py, lbfgs.py); the cell is held (no cell relaxation: not needed for OC20 slabs).
 
     model_or_fn: `fn(batch) -> (energy [B] eV, forces [N, 3] eV/A)` or a model with
         `predict(batch) -> {"energy", "forces"}`; it is called on a batch holding only the
@@ -80,7 +82,9 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
         (held atoms; else tags == 0), plus whatever the model reads (atomic_numbers, ...).
     Converged: max |F| over free atoms < fmax (as ASE). A structure stops on convergence or
     after `steps` optimiser steps and then leaves the batch: it costs no more model calls.
-    Optimiser state is float64; `optimizer_kwargs` go to FIRE / LBFGS (ASE names: maxstep, dt, ...).
+    Optimiser state is float64, but fn sees positions in batch.pos's dtype: float32 runs drift
+    apart from float64 ones over hundreds of steps (FIRE is chaotic on flat surfaces), so
+    compare with ASE in float64. `optimizer_kwargs` go to FIRE / LBFGS (ASE names: maxstep, dt...).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
@@ -100,6 +104,8 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
     nsteps = 0
     while True:
         sub.pos = pos.to(dtype)
+        if "frac" in sub:  # collate's wrapped fractional coordinates follow pos
+            sub.frac = wrap_frac(cart_to_frac(sub.pos, sub.cell[sub.batch]))
         energy, forces = (t.detach() for t in fn(sub))
         held = torch.where(free[:, None], forces.to(torch.float64), torch.zeros_like(pos))
         fm = scatter(held.norm(dim=-1), sub.batch, dim=0, dim_size=len(index), reduce="max")

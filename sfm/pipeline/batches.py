@@ -9,6 +9,7 @@ The loader has its own random generator, so creating one does not move the globa
 
 import math
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -44,3 +45,13 @@ class ShardedBatches:
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed + epoch),
         )
+
+
+def random_subset(dataset, n: int, seed: int):
+    """Items of a seeded random subset of n structures (all of them, in order, if n == 0 or n >= len):
+    what normalisers are fitted on."""
+    if n == 0 or n >= len(dataset):
+        indices = range(len(dataset))
+    else:
+        indices = np.sort(np.random.default_rng(seed).choice(len(dataset), n, replace=False))
+    return (dataset[int(i)] for i in indices)

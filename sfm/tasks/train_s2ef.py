@@ -1,0 +1,100 @@
+"""Train the energy/force (S2EF) model on the shared trainer.
+
+    torchrun [--nproc_per_node N ...] sfm/tasks/train_s2ef.py --train_data_path D/s2ef/train \
+        --valid_data_path D/s2ef/val_id --save_dir runs/s2ef --model_type small --strategy Zero2 ...
+    python -m sfm.tasks.train_s2ef ... --strategy Single        (one process)
+
+Data (`--data_kind`): `s2ef` LMDBs (y, force, fixed), or `is2re` LMDBs alone, read as two
+samples per entry: the relaxed structure (pos_relaxed, y_relaxed, zero force on free atoms)
+and the initial one (pos, y_init) without a force label (see IS2REAsS2EF).
+The normaliser (mean, std, per-element references, force scale) is fitted on at most
+`--normalizer_structures` training structures at the start of a fresh run; it lives in the
+model's buffers, so checkpoints carry it and a resumed run keeps it.
+"""
+
+import argparse
+
+import torch
+from torch_geometric.data import Data
+
+from sfm.data import Dictionary, LmdbDataset
+from sfm.models import PRESETS, build_model
+from sfm.pipeline.batches import random_subset
+from sfm.pipeline.trainer import resolve_resume, seed_everything, train
+from sfm.tasks.train_args import int_at_least, build_parser, parse_args, train_config
+
+
+class IS2REAsS2EF(torch.utils.data.Dataset):
+    """IS2RE entries as S2EF samples: item 2i is entry i relaxed, item 2i+1 entry i initial.
+
+    relaxed: pos_relaxed, y = y_relaxed, force = 0 (a relaxed structure is a minimum on its
+    free atoms), fixed as stored (or tags == 0).
+    initial: pos, y = y_init; its forces are unknown, so every atom is marked fixed (the
+    force loss runs over free atoms only) and force holds zeros as a placeholder.
+    """
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self) -> int:
+        return 2 * len(self.base)
+
+    def __getitem__(self, i: int) -> Data:
+        d = self.base[i // 2]
+        relaxed = i % 2 == 0
+        fixed = d.fixed.bool() if "fixed" in d else d.tags == 0
+        return Data(
+            atomic_numbers=d.atomic_numbers,
+            pos=d.pos_relaxed if relaxed else d.pos,
+            cell=d.cell,
+            natoms=d.natoms,
+            tags=d.tags,
+            sid=d.sid,
+            y=float(d.y_relaxed if relaxed else d.y_init),
+            force=torch.zeros_like(d.pos),
+            fixed=fixed if relaxed else torch.ones_like(fixed),
+        )
+
+
+def without_forces(items):
+    """IS2RE samples for the normaliser fit: their zero / placeholder forces would give a zero force scale."""
+    for d in items:
+        del d.force
+        yield d
+
+
+def main(argv=None) -> dict:
+    parser = build_parser("Train the S2EF energy/force model", "runs/s2ef", sorted(PRESETS))
+    g = parser.add_argument_group("s2ef")
+    g.add_argument("--data_kind", choices=("s2ef", "is2re"), default="s2ef",
+                   help="s2ef: y/force/fixed LMDBs; is2re: y_init at pos and y_relaxed with zero force at pos_relaxed")
+    g.add_argument("--forces", choices=("direct", "conservative"), default="direct",
+                   help="direct: l=1 head (EquiformerV2); conservative: minus the autograd gradient of the energy")
+    g.add_argument("--energy_coef", type=float, default=4.0, help="energy loss weight (EquiformerV2: 4)")
+    g.add_argument("--force_coef", type=float, default=100.0, help="force loss weight (EquiformerV2: 100)")
+    g.add_argument("--normalizer_structures", type=int_at_least(0), default=10000,
+                   help="training structures the normaliser is fitted on (0: all)")
+    g.add_argument("--element_refs", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit per-element linear energy references")
+    args = parse_args(parser, argv)
+    cfg = train_config(args)
+
+    dictionary = Dictionary.load(args.dict_path)
+    train_set = LmdbDataset(args.train_data_path, dictionary)
+    valid_set = LmdbDataset(args.valid_data_path, dictionary) if args.valid_data_path else None
+    if args.data_kind == "is2re":
+        train_set = IS2REAsS2EF(train_set)
+        valid_set = IS2REAsS2EF(valid_set) if valid_set is not None else None
+
+    seed_everything(args.seed)  # same initial weights on every rank
+    model = build_model(args.model_type, head="s2ef", forces=args.forces, energy_coef=args.energy_coef, force_coef=args.force_coef)
+    meta = {"task": "s2ef", "dictionary": dictionary.tokens, "args": vars(args)}
+    if resolve_resume(cfg) is None:
+        sample = random_subset(train_set, args.normalizer_structures, args.seed)
+        sample = without_forces(sample) if args.data_kind == "is2re" else sample
+        meta["normalizer"] = model.fit_normalizer(sample, fit_references=args.element_refs)
+    return train(model, train_set, valid_set, cfg, meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -33,9 +33,11 @@ def test_conservative_forces_and_stress_are_finite_differences(atoms):
     atoms.rattle(0.05, seed=1)
     atoms.calc = SFMCalculator(model("conservative", torch.float64))
     forces, stress = atoms.get_forces(), atoms.get_stress()
-    fd_forces, fd_stress = calculate_numerical_forces(atoms, eps=1e-4), calculate_numerical_stress(atoms, eps=1e-4)
+    some = [0, 6, len(atoms) - 1]  # a subsurface, a surface and an adsorbate atom
+    fd_forces = calculate_numerical_forces(atoms, eps=1e-4, iatoms=some)
+    fd_stress = calculate_numerical_stress(atoms, eps=1e-4)
     assert np.abs(fd_forces).max() > 1e-5  # not trivially zero
-    np.testing.assert_allclose(forces, fd_forces, atol=2e-3 * np.abs(fd_forces).max())
+    np.testing.assert_allclose(forces[some], fd_forces, atol=2e-3 * np.abs(fd_forces).max())
     np.testing.assert_allclose(stress, fd_stress, atol=2e-3 * np.abs(fd_stress).max())
     assert atoms.get_potential_energy() == atoms.calc.results["free_energy"]
 

@@ -129,6 +129,13 @@ def format_table(m: dict) -> str:
     return "\n".join(lines)
 
 
+def json_safe(x):
+    """nan / inf -> None, recursively (strict JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    return None if isinstance(x, float) and not np.isfinite(x) else x
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", required=True, help="sample LMDB (file or folder of shards)")
@@ -145,7 +152,7 @@ def main(argv=None) -> dict:
     print(format_table(m))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(m, f, indent=2)
+            json.dump(json_safe(m), f, indent=2)
     return m
 
 

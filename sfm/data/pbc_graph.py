@@ -48,6 +48,8 @@ def radius_graph_pbc(
         ``offsets [E, 3]`` (whole numbers, ``frac``'s dtype). No self-edge with zero offset;
         an atom does neighbour its own periodic images.
     """
+    if not cutoff > 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff}")
     lattice = lattice.to(frac.dtype)
     periodic = torch.tensor(pbc, dtype=torch.bool, device=frac.device)
     shift = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
@@ -92,25 +94,31 @@ def _graph_edges(frac, lattice, cutoff, pbc, max_neighbors, graph):
     low, high = cart.min(0).values, cart.max(0).values
     gap = (low - candidates).clamp(min=0) + (candidates - high).clamp(min=0)
     cand_ids = torch.nonzero(gap.pow(2).sum(-1) < cutoff**2).flatten()
-    candidates = candidates[cand_ids]
-    self_ids = torch.arange(n, device=frac.device) * num_images + zero_image
+    # centred coordinates keep |t|^2 + |c|^2 - 2 t.c accurate; a margin covers its round-off
+    center = cart.mean(0)
+    targets, candidates = cart - center, candidates[cand_ids] - center
+    sq_t, sq_c = targets.pow(2).sum(-1), candidates.pow(2).sum(-1)
+    loose = cutoff**2 + 32 * torch.finfo(frac.dtype).eps * torch.cat([sq_t, sq_c]).max()
+    column = torch.full((n * num_images,), -1, dtype=torch.long, device=frac.device)
+    column[cand_ids] = torch.arange(cand_ids.shape[0], device=frac.device)
+    self_column = column[torch.arange(n, device=frac.device) * num_images + zero_image]  # own zero image
     chunk = max(1, _MAX_CHUNK // max(1, cand_ids.shape[0]))
-    found = []  # (target, candidate index, squared distance)
+    found = []  # (target, candidate id), grouped by target
     for lo in range(0, n, chunk):
-        d2 = (candidates[None] - cart[lo : lo + chunk, None]).pow(2).sum(-1)  # [chunk, C]
-        tgt, col = torch.nonzero(d2 < cutoff**2, as_tuple=True)
-        cand = cand_ids[col]
-        keep = cand != self_ids[tgt + lo]  # no self-edge at zero offset
-        found.append((tgt[keep] + lo, cand[keep], d2[tgt[keep], col[keep]]))
-    dst, cand, d2 = (torch.cat(parts) for parts in zip(*found))
-    if max_neighbors is not None:  # nearest k per target, via a padded [n, max degree] table
-        starts = torch.searchsorted(dst, torch.arange(n + 1, device=dst.device))  # dst is sorted
-        slot = torch.arange(dst.shape[0], device=dst.device) - starts[dst]
-        table = torch.full((n, int(slot.max()) + 1 if slot.numel() else 1), math.inf, dtype=d2.dtype, device=d2.device)
-        table[dst, slot] = d2
-        nearest_d2, nearest = table.topk(min(max_neighbors, table.shape[1]), dim=1, largest=False)
-        edge = (starts[:-1, None] + nearest)[torch.isfinite(nearest_d2)]
-        dst, cand = dst[edge], cand[edge]
+        rows = torch.arange(lo, min(lo + chunk, n), device=frac.device)
+        d2 = torch.addmm(sq_c[None], targets[rows], candidates.T, alpha=-2) + sq_t[rows, None]  # [rows, C]
+        d2[rows - lo, self_column[rows]] = math.inf  # no self-edge at zero offset
+        if max_neighbors is None:
+            tgt, col = torch.nonzero(d2 < loose, as_tuple=True)
+            tgt = tgt + lo
+        else:  # nearest first
+            near, col = d2.topk(min(max_neighbors, d2.shape[1]), dim=1, largest=False)
+            inside = near < loose
+            tgt, col = rows[:, None].expand_as(col)[inside], col[inside]
+        exact = (candidates[col] - targets[tgt]).pow(2).sum(-1)  # decides the few near the cutoff
+        keep = exact < cutoff**2
+        found.append((tgt[keep], cand_ids[col[keep]]))
+    dst, cand = (torch.cat(parts) for parts in zip(*found))
     return cand // num_images, dst, images[cand % num_images]
 
 

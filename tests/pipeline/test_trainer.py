@@ -156,3 +156,20 @@ def test_bf16_autocast_step(tmp_path):
 def test_rejects_a_model_without_the_contract(tmp_path):
     with pytest.raises(TypeError, match="loss"):
         train(torch.nn.Linear(2, 2), toy_structures(2), None, config(tmp_path))
+
+
+def test_ddp_one_process_matches_single(tmp_path):
+    """DDP through a one-process group on localhost (plain python: no torchrun needed)."""
+    data = toy_structures(8)
+    ref = train(fresh_model(), data, None, config(tmp_path, "single", total_num_steps=2))
+    ddp = train(fresh_model(), data, None, config(tmp_path, "ddp", total_num_steps=2, strategy="DDP"))
+    a, b = read_consolidated(ref["checkpoint"])["state_dict"], read_consolidated(ddp["checkpoint"])["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert not torch.distributed.is_initialized()
+
+
+def test_single_refuses_several_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="use --strategy DDP or Zero"):
+        train(fresh_model(), toy_structures(2), None, config(tmp_path))

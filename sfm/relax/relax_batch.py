@@ -69,9 +69,35 @@ def fixed_mask(batch) -> Tensor:
     return torch.zeros(batch.pos.shape[0], dtype=torch.bool, device=batch.pos.device)
 
 
+def split_batch(batch: Batch, max_atoms: int | None) -> list[tuple[Batch, slice]]:
+    """[(part, atom slice)]: consecutive whole structures with at most `max_atoms` atoms per part
+    (a larger structure goes alone); one part, the batch itself, when max_atoms is None."""
+    if max_atoms is None:
+        return [(batch, slice(None))]
+    ptr = batch.ptr.tolist()
+    bounds, start = [], 0
+    for g in range(1, len(ptr) - 1):
+        if ptr[g + 1] - ptr[start] > max_atoms:
+            bounds.append((start, g))
+            start = g
+    bounds.append((start, len(ptr) - 1))
+    return [(Batch.from_data_list(batch.index_select(range(a, b))), slice(ptr[a], ptr[b])) for a, b in bounds]
+
+
+def evaluate(fn, parts: list[tuple[Batch, slice]], pos: Tensor) -> tuple[Tensor, Tensor]:
+    """fn on each part at positions pos [N, 3] (whole batch); energies [B] and forces [N, 3] joined."""
+    outs = []
+    for part, atoms in parts:
+        part.pos = pos[atoms]
+        if "frac" in part:  # collate's wrapped fractional coordinates follow pos
+            part.frac = wrap_frac(cart_to_frac(part.pos, part.cell[part.batch]))
+        outs.append([t.detach() for t in fn(part)])
+    return torch.cat([e for e, _ in outs]), torch.cat([f for _, f in outs])
+
+
 def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float = 0.05,
                 steps: int = 300, callback: Callable[[RelaxFrame], None] | None = None,
-                **optimizer_kwargs) -> RelaxResult:
+                max_atoms: int | None = None, **optimizer_kwargs) -> RelaxResult:
     """Relax the atoms of every structure of a PyG batch with a batched FIRE or L-BFGS (see
     fire.py, lbfgs.py); the cell is held (no cell relaxation: not needed for OC20 slabs).
 
@@ -80,6 +106,9 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
         structures still relaxing, with their current `pos` (dtype of the input).
     batch: `pos` [N, 3] A, `cell` [B, 3, 3] (rows a, b, c; held), `batch` [N], `fixed` [N] bool
         (held atoms; else tags == 0), plus whatever the model reads (atomic_numbers, ...).
+    max_atoms: call fn on parts of at most this many atoms (whole structures) instead of on
+        all active structures at once: bounds memory, and on CPU (where a model's cost is
+        linear in atoms and large activations fall out of cache) it is also faster.
     Converged: max |F| over free atoms < fmax (as ASE). A structure stops on convergence or
     after `steps` optimiser steps and then leaves the batch: it costs no more model calls.
     Optimiser state is float64, but fn sees positions in batch.pos's dtype: float32 runs drift
@@ -97,6 +126,7 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
                       converged=torch.zeros(B, dtype=torch.bool, device=device),
                       steps=torch.zeros(B, dtype=torch.long, device=device))
     sub = copy.copy(batch)  # shallow: setting sub.pos leaves the caller's batch alone
+    parts = split_batch(sub, max_atoms)
     index = torch.arange(B, device=device)       # active structures, in input numbering
     atom_index = torch.arange(N, device=device)  # active atoms, in input numbering
     pos = batch.pos.detach().to(torch.float64)
@@ -104,9 +134,7 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
     nsteps = 0
     while True:
         sub.pos = pos.to(dtype)
-        if "frac" in sub:  # collate's wrapped fractional coordinates follow pos
-            sub.frac = wrap_frac(cart_to_frac(sub.pos, sub.cell[sub.batch]))
-        energy, forces = (t.detach() for t in fn(sub))
+        energy, forces = evaluate(fn, parts, sub.pos)
         held = torch.where(free[:, None], forces.to(torch.float64), torch.zeros_like(pos))
         fm = scatter(held.norm(dim=-1), sub.batch, dim=0, dim_size=len(index), reduce="max")
         if callback is not None:
@@ -125,6 +153,7 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
             keep, atoms_keep = ~done, ~atoms_done
             opt.keep(atoms_keep, keep)
             sub = Batch.from_data_list(sub.index_select(keep.nonzero().flatten()))
+            parts = split_batch(sub, max_atoms)
             index, atom_index = index[keep], atom_index[atoms_keep]
             pos, held, free = pos[atoms_keep], held[atoms_keep], free[atoms_keep]
         pos = opt.step(pos, held, sub.batch)

@@ -8,6 +8,7 @@ from ase.optimize import FIRE, LBFGS
 from torch_geometric.data import Batch
 
 from sfm.relax import atoms_to_data, emt_fn, relax_batch
+from sfm.relax.relax_batch import split_batch
 from sfm.relax.bench import make_slabs
 
 ASE_OPT = {"fire": FIRE, "lbfgs": LBFGS}
@@ -45,6 +46,7 @@ def test_matches_ase_optimizer(slabs, name):
 
 @pytest.mark.parametrize("name", ["fire", "lbfgs"])
 def test_fixed_atoms_held_and_batch_equals_one_at_a_time(slabs, name):
+    slabs = slabs[:3]  # 14, 19 and 28 atoms
     batch = to_batch(slabs, dtype=torch.float32)
     res = relax_batch(emt_fn, batch, optimizer=name)
     assert torch.equal(res.pos[batch.fixed], batch.pos[batch.fixed])
@@ -91,3 +93,21 @@ def test_model_with_predict_and_input_untouched(slabs):
     assert torch.equal(res.pos, ref.pos)
     with pytest.raises(ValueError, match="optimizer"):
         relax_batch(emt_fn, batch, optimizer="bfgs")
+
+
+def test_max_atoms_splits_calls_not_results(slabs):
+    batch = to_batch(slabs)
+    sizes = []
+
+    def counting_fn(b):
+        sizes.append(b.num_nodes)
+        return emt_fn(b)
+
+    res = relax_batch(counting_fn, batch, max_atoms=40, steps=20)
+    ref = relax_batch(emt_fn, batch, steps=20)
+    assert max(sizes) <= 40 and len(sizes) > 21
+    for name in ("pos", "energy", "forces", "steps", "converged"):
+        assert torch.equal(getattr(res, name), getattr(ref, name))
+    parts = split_batch(batch, 1)  # each structure alone when none fits
+    assert [p.num_graphs for p, _ in parts] == [1] * len(slabs)
+    assert torch.equal(torch.cat([batch.pos[s] for _, s in parts]), batch.pos)

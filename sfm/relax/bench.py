@@ -1,7 +1,7 @@
 """Relaxation benchmark: structures relaxed per second, batched `relax_batch` vs ASE FIRE looping.
 
     python -m sfm.relax.bench [--model tiny|small|emt|CKPT.pt] [--n 32 128] [--device cpu cuda]
-                              [--data LMDB] [--steps 100] [--json out.json]
+                              [--data LMDB] [--steps 100] [--fmax 0.05] [--max_atoms A] [--json out.json]
 
 Both paths relax the same structures with the same FIRE (ASE parameters), fmax and step
 cap, with the same model (an untrained preset's forces are tiny, so pass `--fmax 0`: every
@@ -82,7 +82,8 @@ def build(model: str, device: str):
     return net, lambda: SFMCalculator(net, device=device)
 
 
-def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: int) -> dict:
+def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: int,
+        max_atoms: int | None = None) -> dict:
     """Relax the same n structures both ways; structures/s, steps, agreement of final energies."""
     from ase.optimize import FIRE
     from torch_geometric.data import Batch
@@ -96,7 +97,7 @@ def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: i
     batch = Batch.from_data_list(datas).to(device)
     sync()
     t0 = time.perf_counter()
-    res = relax_batch(fn, batch, optimizer="fire", fmax=fmax, steps=steps)
+    res = relax_batch(fn, batch, optimizer="fire", fmax=fmax, steps=steps, max_atoms=max_atoms)
     sync()
     t_batched = time.perf_counter() - t0
     ase_e, ase_steps, ase_conv = [], [], []
@@ -111,7 +112,7 @@ def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: i
     t_ase = time.perf_counter() - t0
     natoms = np.array([len(a) for a in atoms_list])
     de = np.abs(res.energy.double().cpu().numpy() - np.array(ase_e)) / natoms
-    return {"n": n, "device": device, "model": model, "atoms_mean": float(natoms.mean()),
+    return {"n": n, "device": device, "model": model, "max_atoms": max_atoms, "atoms_mean": float(natoms.mean()),
             "batched_per_s": n / t_batched, "ase_per_s": n / t_ase, "ratio": t_ase / t_batched,
             "batched_s": t_batched, "ase_s": t_ase,
             "steps_batched": float(res.steps.double().mean()), "steps_ase": float(np.mean(ase_steps)),
@@ -127,6 +128,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data", help="OC20 LMDB to take structures from (default: make_slabs)")
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=100, help="step cap (untrained models rarely converge)")
+    p.add_argument("--max_atoms", type=int, help="relax_batch: atoms per model call (default: all at once)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     print(vars(args))
@@ -135,7 +137,7 @@ def main(argv=None) -> list[dict]:
           f"{'steps b/a':>11} {'conv b/a':>11} {'max dE/atom':>12}")
     for device in args.device:
         for n in args.n:
-            r = run(n, device, args.model, args.data, args.fmax, args.steps)
+            r = run(n, device, args.model, args.data, args.fmax, args.steps, args.max_atoms)
             rows.append(r)
             print(f"{n:>5} {device:>6} {r['atoms_mean']:>6.1f} {r['batched_per_s']:>10.2f} {r['ase_per_s']:>8.2f} "
                   f"{r['ratio']:>6.1f}x {r['steps_batched']:>5.1f}/{r['steps_ase']:<5.1f} "

@@ -127,7 +127,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     p.add_argument("--data", help="OC20 LMDB to take structures from (default: make_slabs)")
     p.add_argument("--fmax", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=100, help="step cap (untrained models rarely converge)")
+    p.add_argument("--steps", type=int, default=100, help="step cap per structure")
     p.add_argument("--max_atoms", type=int, help="relax_batch: atoms per model call (default: all at once)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)

@@ -1,0 +1,111 @@
+"""train_s2ef / train_diff entry points: tiny model on the demo world, Single strategy, in-process."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import sfm
+from sfm.data import LmdbDataset, collate
+from sfm.models import build_model
+from sfm.tasks import train_diff, train_s2ef
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def flags(world, save_dir, kind, *extra):
+    return ["--train_data_path", str(world / kind / "train"), "--valid_data_path", str(world / kind / "val_id"),
+            "--save_dir", str(save_dir), "--model_type", "tiny", "--train_batch_size", "2", "--val_batch_size", "4",
+            "--total_num_steps", "2", "--warmup_num_steps", "1", "--max_lr", "1e-3", "--log_interval", "1", *extra]  # fmt: skip
+
+
+def live_model(save_dir, checkpoint):
+    """The run's last live weights (engine state of a Single run) in a model rebuilt from the checkpoint's config."""
+    model = build_model(**checkpoint["build_kwargs"])
+    tag = (save_dir / "checkpoints" / "latest").read_text().strip()
+    model.load_state_dict(torch.load(save_dir / "checkpoints" / tag / "engine.pt", weights_only=True)["model"])
+    return model.eval()
+
+
+def test_s2ef_trains_and_its_checkpoint_reloads_to_identical_outputs(demo_world, tmp_path):
+    out = train_s2ef.main(flags(demo_world, tmp_path / "run", "s2ef_few", "--ema_decay", "0"))
+    assert out["step"] == 2 and {"energy_mae", "force_mae", "loss"} <= set(out["valid"])
+    loaded = sfm.load_checkpoint(tmp_path / "run" / "model.pt")
+    meta = loaded.checkpoint
+    assert type(loaded).__name__ == "S2EFModel" and not loaded.training
+    assert meta["task"] == "s2ef" and meta["args"]["forces"] == "direct" and "Cu" in meta["dictionary"]
+    assert float(loaded.normalizer.std) != 1.0 and meta["normalizer"]["std"] == pytest.approx(float(loaded.normalizer.std))
+    batch = collate([LmdbDataset(demo_world / "s2ef_few" / "val_id")[i] for i in range(3)])
+    got, want = loaded.predict(batch), live_model(tmp_path / "run", meta).predict(batch)
+    assert torch.equal(got["energy"], want["energy"]) and torch.equal(got["forces"], want["forces"])
+
+
+def test_s2ef_on_is2re_with_conservative_forces(demo_world, tmp_path):
+    out = train_s2ef.main(flags(demo_world, tmp_path / "run", "is2re", "--data_kind", "is2re", "--forces", "conservative",
+                                "--total_num_steps", "1"))  # fmt: skip
+    assert out["nonfinite_steps"] == 0 and {"energy_loss", "force_loss"} <= set(out["train"])
+
+
+def test_diffusion_trains_resumes_and_reloads(demo_world, tmp_path):
+    run = tmp_path / "run"
+    train_diff.main(flags(demo_world, run, "is2re", "--ema_decay", "0"))
+    first = sfm.load_checkpoint(run / "model.pt")
+    out = train_diff.main(flags(demo_world, run, "is2re", "--ema_decay", "0", "--resume", "--total_num_steps", "3"))
+    assert out["step"] == 3 and {"coord", "lattice"} <= set(out["valid"])
+    loaded = sfm.load_checkpoint(run / "model.pt")
+    assert type(loaded).__name__ == "DiffusionModel" and loaded.checkpoint["config"]["resumed_at_step"] == 2
+    with pytest.raises(FileExistsError, match="pass --resume"):  # a run is never overwritten
+        train_diff.main(flags(demo_world, run, "is2re"))
+    for name, buf in first.named_buffers():  # the prior fitted at the start is kept, not refitted
+        assert torch.equal(buf, dict(loaded.named_buffers())[name]), name
+    batch = collate([LmdbDataset(demo_world / "is2re" / "val_id")[i] for i in range(2)])
+    live = live_model(run, loaded.checkpoint)
+    losses = []
+    for model in (loaded, live):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            losses.append(model.loss(batch)[0])
+    assert torch.equal(*losses)
+
+
+@pytest.mark.parametrize(
+    "entry, bad, message",
+    [
+        (train_s2ef, ["--strategy", "Zero4"], "invalid choice: 'Zero4'"),
+        (train_s2ef, ["--train_batch_size", "0"], "must be >= 1"),
+        (train_s2ef, ["--max_lr=-1e-3"], "--max_lr: must be in (0.0, inf)"),
+        (train_s2ef, ["--ema_decay", "1"], "--ema_decay: must be in [0.0, 1.0)"),
+        (train_s2ef, ["--total_num_steps", "0", "--total_num_epochs", "0"], "give --total_num_epochs or --total_num_steps"),
+        (train_s2ef, ["--forces", "both"], "invalid choice: 'both'"),
+        (train_s2ef, ["--model_type", "huge"], "invalid choice: 'huge'"),
+        (train_diff, ["--train_data_path", "/no/such/lmdb"], "--train_data_path /no/such/lmdb: no such file"),
+        (train_diff, ["--mode_probs", "csp=0.5,dream=0.5"], "unknown modes ['dream']"),
+        (train_diff, ["--given_tags", "slab"], "--given_tags must be comma-separated integers"),
+        (train_diff, ["--target", "pos_init"], "invalid choice: 'pos_init'"),
+    ],
+)
+def test_bad_flags_exit_with_a_clear_message(demo_world, tmp_path, capsys, entry, bad, message):
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main(flags(demo_world, tmp_path / "run", "is2re", *bad))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_local_launcher_on_cpu(demo_world, tmp_path):
+    env = {**os.environ, "DEMO_DIR": str(demo_world), "SAVE_DIR": str(tmp_path / "run"), "MODEL_TYPE": "tiny", "BATCH_SIZE": "2"}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "train_oc20_local.sh"), "--total_num_steps", "1"],
+                       env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "--strategy Single" in r.stdout and (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_s2ef_launcher_zero2_on_two_cpu_processes(demo_world, tmp_path):
+    env = {**os.environ, "DEMO_DIR": str(demo_world), "SAVE_DIR": str(tmp_path / "run"), "MODEL_TYPE": "tiny",
+           "BATCH_SIZE": "2", "NPROC": "2", "STRATEGY": "Zero2", "VALID_DATA": ""}  # fmt: skip
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "train_s2ef.sh"), "--total_num_steps", "2", "--log_interval", "1"],
+                       env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    loaded = sfm.load_checkpoint(tmp_path / "run" / "model.pt")
+    assert loaded.checkpoint["config"]["world_size"] == 2 and loaded.checkpoint["step"] == 2

@@ -10,9 +10,9 @@ Catalysts
     fcc slabs (ase.build ``fcc111``, ``fcc100``, ``fcc110``, ``fcc211``) of the EMT
     metals Al, Cu, Ag, Au, Ni, Pd, Pt, or binary alloys of two of them (a random 20-50%
     of the slab sites substituted by the second metal, lattice constant by Vegard's law
-    from the EMT equilibrium lattice constants). Surface cells of 3-4 x 2-4 atoms and
-    4-6 layers (24-64 metal atoms), 10-13 A of vacuum on each side (cell c about
-    27-35 A). Stored with all three directions periodic, as OC20 does.
+    from the EMT equilibrium lattice constants). Surface cells of 2-4 x 3-4 atoms
+    (a, b about 6-11 A) and 4-6 layers: 36-64 metal atoms; 10-13 A of vacuum on each
+    side (cell c about 25-36 A). Stored with all three directions periodic, as OC20 does.
     Tags: the upper half of the distinct atomic heights (z levels) is the surface
     (tag 1), the lower half the subsurface (tag 0, fixed); adsorbate atoms are tag 2.
     ``fixed = tags == 0``.
@@ -25,9 +25,14 @@ Adsorbates
     this initial placement.
 Relaxation
     ASE LBFGS (maxstep 0.2 A) with EMT to fmax 0.05 eV/A (free atoms) within 300 steps,
-    subsurface fixed (``FixAtoms``). A system is rejected and redrawn (with the next
-    attempt's seed) if the relaxation does not converge, the adsorbate desorbs, breaks
-    apart, sinks below the surface, or a slab atom moves more than 1 A.
+    subsurface fixed (``FixAtoms``: fixed atoms are identical in ``pos`` and
+    ``pos_relaxed``). A system is rejected and redrawn (with the next attempt's seed) if
+    the relaxation does not converge, part of the adsorbate desorbs (is not linked to
+    the slab by bonds shorter than 1.5x the sum of covalent radii), an adsorbate atom
+    sinks below the mean height of the surface (tag 1) atoms, or a slab atom moves more
+    than 1 A. Adsorbates that break apart on the surface are kept: EMT stretches X-H
+    bonds on metals to 1.6-1.9 A, so most adsorbates are not intact by 1.25x covalent
+    radii; ``intact`` in ``data_mapping.json`` and the summary say how many.
 Energies (eV)
     ``E(x)`` = ASE EMT potential energy of structure x (the stored cell, all pbc True).
     ``E_slab`` = E of the clean slab (the same metal atoms, same cell, no adsorbate)
@@ -57,7 +62,8 @@ Entries
     step), ``atomic_numbers``, ``pos``, ``cell``, ``natoms``, ``tags``, ``fixed``, ``y``,
     ``force``. Positions float32 Cartesian A, wrapped into the cell.
     ``data_mapping.json`` maps each sid to its split, catalyst, facet, adsorbate SMILES,
-    site, relaxation steps and attempt; ``summary.json`` holds the counts and statistics.
+    site, relaxation steps, attempt and ``intact``; ``summary.json`` holds the counts and
+    statistics.
 
 Determinism: system ``i`` of split ``s`` draws everything from
 ``SeedSequence([seed, s, i, attempt])``, so the output does not depend on ``--workers``.
@@ -71,12 +77,10 @@ import argparse
 import functools
 import importlib.util
 import json
-import math
 import multiprocessing
 import os
 import pickle
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +105,7 @@ MAX_ADSORBATE_ATOMS = 6
 FACETS = {
     "111": (fcc111, [(3, 3, 4), (4, 3, 4), (4, 4, 4)]),
     "100": (fcc100, [(3, 3, 4), (4, 3, 4), (4, 4, 4)]),
-    "110": (fcc110, [(3, 2, 6), (4, 2, 6), (3, 3, 6)]),
+    "110": (fcc110, [(2, 3, 6), (2, 4, 6), (3, 3, 6)]),
     "211": (fcc211, [(3, 3, 4), (3, 4, 4)]),
 }
 SPLITS = ("train", "val_id", "test_id", "val_ood_ads", "val_ood_cat")
@@ -110,7 +114,7 @@ SIZES = {"small": 24, "default": 1400}  # IS2RE train systems
 FMAX = 0.05  # eV/A, relaxation target on free atoms
 MAX_STEPS = 300
 MAX_ATTEMPTS = 20
-VERSION = 1  # bump when the generator changes, so old out dirs are rebuilt
+VERSION = 1  # bump when the output changes: an --out built by another version is not reused
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,8 @@ class Adsorbate:
 
 @dataclass(frozen=True)
 class Task:
-    """One system to build: ``split`` name and its index within the split."""
+    """One system to build: ``index`` within ``split``, the global ``seed``, and the S2EF
+    frame stride ``frame_every`` (optimizer steps)."""
 
     split: str
     index: int
@@ -634,6 +639,32 @@ def _describe(values) -> dict:
     return {k: round(float(f(v)), 4) for k, f in (("min", np.min), ("mean", np.mean), ("std", np.std), ("max", np.max))}
 
 
+def format_summary(summary: dict, out) -> str:
+    """The summary as a few lines of text (``summary.json`` has it all)."""
+
+    def stats(d, fmt=".2f"):
+        return f"{d['min']:{fmt}} / {d['mean']:{fmt}} / {d['max']:{fmt}} (std {d['std']:{fmt}})"
+
+    c = summary["config"]
+    rows = [(name, f"{n:>7} entries") for name, n in summary["entries"].items()]
+    rows += [
+        ("", "min / mean / max"),
+        ("atoms per system", stats(summary["atoms_per_system"], ".0f")),
+        *((f"cell {k} (A)", stats(summary["cell_lengths_A"][k], ".1f")) for k in "abc"),
+        ("y_init (eV)", stats(summary["y_init_eV"])),
+        ("y_relaxed (eV)", stats(summary["y_relaxed_eV"])),
+        ("s2ef y (eV)", stats(summary["s2ef_y_eV"])),
+        ("relaxation steps", stats(summary["relax_steps"], ".0f")),
+        ("adsorbates intact", f"{summary['adsorbate_intact_fraction']:.0%}"),
+        ("rejected attempts", summary["rejected_attempts"] or "none"),
+    ]
+    head = (
+        f"demo world in {out}: seed {c['seed']}, {c['num_train']} train systems, "
+        f"built in {summary['build_seconds']} s with {summary['workers']} worker(s)"
+    )
+    return "\n".join([head] + [f"  {label:<20} {value}" for label, value in rows])
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -703,7 +734,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.workers < 1 or args.frame_every < 1:
         parser.error("--workers and --frame_every must be >= 1")
     summary = make_demo(args.out, args.small, args.seed, args.num_systems, args.frame_every, args.workers, args.force)
-    print(json.dumps(summary, indent=1))
+    print(format_summary(summary, args.out))
     return summary
 
 

@@ -114,7 +114,7 @@ SIZES = {"small": 24, "default": 1400}  # IS2RE train systems
 FMAX = 0.05  # eV/A, relaxation target on free atoms
 MAX_STEPS = 300
 MAX_ATTEMPTS = 20
-VERSION = 1  # bump when the output changes: an --out built by another version is not reused
+VERSION = 2  # bump when the output changes: an --out built by another version is not reused
 
 
 @dataclass(frozen=True)

@@ -448,7 +448,9 @@ def _wrapped(atoms: Atoms, positions: np.ndarray) -> np.ndarray:
 
 def make_system(task: Task) -> dict:
     """System ``task`` from the first attempt that passes every check; adds the reasons
-    of the rejected attempts under ``"rejected"``."""
+    of the rejected attempts under ``"rejected"`` and the CPU time spent under
+    ``"cpu_seconds"``."""
+    start = time.process_time()
     rejected = []
     for attempt in range(MAX_ATTEMPTS):
         try:
@@ -457,6 +459,7 @@ def make_system(task: Task) -> dict:
             rejected.append(str(why))
             continue
         system["rejected"] = rejected
+        system["cpu_seconds"] = time.process_time() - start
         return system
     raise RuntimeError(f"{task}: no acceptable system in {MAX_ATTEMPTS} attempts: {rejected}")
 
@@ -600,6 +603,7 @@ class SummaryStats:
         self.entries = {}
         self.natoms, self.cells, self.y_init, self.y_relaxed, self.y_s2ef = [], [], [], [], []
         self.steps, self.rejected, self.intact = [], {}, []
+        self.cpu_seconds = 0.0
 
     def add(self, split: str, system: dict, n_frames: int) -> None:
         self.entries[f"is2re/{split}"] = self.entries.get(f"is2re/{split}", 0) + 1
@@ -612,6 +616,7 @@ class SummaryStats:
         self.y_relaxed.append(system["y_relaxed"])
         self.steps.append(system["meta"]["steps"])
         self.intact.append(system["meta"]["intact"])
+        self.cpu_seconds += system["cpu_seconds"]
         for reason in system["rejected"]:
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
@@ -628,6 +633,7 @@ class SummaryStats:
             relax_steps=_describe(self.steps),
             adsorbate_intact_fraction=round(float(np.mean(self.intact)), 3),
             rejected_attempts=dict(sorted(self.rejected.items())),
+            cpu_seconds_per_system=round(self.cpu_seconds / len(self.natoms), 3),
             gas_references_eV={k: round(v, 6) for k, v in gas_references().items()},
             emt_lattice_constants_A={m: round(emt_lattice_constant(m), 5) for m in METALS},
         )
@@ -659,8 +665,9 @@ def format_summary(summary: dict, out) -> str:
         ("rejected attempts", summary["rejected_attempts"] or "none"),
     ]
     head = (
-        f"demo world in {out}: seed {c['seed']}, {c['num_train']} train systems, "
-        f"built in {summary['build_seconds']} s with {summary['workers']} worker(s)"
+        f"demo world in {out}: seed {c['seed']}, {c['num_train']} train systems, built in "
+        f"{summary['build_seconds']} s with {summary['workers']} worker(s), "
+        f"{summary['cpu_seconds_per_system']} CPU-s per system"
     )
     return "\n".join([head] + [f"  {label:<20} {value}" for label, value in rows])
 

@@ -21,8 +21,11 @@ invariant noise estimate ``eps``; in the frame of the input lattice it is ``eps 
 (:meth:`DiffusionModel.forward` ``lattice_noise``), which rotates with the lattice.
 
 Conditioning: a sinusoidal embedding of ``t``, the per-axis fractional noise levels
-(``log sigma``), and two mask channels (this atom is given; this lattice is given) go
-through an MLP into the backbone's ``cond`` input, per atom.
+(``log sigma``), the lattice latent ``Z = encode(L)`` (6 invariant numbers, unit scale:
+the state the lattice noise is predicted from, which the raw cell shows only as strains
+of ``std``, 1 % on entries the data hardly vary) and two mask channels (this atom is
+given; this lattice is given) go through an MLP into the backbone's ``cond`` input, per
+atom.
 
 Training (:meth:`DiffusionModel.loss`): a mode per structure (``masks.py``), a time
 ``t ~ U(0, 1)`` per structure, then
@@ -117,20 +120,18 @@ class DiffusionModel(nn.Module):
         channels = backbone_cfg.sphere_channels
         self.frac_process = FracProcess(sigma_min)
         self.lattice_process = LatticeProcess()
-        # conditioning: time embedding, 3 log-sigmas, 2 mask channels
-        self.cond_mlp = nn.Sequential(nn.Linear(self.time_dim + 5, width), nn.SiLU(), nn.Linear(width, width))
+        # conditioning: time embedding, 3 log-sigmas, 6 latent entries, 2 mask channels
+        self.cond_mlp = nn.Sequential(nn.Linear(self.time_dim + 11, width), nn.SiLU(), nn.Linear(width, width))
         self.coord_head = self.backbone.make_attention(1)
-        # lattice head: invariant part (pooled scalars, time, size, cell shape) and l=1 part
-        self.lattice_mlp = nn.Sequential(
-            nn.Linear(channels + width + 7, channels), nn.SiLU(), nn.Linear(channels, 6)
-        )
+        # lattice head: invariant part (pooled scalars and conditioning, size, latent) and l=1 part
+        self.lattice_mlp = nn.Sequential(nn.Linear(channels + width + 7, channels), nn.SiLU(), nn.Linear(channels, 6))
         self.lattice_vectors = nn.Linear(channels, 2 * lattice_channels, bias=False)
 
     # ---- conditioning and heads -------------------------------------------------------
 
-    def condition(self, t, sigma, masks: Masks, batch) -> torch.Tensor:
-        """Per-atom conditioning ``[N, W]`` from ``t`` ``[B]``, ``sigma`` ``[B, 3]``, the masks."""
-        graph_feats = torch.cat([time_embedding(t, self.time_dim), sigma.log() / 4.0], dim=-1)[batch]
+    def condition(self, t, sigma, latent, masks: Masks, batch) -> torch.Tensor:
+        """Per-atom conditioning ``[N, W]`` from ``t`` ``[B]``, ``sigma`` ``[B, 3]``, ``latent`` ``[B, 6]``, the masks."""
+        graph_feats = torch.cat([time_embedding(t, self.time_dim), sigma.log() / 4.0, latent], dim=-1)[batch]
         flags = torch.stack([masks.atom_given, masks.lattice_given[batch]], dim=-1).to(t.dtype)
         return self.cond_mlp(torch.cat([graph_feats, flags], dim=-1))
 
@@ -144,24 +145,27 @@ class DiffusionModel(nn.Module):
         [B, 3, 3]`` (``T``, Cartesian), ``lattice_noise [B, 3, 3]`` (``eps Q``: the noise
         in the input lattice's frame, rotating with it).
         """
-        cond = self.condition(t, sigma, masks, batch)
+        latent = upper_entries(self.lattice_process.encode(lattice)).clamp(-10, 10)
+        cond = self.condition(t, sigma, latent, masks, batch)
         x, graph = self.backbone.encode(atomic_numbers, frac, lattice, batch, cond, self.pbc)
         unit = lattice / lattice.norm(dim=-1, keepdim=True)  # [B, 3, 3] unit rows
         v = self.coord_head(x, graph)[:, 1:4, 0]  # [N, 3] Cartesian
         coord = (unit[batch] @ v[:, :, None]).squeeze(-1)
-        tensor = self.lattice_tensor(x, cond, unit, lattice, batch)
+        tensor = self.lattice_tensor(x, cond, latent, unit, batch)
         rot = polar_rotation(lattice)
         eps = rot @ tensor @ rot.transpose(-1, -2)
         return {"coord": coord, "lattice_eps": eps, "lattice_tensor": tensor, "lattice_noise": eps @ rot}
 
-    def lattice_tensor(self, x, cond, unit, lattice, batch) -> torch.Tensor:
+    def lattice_tensor(self, x, cond, latent, unit, batch) -> torch.Tensor:
         """``T = A^T M A + mean_n sum_k sym(u_nk w_nk^T)`` ``[B, 3, 3]``, see the module doc."""
-        num_graphs = lattice.shape[0]
+        num_graphs = unit.shape[0]
         count = torch.zeros(num_graphs, dtype=x.dtype, device=x.device).index_add_(0, batch, torch.ones_like(batch, dtype=x.dtype))
-        pool = lambda feats: torch.zeros(num_graphs, *feats.shape[1:], dtype=x.dtype, device=x.device).index_add_(0, batch, feats) / count.view(-1, *[1] * (feats.dim() - 1))  # noqa: E731
-        lengths = lattice.norm(dim=-1)
-        cosines = torch.stack([(unit[:, 1] * unit[:, 2]).sum(-1), (unit[:, 0] * unit[:, 2]).sum(-1), (unit[:, 0] * unit[:, 1]).sum(-1)], -1)
-        invariants = torch.cat([pool(EquiformerV2.scalars(x)), pool(cond), lengths.log(), cosines, count.log()[:, None]], -1)
+
+        def pool(feats):  # mean over the atoms of each structure
+            total = torch.zeros(num_graphs, *feats.shape[1:], dtype=x.dtype, device=x.device).index_add_(0, batch, feats)
+            return total / count.view(-1, *[1] * (feats.dim() - 1))
+
+        invariants = torch.cat([pool(EquiformerV2.scalars(x)), pool(cond), latent, count.log()[:, None]], -1)
         i, j = torch.triu_indices(3, 3, device=x.device)
         m = torch.zeros(num_graphs, 3, 3, dtype=x.dtype, device=x.device)
         m[:, i, j] = self.lattice_mlp(invariants)

@@ -1,0 +1,391 @@
+"""Sampling runs: generate structures from a diffusion checkpoint, sharded over ranks, streamed to disk.
+
+    run_sampling(GenConfig(...)) -> stats dict          (also what sfm/tasks/gen.py calls)
+
+Work. The inputs (an LMDB split or compositions, ``sample_inputs.py``) times
+``num_samples`` make the items ``(input i, sample s)``, ordered sample-major (every
+input's sample 0, then every input's sample 1, ...), cut into batches of ``batch_size``
+items; batch ``b`` goes to rank ``b % world_size``. Each batch draws all its randomness
+from its own generator, seeded from ``(seed, first item, batch length)``. So the samples
+depend on the seed, the inputs and ``batch_size`` only: not on the number of ranks, and
+not on where an earlier run of the same command stopped. (Not on ``num_samples`` either
+for the items of the first samples, up to the batch that straddles them.) A sample is
+identified by ``(sid, sample_idx)``; a rerun skips those already written.
+
+Samplers. ``pc`` (reference, predictor-corrector) and ``ode`` (few-step Heun) are the
+model's (``sfm.models.diffusion.samplers``). Two baselines go through the same writer,
+so the same metrics evaluate them:
+
+- ``baseline_initial``: the input's ``pos`` and ``cell`` as they are (for inpaint: the
+  heuristic placement the relaxation started from);
+- ``baseline_random``: generated atoms at uniformly random fractional coordinates of the
+  cell (given atoms and lattice held as in the model's modes); in ``csp`` the lattice is
+  a random cell of ``lattice_data`` (e.g. the training split), or else a draw from the
+  checkpoint's lattice prior.
+
+Given atoms (``inpaint``: tags in ``given_tags``) sit at the input's ``pos`` (or
+``pos_relaxed`` with ``given_positions="pos_relaxed"``) and are written bit for bit as
+given, as is a given lattice.
+
+Output: ``save_dir/run.json`` (the settings that define the samples; a rerun with other
+settings in the same ``save_dir`` is refused) and ``save_dir/samples/`` (``sample_store.py``).
+Each sample entry holds ``pos``, ``cell [1,3,3]``, ``atomic_numbers``, ``natoms``, ``tags``,
+``fixed``, ``sid``, ``sample_idx``, ``input_index``, ``generated [n]`` (bool: this atom was
+generated), ``mode``, ``sampler``, ``steps``, ``nfe`` (network calls of its trajectory),
+``seed``, and ``formula`` for composition inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+
+from sfm.data import Dictionary, LmdbDataset, collate
+from sfm.data.lattice import frac_to_cart
+from sfm.models.diffusion.lattice_noise import canonical
+from sfm.models.diffusion.masks import MODES
+from sfm.models.diffusion.samplers import DEFAULT_STEPS, sample
+from sfm.pipeline.distributed import all_reduce_sum, barrier, setup_distributed, teardown_distributed
+from sfm.pipeline.sample_inputs import CompositionInputs, LmdbInputs, parse_compositions
+from sfm.pipeline.sample_store import SampleStore, done_keys
+
+MODEL_SAMPLERS = ("pc", "ode")
+BASELINES = ("baseline_initial", "baseline_random")
+SAMPLERS = MODEL_SAMPLERS + BASELINES
+# settings that define the samples: a rerun into the same save_dir must keep them
+_DEFINING = ("checkpoint", "data_path", "compositions", "num_atoms", "formula_units", "mode", "given_tags",
+             "given_positions", "sampler", "steps", "corrector", "batch_size", "seed", "lattice_data")  # fmt: skip
+
+
+@dataclass
+class GenConfig:
+    """Plain values of a sampling run; the flags of ``sfm/tasks/gen.py`` have these names."""
+
+    save_dir: str
+    checkpoint: str | None = None
+    data_path: str | None = None
+    compositions: str | None = None
+    num_atoms: int | None = None
+    formula_units: int | None = None
+    mode: str = "csp"
+    given_tags: tuple[int, ...] = (0, 1)
+    given_positions: str = "pos"
+    num_samples: int = 1
+    sampler: str = "ode"
+    steps: int | None = None  # None: the sampler's default (pc 1000, ode 25)
+    corrector: float = 0.4
+    batch_size: int = 16
+    seed: int = 0
+    max_inputs: int | None = None
+    lattice_data: str | None = None
+    device: str | None = None  # None: cuda (LOCAL_RANK) if available, else cpu
+    progress: bool = True
+    fail_after_batches: int | None = field(default=None, repr=False)  # tests: raise after this many batches
+
+    def __post_init__(self):
+        self.given_tags = tuple(int(t) for t in self.given_tags)
+        if self.steps is None and self.sampler in MODEL_SAMPLERS:
+            self.steps = DEFAULT_STEPS[self.sampler]
+        if self.sampler in BASELINES:
+            self.steps = 0
+
+    def defining(self) -> dict:
+        """The settings recorded in ``run.json`` (paths resolved)."""
+        out = {k: getattr(self, k) for k in _DEFINING}
+        for k in ("checkpoint", "data_path", "lattice_data"):
+            out[k] = str(Path(out[k]).resolve()) if out[k] else None
+        out["given_tags"] = list(out["given_tags"])
+        return out
+
+
+def check_config(cfg: GenConfig) -> None:
+    """Raise ``ValueError`` / ``FileNotFoundError`` naming the problem with the settings (before any work)."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {cfg.sampler!r}")
+    if (cfg.data_path is None) == (cfg.compositions is None):
+        raise ValueError("give exactly one input: data_path (an LMDB split) or compositions")
+    if cfg.compositions is not None and cfg.mode != "csp":
+        raise ValueError(f"mode {cfg.mode!r} takes the lattice (and given atoms) from each input's cell and pos; "
+                         "compositions carry no cell: use mode csp, or data_path with an LMDB")  # fmt: skip
+    if cfg.compositions is not None and cfg.sampler == "baseline_initial":
+        raise ValueError("baseline_initial copies each input's pos and cell; compositions have neither")
+    if (cfg.num_atoms is not None or cfg.formula_units is not None) and cfg.compositions is None:
+        raise ValueError("num_atoms / formula_units apply to compositions only")
+    if cfg.num_atoms is not None and cfg.formula_units is not None:
+        raise ValueError("give num_atoms or formula_units, not both")
+    for name in ("num_samples", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.sampler in MODEL_SAMPLERS and cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.max_inputs is not None and cfg.max_inputs < 1:
+        raise ValueError(f"max_inputs must be >= 1, got {cfg.max_inputs}")
+    if cfg.given_positions not in ("pos", "pos_relaxed"):
+        raise ValueError(f"given_positions must be 'pos' or 'pos_relaxed', got {cfg.given_positions!r}")
+    if needs_model(cfg) and cfg.checkpoint is None:
+        raise ValueError(f"sampler {cfg.sampler} needs a checkpoint"
+                         + (" (or lattice_data for the csp lattices)" if cfg.sampler == "baseline_random" else ""))  # fmt: skip
+    for name in ("checkpoint", "data_path", "lattice_data"):
+        path = getattr(cfg, name)
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{name} {path}: no such file or directory")
+
+
+def needs_model(cfg: GenConfig) -> bool:
+    """The model samplers, and the csp random baseline without lattice_data (it uses the prior)."""
+    return cfg.sampler in MODEL_SAMPLERS or (cfg.sampler == "baseline_random" and cfg.mode == "csp"
+                                             and cfg.lattice_data is None)  # fmt: skip
+
+
+def load_model(path: str, device: torch.device):
+    """The diffusion model of a consolidated checkpoint, in eval mode on ``device``."""
+    from sfm import load_checkpoint
+
+    model = load_checkpoint(path)
+    if not hasattr(model, "lattice_process") or model.checkpoint.get("task", "diffusion") != "diffusion":
+        raise ValueError(f"{path} holds a {model.checkpoint.get('task', type(model).__name__)} model, "
+                         "not a diffusion model")  # fmt: skip
+    return model.to(device).eval()
+
+
+def load_inputs(cfg: GenConfig, dictionary: Dictionary | None):
+    if cfg.data_path is not None:
+        return LmdbInputs(cfg.data_path, cfg.max_inputs, dictionary)
+    return CompositionInputs(parse_compositions(cfg.compositions), cfg.num_atoms, cfg.formula_units,
+                             cfg.max_inputs, dictionary)  # fmt: skip
+
+
+def plan_batches(num_inputs: int, num_samples: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """All batches of ``(input, sample)`` items, sample-major (module doc)."""
+    items = [(i, s) for s in range(num_samples) for i in range(num_inputs)]
+    return [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
+
+
+def batch_generator(seed: int, items: list[tuple[int, int]], device) -> torch.Generator:
+    """The generator of one batch, seeded from ``(seed, first item, length)``."""
+    state = np.random.SeedSequence([seed, items[0][0], items[0][1], len(items)]).generate_state(2, np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def given_mask(data: Data, cfg: GenConfig) -> torch.Tensor:
+    """``[n]`` bool: atoms given in ``cfg.mode`` (inpaint: tags in ``given_tags``)."""
+    if cfg.mode != "inpaint":
+        return torch.zeros(int(data.natoms), dtype=torch.bool)
+    return torch.isin(data.tags, torch.tensor(cfg.given_tags, dtype=data.tags.dtype))
+
+
+def make_batch(inputs: list[Data], cfg: GenConfig) -> Batch:
+    """Batch of inputs with ``given`` ``[N]`` bool; given atoms moved to ``pos_relaxed`` if asked."""
+    items = []
+    for data in inputs:
+        data = data.clone()
+        data.given = given_mask(data, cfg)
+        if cfg.given_positions == "pos_relaxed" and cfg.mode == "inpaint":
+            if "pos_relaxed" not in data:
+                raise ValueError(f"sid {data.sid}: given_positions=pos_relaxed but the entry has no pos_relaxed")
+            data.pos = torch.where(data.given[:, None], data.pos_relaxed, data.pos)
+        items.append(data)
+    if "cell" in items[0]:
+        return collate(items)
+    return Batch.from_data_list(items)
+
+
+class CallCounter:
+    """Counts forward calls of a module (network calls of the samplers)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.calls = 0
+        module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.calls += 1
+
+
+def random_lattices(num: int, cfg: GenConfig, model, pool: torch.Tensor | None, generator) -> torch.Tensor:
+    """``[num, 3, 3]`` csp lattices of the random baseline: drawn from ``pool`` or the model's prior."""
+    if pool is not None:
+        idx = torch.randint(len(pool), (num,), generator=generator, device=generator.device)
+        return pool.to(generator.device)[idx]
+    lat = model.lattice_process
+    z = lat.prior(num, generator, torch.float32, generator.device)
+    return canonical(lat.decode(z))
+
+
+def generate(batch: Batch, cfg: GenConfig, model, generator, pool=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pos [N, 3], cell [B, 3, 3])`` of one batch with ``cfg.sampler``."""
+    if cfg.sampler in MODEL_SAMPLERS:
+        out = sample(model, batch, cfg.mode, cfg.sampler, cfg.steps, generator=generator,
+                     atom_given=batch.given if cfg.mode == "inpaint" else None, corrector=cfg.corrector)  # fmt: skip
+        return out.pos, out.cell
+    if cfg.sampler == "baseline_initial":
+        return batch.pos, batch.cell
+    device = batch.batch.device
+    if cfg.mode == "csp":
+        cell = random_lattices(batch.num_graphs, cfg, model, pool, generator)
+    else:
+        cell = batch.cell
+    frac = torch.rand(batch.num_nodes, 3, generator=generator, device=device, dtype=cell.dtype)
+    pos = frac_to_cart(frac, cell[batch.batch])
+    if cfg.mode == "inpaint":
+        pos = torch.where(batch.given[:, None], batch.pos, pos)
+    return pos, cell
+
+
+def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfig, nfe: int) -> list[Data]:
+    """One sample entry (module doc) per structure of the batch."""
+    pos, cell = pos.detach().float().cpu(), cell.detach().float().cpu()
+    ptr = batch.ptr.tolist()
+    out = []
+    for g, (data, (i, s)) in enumerate(zip(inputs, items)):
+        sl = slice(ptr[g], ptr[g + 1])
+        record = Data(pos=pos[sl].clone(), cell=cell[g].reshape(1, 3, 3).clone(), atomic_numbers=data.atomic_numbers.long(),
+                      natoms=int(data.natoms), tags=data.tags.long(), fixed=batch.fixed[sl].bool().cpu()
+                      if "fixed" in batch else data.fixed.bool(), sid=data.sid, sample_idx=s, input_index=i,
+                      generated=~batch.given[sl].cpu(), mode=cfg.mode, sampler=cfg.sampler, steps=int(cfg.steps),
+                      nfe=int(nfe), seed=int(cfg.seed))  # fmt: skip
+        if "formula" in data:
+            record.formula = data.formula
+        out.append(record)
+    return out
+
+
+def check_run_file(cfg: GenConfig) -> Path:
+    """``save_dir/run.json``; raise if it records other defining settings than ``cfg``'s."""
+    path = Path(cfg.save_dir) / "run.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        now = json.loads(json.dumps(cfg.defining()))
+        diff = {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k]}
+        if diff:
+            lines = ", ".join(f"{k}: {a!r} before, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(f"{cfg.save_dir} holds samples made with other settings ({lines}); "
+                             "rerun with the same settings to resume, or use another save_dir")  # fmt: skip
+    return path
+
+
+def _device(cfg: GenConfig, local_rank: int) -> torch.device:
+    if cfg.device is not None:
+        return torch.device(cfg.device)
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def run_sampling(cfg: GenConfig) -> dict:
+    """Generate the samples this rank owns (module doc); returns the run's stats (summed over ranks).
+
+    Launched by torchrun (``WORLD_SIZE`` > 1) it joins a process group and every rank
+    returns the same stats; the group is left initialised for the caller's final barrier
+    (:func:`finish`).
+    """
+    check_config(cfg)
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    dist = setup_distributed("DDP" if multi else "Single")
+    device = _device(cfg, dist.local_rank)
+    run_file = check_run_file(cfg)
+    barrier(dist)  # every rank checked run.json before rank 0 writes it
+    if dist.is_main:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps(cfg.defining(), indent=1) + "\n")
+
+    model = load_model(cfg.checkpoint, device) if needs_model(cfg) else None
+    dictionary = Dictionary(model.checkpoint["dictionary"], source=str(cfg.checkpoint)) if model is not None \
+        and model.checkpoint.get("dictionary") else None  # fmt: skip
+    inputs = load_inputs(cfg, dictionary)
+    pool = None
+    if cfg.sampler == "baseline_random" and cfg.mode == "csp" and cfg.lattice_data is not None:
+        ref = LmdbDataset(cfg.lattice_data)
+        pool = torch.stack([ref[i].cell.reshape(3, 3) for i in range(len(ref))])
+    counter = CallCounter(model) if model is not None else None
+
+    batches = plan_batches(len(inputs), cfg.num_samples, cfg.batch_size)[dist.rank :: dist.world_size]
+    done = done_keys(cfg.save_dir)
+    barrier(dist)  # every rank has read the finished samples before any rank writes
+    todo = []
+    for items in batches:
+        missing = [not done or (inputs.sid(i), s) not in done for i, s in items]
+        if any(missing):
+            todo.append((items, missing))
+    total = sum(sum(m) for _, m in todo)
+
+    stats = {"written": 0, "non_finite": 0, "network_calls": 0, "nfe_samples": 0}
+    bar = _progress(total, cfg, dist.is_main)
+    start = time.perf_counter()
+    with SampleStore(cfg.save_dir, dist.rank) as store:
+        for n_batch, (items, missing) in enumerate(todo):
+            if cfg.fail_after_batches is not None and n_batch == cfg.fail_after_batches:
+                raise RuntimeError(f"injected failure after {n_batch} batches (fail_after_batches)")
+            data = [inputs[i] for i, _ in items]
+            batch = make_batch(data, cfg).to(device)
+            calls = counter.calls if counter else 0
+            pos, cell = generate(batch, cfg, model, batch_generator(cfg.seed, items, device), pool)
+            nfe = (counter.calls - calls) if counter else 0
+            records = records_of(batch, data, items, pos, cell, cfg, nfe)
+            keep = [r for r, m in zip(records, missing) if m]
+            finite = [r for r in keep if torch.isfinite(r.pos).all() and torch.isfinite(r.cell).all()]
+            store.write(finite)
+            stats["written"] += len(finite)
+            stats["non_finite"] += len(keep) - len(finite)
+            stats["network_calls"] += nfe
+            stats["nfe_samples"] += nfe * len(keep)
+            if bar is not None:
+                bar.update(len(keep))
+    elapsed = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    return _summarise(stats, elapsed, len(inputs), cfg, dist, device)
+
+
+def _progress(total: int, cfg: GenConfig, main: bool):
+    if not (main and cfg.progress):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"sample {cfg.mode} {cfg.sampler}", unit="sample", dynamic_ncols=True,
+                file=sys.stderr, mininterval=1.0)  # fmt: skip
+
+
+def _summarise(stats: dict, elapsed: float, num_inputs: int, cfg: GenConfig, dist, device) -> dict:
+    keys = list(stats)
+    totals = all_reduce_sum(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64), dist)
+    wall = torch.tensor([elapsed], dtype=torch.float64)
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(wall, op=tdist.ReduceOp.MAX)
+    out = {k: int(v) for k, v in zip(keys, totals.tolist())}
+    made = out["written"] + out["non_finite"]
+    wall_s = float(wall.item())
+    return {
+        "mode": cfg.mode, "sampler": cfg.sampler, "steps": cfg.steps, "inputs": num_inputs,
+        "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "world_size": dist.world_size,
+        "device": str(device), "samples_written_this_run": out["written"], "non_finite_skipped": out["non_finite"],
+        "network_calls_per_sample": (out["nfe_samples"] / made) if made else None,
+        "network_calls_this_run": out["network_calls"], "sampling_wall_s": round(wall_s, 3),
+        "samples_per_s": (made / wall_s) if made and wall_s > 0 else None,
+    }  # fmt: skip
+
+
+def finish(main_work=None):
+    """Wait for every rank (if launched by torchrun), leave the group, then run ``main_work()`` on rank 0.
+
+    Returns what ``main_work`` returned (None on other ranks).
+    """
+    import torch.distributed as tdist
+
+    main = True
+    if tdist.is_initialized():
+        tdist.barrier()
+        main = tdist.get_rank() == 0
+        teardown_distributed()
+    return main_work() if main and main_work is not None else None
+
+

@@ -60,7 +60,9 @@ Entries
     [K,3], ``cell`` [1,3,3], ``natoms``, ``tags`` [K] long, ``fixed`` [K] bool,
     ``y_init``, ``y_relaxed``, ``pos_relaxed`` [K,3]. S2EF: ``sid``, ``fid`` (optimizer
     step), ``atomic_numbers``, ``pos``, ``cell``, ``natoms``, ``tags``, ``fixed``, ``y``,
-    ``force``. Positions float32 Cartesian A, wrapped into the cell.
+    ``force``. Positions float32 Cartesian A, each structure wrapped into the cell on
+    its own (as OC20's are): an atom that crossed a cell face during relaxation is a
+    lattice vector away in ``pos_relaxed - pos``; use the minimum image for displacements.
     ``data_mapping.json`` maps each sid to its split, catalyst, facet, adsorbate SMILES,
     site, relaxation steps, attempt and ``intact``; ``summary.json`` holds the counts and
     statistics.

@@ -45,6 +45,8 @@ class BackboneConfig:
     element dictionary, or its token list, or None for ``dicts/dict.txt``. ``cond_dim``: width
     of the optional conditioning input (0: none). ``bf16``: autocast the blocks to bfloat16.
     ``checkpoint``: recompute each block in the backward pass (activation checkpointing).
+    ``recompute_grid``: recompute only the S2-grid values (the largest activations) in the
+    backward pass.
     """
 
     num_layers: int = 2
@@ -70,6 +72,7 @@ class BackboneConfig:
     dictionary: str | list | None = None
     bf16: bool = False
     checkpoint: bool = False
+    recompute_grid: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,8 +105,8 @@ class EquiformerV2(nn.Module):
         self.envelope = PolynomialEnvelope(cfg.cutoff, cfg.envelope_exponent)
         self.rotation = EdgeRotation(cfg.lmax, cfg.mmax)
         # one grid per layout, shared by all blocks and heads (buffers, not parameters)
-        self.grid_nodes = S2Grid(cfg.lmax, cfg.grid_resolution)
-        self.grid_edges = S2Grid(cfg.lmax, cfg.grid_resolution, self.layout.reduced)
+        self.grid_nodes = S2Grid(cfg.lmax, cfg.grid_resolution, recompute=cfg.recompute_grid)
+        self.grid_edges = S2Grid(cfg.lmax, cfg.grid_resolution, self.layout.reduced, cfg.recompute_grid)
         self.edge_degree = EdgeDegreeEmbedding(
             self.layout, cfg.sphere_channels, cfg.num_rbf, cfg.edge_channels, num_tokens, cfg.avg_degree
         )

@@ -35,5 +35,5 @@ class FeedForward(nn.Module):
 
     def forward(self, x):
         gates = self.scalar_mlp(x[:, 0])
-        h = self.grid.back(self.grid_mlp(self.grid.project(self.lin1(x))))
+        h = self.grid.apply(self.grid_mlp, self.lin1(x))
         return self.lin2(torch.cat([gates[:, None].to(h.dtype), h[:, 1:]], dim=1))

@@ -67,6 +67,23 @@ def test_s2_grid_round_trip_and_activation_equivariance():
         S2Grid(2, 17)
 
 
+def test_grid_silu_gradients_first_and_second_order():
+    """The chunked, recomputing grid SiLU equals plain autograd, including double backward
+    (conservative forces in training)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        grid = S2Grid(2, 6, sh_layout(2, 1).reduced)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    x = torch.randn(3, grid.to_grid.shape[1], 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(grid.silu, (x,))
+    assert torch.autograd.gradgradcheck(grid.silu, (x,))
+    plain = grid.apply(torch.nn.functional.silu, x)
+    assert torch.allclose(grid.silu(x), plain)
+    with torch.no_grad():
+        assert torch.allclose(grid.silu(x), plain) and torch.allclose(grid.apply(torch.nn.functional.silu, x), plain)
+
+
 def test_layer_norm_is_equivariant_and_normalises():
     torch.manual_seed(0)
     lmax, c = 3, 8

@@ -1,0 +1,144 @@
+"""Speed and memory of the S2EF model per batch of OC20-sized slabs.
+
+``python -m sfm.models.bench [--device cuda] [--models tiny small eqv2_31m] [--json OUT]``
+
+The batch: 4 synthetic slabs made with ASE (``fcc111`` Cu, Pt, Ag, Au, 4 x 4 x 5 = 80
+atoms, 10 A of vacuum each side, atoms rattled by 0.05 A, subsurface fixed), the OC20
+graph (12 A cutoff, 20 neighbours) unless ``--preset_graph``. Per model:
+
+- ``forward_s``: inference, energy and direct forces under ``no_grad`` (eval mode);
+- ``train_step_s``: ``loss(batch)`` and ``backward()`` (train mode);
+- ``peak_mb_forward`` / ``peak_mb_train_step``: peak memory above the model and batch
+  (CUDA: allocator peak; CPU: growth of the process's peak RSS, measured in a fresh
+  process per model, so only a rough figure).
+Times are medians over ``--repeats`` after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def synthetic_slabs(num: int = 4, seed: int = 0):
+    """A PyG batch of ``num`` 80-atom fcc(111) slabs in the OC20 layout (float32)."""
+    from ase.build import fcc111
+    from torch_geometric.data import Batch, Data
+
+    rng = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(num):
+        slab = fcc111(["Cu", "Pt", "Ag", "Au"][i % 4], size=(4, 4, 5), vacuum=10.0, periodic=True)
+        pos = torch.tensor(slab.positions, dtype=torch.float32)
+        pos = pos + 0.05 * torch.randn(pos.shape, generator=rng)
+        tags = torch.tensor(slab.get_tags()) <= 2  # ase tags layers 1 (top) .. 5
+        items.append(
+            Data(
+                pos=pos, cell=torch.tensor(slab.cell.array, dtype=torch.float32)[None],
+                atomic_numbers=torch.tensor(slab.numbers), natoms=len(slab), tags=tags.long(),
+                fixed=~tags, y=torch.tensor([float(i)]), force=0.1 * torch.randn(len(slab), 3, generator=rng),
+                sid=i,
+            )
+        )  # fmt: skip
+    return Batch.from_data_list(items)
+
+
+def _peak_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_one(model_type: str, device: str, repeats: int, preset_graph: bool, bf16: bool) -> dict:
+    """Measure one preset in this process (see the module docstring)."""
+    from sfm.data.lattice import cart_to_frac
+    from sfm.models import build_model
+
+    device = torch.device(device)
+    graph = {} if preset_graph else {"cutoff": 12.0, "max_neighbors": 20}
+    torch.manual_seed(0)
+    model = build_model(model_type, head="s2ef", bf16=bf16, **graph).to(device)
+    batch = synthetic_slabs().to(device)
+    num_params = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        frac = cart_to_frac(batch.pos, batch.cell[batch.batch])
+        edges = model.backbone.build_graph(batch.atomic_numbers, frac, batch.cell, batch.batch).src.numel()
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model.predict(batch)
+
+    def train_step():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss, _ = model.loss(batch)
+        loss.backward()
+
+    out = {"model": model_type, "device": str(device), "params": num_params, "atoms": int(batch.num_nodes),
+           "edges": edges, "structures": int(batch.num_graphs), "threads": torch.get_num_threads(), "bf16": bf16}  # fmt: skip
+    for name, fn in (("forward", forward), ("train_step", train_step)):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_mb(device)
+        fn()  # warm-up, and the memory peak
+        _sync(device)
+        out[f"peak_mb_{name}"] = round(_peak_mb(device) - base, 1)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        out[f"{name}_s"] = round(statistics.median(times), 4)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=["tiny", "small", "eqv2_31m"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per model after one warm-up")
+    parser.add_argument("--preset_graph", action="store_true", help="use each preset's cutoff/neighbours, not 12 A / 20")
+    parser.add_argument("--bf16", action="store_true", help="autocast the blocks to bfloat16")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--_one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
+    args = parser.parse_args(argv)
+    if args._one:
+        print(json.dumps(bench_one(args._one, args.device, args.repeats, args.preset_graph, args.bf16)))
+        return
+    results = []
+    for model_type in args.models:
+        cmd = [sys.executable, "-m", "sfm.models.bench", "--_one", model_type, "--device", args.device,
+               "--repeats", str(args.repeats)] + ["--preset_graph"] * args.preset_graph + ["--bf16"] * args.bf16  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"benchmark of {model_type} failed:\n{proc.stderr}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(result)
+        print(
+            f"{result['model']:>10}  {result['params'] / 1e6:7.2f}M params  {result['atoms']} atoms {result['edges']} edges  "
+            f"forward {result['forward_s']:8.3f} s  fwd+bwd {result['train_step_s']:8.3f} s  "
+            f"peak {result['peak_mb_forward']:7.1f} / {result['peak_mb_train_step']:7.1f} MB  ({result['device']}, "
+            f"{result['threads']} threads)",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

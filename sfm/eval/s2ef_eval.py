@@ -1,0 +1,201 @@
+"""Evaluate an energy/force (S2EF) model on OC20 LMDBs, next to two baselines.
+
+Views of a split (what is predicted against what):
+
+- ``frames`` (``kind="s2ef"``): every stored structure at ``pos`` against ``y`` and ``force``;
+- ``relaxed`` (``kind="is2re"``): ``pos_relaxed`` against ``y_relaxed``, with zero force on
+  the free atoms (a relaxed structure is a minimum: what the model should predict there);
+- ``initial`` (``kind="is2re"``): ``pos`` against ``y_init``, energy only (no force label).
+
+Metrics (sfm/eval/oc20.py, as fairchem): energy MAE (eV), force MAE on free atoms (eV/A),
+force cosine, EFwT; energy-only views give energy MAE and EwT.
+
+Baselines, fitted on the training set's energies (the model's training view: ``y`` of s2ef
+frames, or both ``y_relaxed`` and ``y_init`` of is2re entries) and predicting zero forces:
+``train_mean`` (every structure gets the mean training energy) and ``linear_fit`` (per-element
+linear references, least squares ``E ~ sum_i ref[Z_i] + c``; the model's own normaliser
+scheme, :class:`~sfm.models.normalizer.EnergyNormalizer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Data
+from tqdm import tqdm
+
+from sfm.data import collate
+from sfm.eval.oc20 import is2re_metrics, s2ef_metrics
+from sfm.models.normalizer import EnergyNormalizer
+
+KINDS = ("s2ef", "is2re")
+VIEWS = {"s2ef": ("frames",), "is2re": ("relaxed", "initial")}
+BASELINES = ("train_mean", "linear_fit")
+
+
+def _fixed(data) -> torch.Tensor:
+    return data.fixed.bool() if "fixed" in data else data.tags == 0
+
+
+def labelled(data: Data, view: str, where: str = "entry") -> Data:
+    """One structure of ``view`` (module docstring) with ``pos``, ``y`` (eV), ``fixed`` and,
+    except for ``initial``, ``force`` [K, 3] (eV/A). Raises ValueError naming a missing label."""
+    need = {"frames": ("y",), "relaxed": ("pos_relaxed", "y_relaxed"), "initial": ("y_init",)}[view]
+    missing = [f for f in need if f not in data]
+    if missing:
+        hint = " (an IS2RE LMDB? use kind 'is2re')" if view == "frames" else " (an S2EF LMDB? use kind 's2ef')"
+        raise ValueError(f"{where}: the '{view}' view needs {missing}, not stored{hint}")
+    common = dict(atomic_numbers=data.atomic_numbers, cell=data.cell, natoms=data.natoms, tags=data.tags,
+                  fixed=_fixed(data))
+    if view == "frames":
+        force = data.force if "force" in data else None
+        return Data(pos=data.pos, y=float(data.y), **common, **({} if force is None else {"force": force}))
+    if view == "relaxed":
+        return Data(pos=data.pos_relaxed, y=float(data.y_relaxed), force=torch.zeros_like(data.pos_relaxed), **common)
+    return Data(pos=data.pos, y=float(data.y_init), **common)
+
+
+@dataclass
+class Predictions:
+    """Concatenated over a split: per structure [B], per atom [N, ...]; float64 on the CPU."""
+
+    energy: torch.Tensor         # [B] eV, model
+    target_energy: torch.Tensor  # [B] eV
+    forces: torch.Tensor | None  # [N, 3] eV/A, model (None when the view has no force label)
+    target_forces: torch.Tensor | None
+    atomic_numbers: torch.Tensor  # [N] long
+    batch: torch.Tensor          # [N] long, structure of each atom
+    free: torch.Tensor           # [N] bool
+
+
+def predict(model, items, batch_size: int = 16, device="cpu", progress: bool = True, desc: str = "predict",
+            total: int | None = None) -> Predictions:
+    """Run ``model.predict`` over ``items`` (labelled Data) in batches of ``batch_size``."""
+    parts = {k: [] for k in ("energy", "target_energy", "forces", "target_forces", "atomic_numbers", "batch", "free")}
+    chunk, offset = [], 0
+    bar = tqdm(total=total, desc=desc, unit="struct", disable=not progress, mininterval=1.0)
+
+    def flush():
+        nonlocal offset
+        batch = collate(chunk).to(device)
+        out = model.predict(batch)
+        parts["energy"].append(out["energy"].double().cpu())
+        parts["target_energy"].append(batch.y.reshape(-1).double().cpu())
+        if "force" in batch:
+            parts["forces"].append(out["forces"].double().cpu())
+            parts["target_forces"].append(batch.force.double().cpu())
+        parts["atomic_numbers"].append(batch.atomic_numbers.long().cpu())
+        parts["batch"].append(batch.batch.cpu() + offset)
+        parts["free"].append(~batch.fixed.cpu())
+        offset += batch.num_graphs
+        bar.update(batch.num_graphs)
+        chunk.clear()
+
+    try:
+        for item in items:
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                flush()
+        if chunk:
+            flush()
+    finally:
+        bar.close()
+    if not parts["energy"]:
+        raise ValueError("no structures to evaluate")
+    if parts["forces"] and len(parts["forces"]) != len(parts["energy"]):
+        raise ValueError("some structures have a force label and some do not; evaluate them apart")
+    cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
+    return Predictions(**cat)
+
+
+def fit_baselines(items) -> dict[str, EnergyNormalizer]:
+    """``{"train_mean", "linear_fit"}`` normalisers fitted on labelled training structures (uses ``y``)."""
+    energies_only = [Data(atomic_numbers=d.atomic_numbers, y=d.y) for d in items]
+    if not energies_only:
+        raise ValueError("no training structures to fit the baselines on")
+    out = {}
+    for name, refs in (("train_mean", False), ("linear_fit", True)):
+        norm = EnergyNormalizer()
+        norm.fit(energies_only, fit_references=refs)
+        out[name] = norm
+    return out
+
+
+def training_items(dataset, kind: str, max_structures: int = 0, seed: int = 0):
+    """Labelled training structures of the model's training view (both views for is2re),
+    a seeded subset of at most ``max_structures`` entries (0: all)."""
+    import numpy as np
+
+    n = len(dataset)
+    idx = range(n) if not max_structures or max_structures >= n else np.sort(
+        np.random.default_rng(seed).choice(n, max_structures, replace=False))
+    for i in idx:
+        d = dataset[int(i)]
+        if kind == "s2ef":
+            yield labelled(d, "frames", f"train[{int(i)}]")
+        else:
+            yield labelled(d, "relaxed", f"train[{int(i)}]")
+            yield labelled(d, "initial", f"train[{int(i)}]")
+
+
+def view_metrics(pred: Predictions, baselines: dict[str, EnergyNormalizer] | None = None) -> dict:
+    """Metrics of the model and of each baseline (zero forces) on one view."""
+    num = len(pred.energy)
+
+    def metrics(energy, forces):
+        if pred.target_forces is None:
+            return is2re_metrics(energy, pred.target_energy)
+        return s2ef_metrics(energy, pred.target_energy, forces, pred.target_forces, pred.batch, pred.free)
+
+    out = {"structures": num, "free_atoms": int(pred.free.sum()), "model": metrics(pred.energy, pred.forces)}
+    for name, norm in (baselines or {}).items():
+        energy = norm.reference(pred.atomic_numbers, pred.batch, num).double()
+        zeros = None if pred.forces is None else torch.zeros_like(pred.target_forces)
+        out[name] = metrics(energy, zeros)
+    if pred.target_forces is not None and not pred.target_forces[pred.free].any():
+        for who in ("model", *(baselines or {})):  # no direction to compare with (relaxed view)
+            out[who]["force_cos"] = float("nan")
+    return out
+
+
+def split_name(path) -> str:
+    """``data/demo/s2ef/val_id/data.lmdb`` -> ``s2ef/val_id`` (the two folders naming the split)."""
+    p = Path(path)
+    p = p.parent if p.suffix == ".lmdb" else p
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def evaluate(model, dataset, kind: str, baselines: dict | None = None, batch_size: int = 16, device="cpu",
+             progress: bool = True, max_structures: int = 0) -> dict:
+    """``{view: view_metrics}`` of ``model`` on ``dataset`` (an LmdbDataset) read as ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    n = len(dataset) if not max_structures else min(max_structures, len(dataset))
+    out = {}
+    for view in VIEWS[kind]:
+        items = (labelled(dataset[i], view, f"{dataset.path}[{i}]") for i in range(n))
+        pred = predict(model, items, batch_size, device, progress, desc=f"{split_name(dataset.path)} {view}", total=n)
+        out[view] = view_metrics(pred, baselines)
+    return out
+
+
+def format_table(report: dict) -> str:
+    """Text table of ``{"splits": {name: {view: view_metrics}}}``: one row per split, view and predictor."""
+    lines = [f"{'split':<18}{'view':<9}{'predictor':<12}{'E MAE eV':>10}{'F MAE eV/A':>12}{'F cos':>8}"
+             f"{'EFwT/EwT':>10}{'n':>7}"]
+    for split, views in report["splits"].items():
+        for view, m in views.items():
+            if not isinstance(m, dict) or "model" not in m:
+                continue
+            for who in ("model", *BASELINES):
+                if who not in m:
+                    continue
+                r = m[who]
+                fmae = f"{r['force_mae']:.4f}" if "force_mae" in r else "-"
+                fcos = f"{r['force_cos']:.3f}" if "force_cos" in r else "-"
+                within = r.get("efwt", r.get("ewt"))
+                lines.append(f"{split:<18}{view:<9}{who:<12}{r['energy_mae']:>10.4f}{fmae:>12}{fcos:>8}"
+                             f"{within:>10.3f}{m['structures']:>7}")
+    return "\n".join(lines)

@@ -21,8 +21,8 @@ Adsorbates
     at most 6 atoms. Placed on a top, bridge or hollow site of the top layer (from a
     periodic Delaunay triangulation of the top-layer atoms), binding atom(s) down and the
     rest pointing up, randomly rotated about z, lowered rigidly until a binding atom is
-    1.8-2.2 A from a metal atom (other adsorbate atoms at least 2.5 A). ``pos`` is
-    this initial placement.
+    1.8-2.2 A (drawn per system) or another adsorbate atom 2.5 A from a metal atom,
+    whichever comes first. ``pos`` is this initial placement.
 Relaxation
     ASE LBFGS (maxstep 0.2 A) with EMT to fmax 0.05 eV/A (free atoms) within 300 steps,
     subsurface fixed (``FixAtoms``: fixed atoms are identical in ``pos`` and
@@ -307,7 +307,7 @@ def contact_height(slab: Atoms, points: np.ndarray, contact: np.ndarray) -> floa
 
 def place_adsorbate(slab: Atoms, ads: Adsorbate, site_xy: np.ndarray, rng: np.random.Generator) -> Atoms:
     """Slab + adsorbate: binding atoms centred over ``site_xy``, lowered until a binding
-    atom is 1.8-2.2 A from a metal atom (non-binding atoms keep >= 2.5 A)."""
+    atom is 1.8-2.2 A (drawn) or another atom 2.5 A from a metal atom, whichever first."""
     mol = orient_adsorbate(ads, rng)
     mol.positions[:, :2] += site_xy
     contact = np.full(len(mol), 2.5)

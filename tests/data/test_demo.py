@@ -212,3 +212,24 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         demo.make_demo(tmp_path / "out", num_systems=2, workers=1, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("facet", sorted(demo.FACETS))
+def test_slab_tags_and_adsorbate_placement(facet, monkeypatch):
+    """The surface (tag 1) lies above the subsurface; the lowered adsorbate touches the
+    slab (minimum image) first with a binding atom at 1.8-2.2 A or another atom at 2.5 A."""
+    monkeypatch.setattr(demo, "FACETS", {facet: demo.FACETS[facet]})
+    adsorbates = demo.load_adsorbates()
+    for i in range(4):
+        rng = np.random.default_rng(i)
+        slab, _ = demo.build_slab(rng, ("Cu", "Pt"))
+        tags, z = slab.get_tags(), slab.positions[:, 2]
+        assert 0.4 <= tags.mean() <= 0.6 and z[tags == 1].min() > z[tags == 0].max()
+        ads = adsorbates[rng.integers(len(adsorbates))]
+        site, _ = demo.surface_sites(slab, rng)
+        system = demo.place_adsorbate(slab, ads, site, rng)
+        is_ads = system.get_tags() == 2
+        dist = system.get_all_distances(mic=True)[np.ix_(is_ads, ~is_ads)].min(axis=1)
+        binding = np.isin(np.arange(len(ads.atoms)), ads.binding)
+        assert dist[binding].min() >= 1.8 - 1e-6 and dist[~binding].min(initial=9.0) >= 2.5 - 1e-6
+        assert dist[binding].min() <= 2.2 + 1e-6 or abs(dist[~binding].min() - 2.5) < 1e-6

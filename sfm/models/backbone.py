@@ -133,7 +133,7 @@ class EquiformerV2(nn.Module):
         )  # fmt: skip
 
     def make_feed_forward(self, out_channels: int) -> FeedForward:
-        """A feed-forward layer of this backbone's shape (blocks, and energy heads)."""
+        """A feed-forward layer of this backbone's shape."""
         c = self.cfg
         return FeedForward(c.sphere_channels, c.ffn_hidden_channels, out_channels, c.lmax, self.grid_nodes)
 

@@ -1,8 +1,9 @@
 """Energy and forces (S2EF) on the EquiformerV2 backbone.
 
-- Energy: a feed-forward block maps each atom's features to one invariant number; the
-  sum over atoms, divided by ``avg_num_atoms`` (77.81 on OC20, as EquiformerV2), is the
-  normalised energy ``e``; physical ``E = std * e + mean + sum_i ref[Z_i]``
+- Energy: an MLP of each atom's invariant features (``Linear - SiLU - Linear``, the l=0
+  path of EquiformerV2's energy block, whose l>0 outputs it discards) gives one number;
+  the sum over atoms, divided by ``avg_num_atoms`` (77.81 on OC20, as EquiformerV2), is
+  the normalised energy ``e``; physical ``E = std * e + mean + sum_i ref[Z_i]``
   (:class:`~sfm.models.normalizer.EnergyNormalizer`, buffers in the state dict).
 - Forces ``"direct"`` (EquiformerV2's default): the l=1 output of one more attention
   layer, times ``force_std``; fast, not conservative. ``"conservative"``: ``-dE/dpos``
@@ -60,7 +61,8 @@ class S2EFModel(nn.Module):
         self.forces_mode, self.energy_coef, self.force_coef = forces, float(energy_coef), float(force_coef)
         self.avg_num_atoms, self.pbc = float(avg_num_atoms), tuple(bool(p) for p in pbc)
         self.backbone = EquiformerV2(backbone_cfg)
-        self.energy_head = self.backbone.make_feed_forward(1)
+        channels, hidden = backbone_cfg.sphere_channels, backbone_cfg.ffn_hidden_channels
+        self.energy_head = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.force_head = self.backbone.make_attention(1) if forces == "direct" else None
         self.normalizer = EnergyNormalizer()
 
@@ -75,7 +77,7 @@ class S2EFModel(nn.Module):
             lattice = cell + cell @ strain if stress else cell
             frac = cart_to_frac(pos, cell[batch])  # strain moves atoms with the cell: frac fixed
             x, graph = self.backbone.encode(atomic_numbers, frac, lattice, batch, pbc=self.pbc)
-            per_atom = self.energy_head(x)[:, 0, 0]
+            per_atom = self.energy_head(self.backbone.scalars(x))[:, 0]
             e_norm = per_atom.new_zeros(cell.shape[0]).index_add_(0, batch, per_atom) / self.avg_num_atoms
             out = {"energy_norm": e_norm, "energy": self.normalizer.energy(e_norm, atomic_numbers, batch)}
             if conservative:

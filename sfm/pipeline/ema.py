@@ -28,8 +28,8 @@ class EMA:
     def update(self, params: list[torch.Tensor]) -> None:
         self.num_updates += 1
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for s, p in zip(self.shadow, params, strict=True):
-            s.lerp_(p.detach().float(), 1.0 - d)
+        # one fused kernel per tensor list (as timm's ModelEmaV3), not one per parameter
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1.0 - d)
 
     @contextmanager
     def swapped_in(self, params: list[torch.Tensor]):

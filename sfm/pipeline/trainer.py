@@ -324,16 +324,17 @@ def _train(model, train_set, valid_set, cfg, meta, collate_fn, dist: Dist, resum
 class Tally:
     """Sums of losses, parts, structures and atoms since the last log (finite losses only).
 
+    Sums stay tensors on the device until `reduce`, so a step costs no host sync for logging.
     `seconds` counts the training steps only (data loading included; validation and
     checkpointing excluded), so structures/s is the training throughput.
     """
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
         self.structures = 0
         self.atoms = 0
-        self.nonfinite = 0
+        self.nonfinite = 0.0
         self.seconds = 0.0
         self.grad_norm = math.nan
         self.lr = math.nan
@@ -341,21 +342,21 @@ class Tally:
     def add(self, loss, parts, batch) -> None:
         self.structures += batch.num_graphs
         self.atoms += batch.num_nodes
-        values = {"loss": loss, **parts}
-        if not torch.isfinite(loss.detach()):
-            self.nonfinite += 1
-            return
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())
-            self.counts[key] = self.counts.get(key, 0.0) + 1
+        finite = torch.isfinite(loss.detach())
+        for key, value in {"loss": loss, **parts}.items():
+            value = value.detach().double()
+            self.sums[key] = self.sums.get(key, 0.0) + torch.where(finite, value, 0.0)
+            self.counts[key] = self.counts.get(key, 0.0) + finite.double()
+        self.nonfinite = self.nonfinite + (~finite).double()
 
     def reduce(self, dist: Dist) -> dict:
         """Means over all ranks' micro-batches; structures/s and atoms/s of all ranks together."""
         keys = union_of_keys(list(self.sums), dist)
-        vec = torch.tensor(
-            [self.sums.get(k, 0.0) for k in keys] + [self.counts.get(k, 0.0) for k in keys] + [self.structures, self.atoms, self.nonfinite],
-            dtype=torch.float64,
-            device=dist.device,
+        zero = torch.zeros((), dtype=torch.float64, device=dist.device)
+        vec = torch.stack(
+            [self.sums.get(k, zero) for k in keys]
+            + [self.counts.get(k, zero) for k in keys]
+            + [zero + self.structures, zero + self.atoms, zero + self.nonfinite]
         )
         vec = all_reduce_sum(vec, dist).tolist()
         n = len(keys)

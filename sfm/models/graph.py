@@ -11,7 +11,8 @@ import torch
 class EdgeGraph:
     """The periodic radius graph of a batch and what the blocks need of it.
 
-    ``src [E]`` neighbour j and ``dst [E]`` centre i (messages flow j -> i);
+    ``src [E]`` neighbour j and ``dst [E]`` centre i (messages flow j -> i); ``offsets [E, 3]``
+    integer image shifts of j (fractional, as from ``radius_graph_pbc``);
     ``vec [E, 3]`` = position of j's image minus position of i (A), differentiable wrt
     fractional coordinates and lattice; ``dist [E]``; ``rbf [E, num_rbf]`` distance basis;
     ``envelope [E]`` smooth cutoff weight; ``wigner [E, n_red, dim]`` rotation into each

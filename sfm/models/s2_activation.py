@@ -98,11 +98,15 @@ class S2Grid(nn.Module):
         out = _GridSiLU.apply(flat, self.to_grid.to(x.dtype), self.from_grid.to(x.dtype))
         return out.view(n, m, c).transpose(0, 1)
 
-    def apply(self, fn, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, fn, x: torch.Tensor | None = None):
         """``fn`` applied point-wise on the grid: ``[M, n, C] -> [M, n, C']``.
 
         ``fn`` maps ``[G, k, C] -> [G, k, C']`` (acting on channels, same for all points).
+        Called with ``fn`` alone it is ``nn.Module.apply(fn)``, which DeepSpeed (and
+        ``model.apply(init_fn)``) call on every submodule.
         """
+        if x is None:
+            return super().apply(fn)
         if self.recompute and torch.is_grad_enabled():
             return checkpoint(self._apply_on_grid, fn, x, use_reentrant=False)
         return self._apply_on_grid(fn, x)

@@ -23,20 +23,20 @@ def to_batch(atoms_list, dtype=torch.float64):
     return Batch.from_data_list([atoms_to_data(a, dtype=dtype) for a in atoms_list])
 
 
-def ase_relax(atoms, name, fmax=0.05, steps=300):
+def ase_relax(atoms, name, fmax=0.05, steps=300, **kwargs):
     atoms = atoms.copy()
     atoms.calc = EMT()
-    opt = ASE_OPT[name](atoms, logfile=None)
+    opt = ASE_OPT[name](atoms, logfile=None, **kwargs)
     converged = opt.run(fmax=fmax, steps=steps)
     return atoms.get_potential_energy(), opt.nsteps, converged, atoms.get_positions()
 
 
-@pytest.mark.parametrize("name", ["fire", "lbfgs"])
-def test_matches_ase_optimizer(slabs, name):
+@pytest.mark.parametrize("name,kwargs", [("fire", {}), ("lbfgs", {}), ("lbfgs", {"memory": 3, "maxstep": 0.1})])
+def test_matches_ase_optimizer(slabs, name, kwargs):
     batch = to_batch(slabs)
-    res = relax_batch(emt_fn, batch, optimizer=name, fmax=0.05, steps=300)
+    res = relax_batch(emt_fn, batch, optimizer=name, fmax=0.05, steps=300, **kwargs)
     for i, atoms in enumerate(slabs):
-        energy, nsteps, converged, pos = ase_relax(atoms, name)
+        energy, nsteps, converged, pos = ase_relax(atoms, name, **kwargs)
         assert abs(res.energy[i].item() - energy) / len(atoms) < 1e-3  # the 1 meV/atom bar
         assert abs(res.energy[i].item() - energy) < 1e-8  # in fact step for step the same
         assert res.steps[i].item() == nsteps and res.converged[i].item() == converged

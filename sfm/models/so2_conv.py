@@ -26,7 +26,8 @@ class SO2Convolution(nn.Module):
     ``-> (y [E, n_red, C_out], extra [E, extra_channels] | None)``.
 
     ``radial`` (per-edge weights from :class:`~sfm.models.radial.EdgeRadial`, one per
-    (l, |m|, input channel)) scales the input first, when the layer is edge-conditioned.
+    (l, |m|, input channel), m-block by m-block as in the reduced layout with +m and -m
+    sharing) scales the input first, when the layer is edge-conditioned.
     The loop over orders runs ``mmax + 1`` times, each one GEMM over all edges.
     """
 
@@ -43,18 +44,22 @@ class SO2Convolution(nn.Module):
             with torch.no_grad():
                 fc.weight.mul_(1.0 / math.sqrt(2.0))  # two terms add per output
             self.fc_m.append(fc)
-        self.register_buffer("radial_slot", layout.radial_slot, persistent=False)
 
     def forward(self, x: torch.Tensor, radial: torch.Tensor | None = None):
         num_edges = x.shape[0]
-        if radial is not None:
-            x = x * radial.view(num_edges, -1, self.cin)[:, self.radial_slot]
         n0 = self.layout.lmax + 1
-        out0 = self.fc_m0(x[:, :n0].reshape(num_edges, -1))
+        x0 = x[:, :n0].reshape(num_edges, n0 * self.cin)
+        if radial is not None:  # radial holds (l, |m|) weights in the order of the m blocks
+            x0 = x0 * radial[:, : n0 * self.cin]
+        out0 = self.fc_m0(x0)
         extra = out0[:, n0 * self.cout :] if self.extra else None
         pieces = [out0[:, : n0 * self.cout].reshape(num_edges, n0, self.cout)]
+        offset = n0 * self.cin
         for (m, start, n), fc in zip(self.layout.m_slices[1:], self.fc_m):
             pair = x[:, start : start + 2 * n].reshape(num_edges, 2, n * self.cin)  # (+m, -m)
+            if radial is not None:  # one weight per (l, |m|, channel), shared by +m and -m
+                pair = pair * radial[:, None, offset : offset + n * self.cin]
+                offset += n * self.cin
             y = fc(pair).view(num_edges, 2, 2, n, self.cout)  # [E, (+m,-m), (W_r,W_i), n, C]
             plus = y[:, 0, 0] - y[:, 1, 1]
             minus = y[:, 1, 0] + y[:, 0, 1]

@@ -35,8 +35,6 @@ class SHLayout:
     Attributes (all long tensors on CPU):
       ``degree [dim]``: l of each full coefficient; ``order [dim]``: m of each.
       ``reduced [n_red]``: full index of each edge-frame coefficient (m-major order).
-      ``radial_slot [n_red]``: which of the ``n_half`` per-(l, |m|) radial weights scales it
-      (+m and -m share one, as the SO(2) maps are rotation-invariant about the pole).
       ``m_slices``: ``[(m, start, n)]``; order m occupies rows ``start:start+n`` (+m) and,
       for m > 0, ``start+n:start+2n`` (-m) of the reduced layout.
     """
@@ -46,7 +44,6 @@ class SHLayout:
     degree: torch.Tensor
     order: torch.Tensor
     reduced: torch.Tensor
-    radial_slot: torch.Tensor
     m_slices: tuple
 
     @property
@@ -59,7 +56,7 @@ class SHLayout:
 
     @property
     def n_half(self) -> int:
-        """Number of (l, |m|) pairs kept in the edge frame."""
+        """Number of (l, |m|) pairs kept in the edge frame (+m and -m counted once)."""
         return sum(self.lmax - m + 1 for m in range(self.mmax + 1))
 
 
@@ -69,16 +66,13 @@ def sh_layout(lmax: int, mmax: int) -> SHLayout:
         raise ValueError(f"need 0 <= mmax <= lmax, got lmax={lmax}, mmax={mmax}")
     degree = torch.tensor([l for l in range(lmax + 1) for _ in range(2 * l + 1)])
     order = torch.tensor([m for l in range(lmax + 1) for m in range(-l, l + 1)])
-    reduced, slots, m_slices = [], [], []
-    slot = 0
+    reduced, m_slices = [], []
     for m in range(mmax + 1):
         ls = range(m, lmax + 1)
         m_slices.append((m, len(reduced), len(ls)))
         for sign in ((1,) if m == 0 else (1, -1)):
             reduced += [l * l + l + sign * m for l in ls]
-            slots += [slot + (l - m) for l in ls]
-        slot += len(ls)
-    return SHLayout(lmax, mmax, degree, order, torch.tensor(reduced), torch.tensor(slots), tuple(m_slices))
+    return SHLayout(lmax, mmax, degree, order, torch.tensor(reduced), tuple(m_slices))
 
 
 def edge_frame(unit: torch.Tensor) -> torch.Tensor:

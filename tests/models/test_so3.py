@@ -26,8 +26,7 @@ def test_layout_indices():
     for m, start, n in lay.m_slices[1:]:
         assert lay.order[lay.reduced[start : start + n]].tolist() == [m] * n
         assert lay.order[lay.reduced[start + n : start + 2 * n]].tolist() == [-m] * n
-        # +m and -m share radial slots
-        assert torch.equal(lay.radial_slot[start : start + n], lay.radial_slot[start + n : start + 2 * n])
+        assert lay.degree[lay.reduced[start : start + n]].tolist() == list(range(m, 5))
     with pytest.raises(ValueError):
         sh_layout(2, 3)
 

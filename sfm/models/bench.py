@@ -11,7 +11,9 @@ graph (12 A cutoff, 20 neighbours) unless ``--preset_graph``. Per model:
 - ``peak_mb_forward`` / ``peak_mb_train_step``: peak memory above the model and batch
   (CUDA: allocator peak; CPU: growth of the process's peak RSS, measured in a fresh
   process per model, so only a rough figure).
-Times are medians over ``--repeats`` after one warm-up.
+Times are medians over ``--repeats`` after one warm-up: wall clock (``*_s``) and this
+process's CPU time (``*_cpu_s``; with one thread, the wall time it would take on an idle
+core, which is what to compare on a shared machine).
 """
 
 from __future__ import annotations
@@ -96,13 +98,15 @@ def bench_one(model_type: str, device: str, repeats: int, preset_graph: bool, bf
         fn()  # warm-up, and the memory peak
         _sync(device)
         out[f"peak_mb_{name}"] = round(_peak_mb(device) - base, 1)
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         out[f"{name}_s"] = round(statistics.median(times), 4)
+        out[f"{name}_cpu_s"] = round(statistics.median(cpu_times), 4)
     return out
 
 
@@ -130,7 +134,8 @@ def main(argv=None):
         results.append(result)
         print(
             f"{result['model']:>10}  {result['params'] / 1e6:7.2f}M params  {result['atoms']} atoms {result['edges']} edges  "
-            f"forward {result['forward_s']:8.3f} s  fwd+bwd {result['train_step_s']:8.3f} s  "
+            f"forward {result['forward_s']:8.3f} s (cpu {result['forward_cpu_s']:.3f})  "
+            f"fwd+bwd {result['train_step_s']:8.3f} s (cpu {result['train_step_cpu_s']:.3f})  "
             f"peak {result['peak_mb_forward']:7.1f} / {result['peak_mb_train_step']:7.1f} MB  ({result['device']}, "
             f"{result['threads']} threads)",
             flush=True,

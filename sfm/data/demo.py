@@ -84,10 +84,12 @@ import os
 import pickle
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.build import bulk, fcc100, fcc110, fcc111, fcc211, molecule
 from ase.calculators.emt import EMT
@@ -97,6 +99,10 @@ from ase.optimize import BFGS, LBFGS
 from scipy.optimize import minimize_scalar
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import Delaunay
+from torch_geometric.data import Data
+from tqdm import tqdm
+
+from sfm.data.lmdb_dataset import LmdbWriter
 
 METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 HELD_OUT_METAL = "Pd"
@@ -485,43 +491,35 @@ def val_size(num_train: int) -> int:
     return min(max(num_train // 4, 2), 100)
 
 
-def to_is2re(system: dict, sid: int):
-    """IS2RE ``Data`` of one built system (see the module docstring for the fields)."""
-    import torch
-    from torch_geometric.data import Data
-
+def _structure(system: dict, sid: int) -> dict:
+    """The fields every entry of one built system shares (sid, atoms, cell, tags, fixed)."""
     tags = torch.as_tensor(system["tags"], dtype=torch.long)
-    return Data(
+    return dict(
         sid=sid,
         atomic_numbers=torch.as_tensor(system["atomic_numbers"], dtype=torch.long),
-        pos=torch.as_tensor(system["pos"], dtype=torch.float32),
         cell=torch.as_tensor(system["cell"], dtype=torch.float32).reshape(1, 3, 3),
         natoms=len(tags),
         tags=tags,
         fixed=tags == 0,
+    )
+
+
+def to_is2re(system: dict, sid: int) -> Data:
+    """IS2RE ``Data`` of one built system (see the module docstring for the fields)."""
+    return Data(
+        **_structure(system, sid),
+        pos=torch.as_tensor(system["pos"], dtype=torch.float32),
         y_init=system["y_init"],
         y_relaxed=system["y_relaxed"],
         pos_relaxed=torch.as_tensor(system["pos_relaxed"], dtype=torch.float32),
     )
 
 
-def to_s2ef(system: dict, sid: int) -> list:
+def to_s2ef(system: dict, sid: int) -> list[Data]:
     """S2EF ``Data`` frames (``fid`` = optimizer step) of one built system."""
-    import torch
-    from torch_geometric.data import Data
-
-    tags = torch.as_tensor(system["tags"], dtype=torch.long)
-    common = dict(
-        sid=sid,
-        atomic_numbers=torch.as_tensor(system["atomic_numbers"], dtype=torch.long),
-        cell=torch.as_tensor(system["cell"], dtype=torch.float32).reshape(1, 3, 3),
-        natoms=len(tags),
-        tags=tags,
-        fixed=tags == 0,
-    )
     return [
         Data(
-            **common,
+            **_structure(system, sid),
             fid=frame["fid"],
             pos=torch.as_tensor(frame["pos"], dtype=torch.float32),
             y=frame["y"],
@@ -533,10 +531,6 @@ def to_s2ef(system: dict, sid: int) -> list:
 
 def build(out: Path, num_train: int, seed: int, frame_every: int, workers: int, progress: bool = True) -> dict:
     """Build the demo world into the (new) folder ``out``; return the summary."""
-    from tqdm import tqdm
-
-    from sfm.data.lmdb_dataset import LmdbWriter
-
     start = time.time()
     tasks = plan(num_train, seed, frame_every)
     warm_caches()
@@ -549,10 +543,8 @@ def build(out: Path, num_train: int, seed: int, frame_every: int, workers: int, 
         sid = 0
         for split in SPLITS:
             n = sum(t.split == split for t in tasks)
-            s2ef_path = out / "s2ef" / split / "data.lmdb"
-            with LmdbWriter(out / "is2re" / split / "data.lmdb") as is2re, _maybe_writer(
-                s2ef_path if split in S2EF_SPLITS else None
-            ) as s2ef:
+            s2ef_writer = LmdbWriter(out / "s2ef" / split / "data.lmdb") if split in S2EF_SPLITS else None
+            with LmdbWriter(out / "is2re" / split / "data.lmdb") as is2re, s2ef_writer or nullcontext() as s2ef:
                 for _ in range(n):
                     system = next(results)
                     is2re.append(to_is2re(system, sid))
@@ -572,22 +564,6 @@ def build(out: Path, num_train: int, seed: int, frame_every: int, workers: int, 
     summary["build_seconds"] = round(time.time() - start, 1)
     summary["workers"] = workers
     return summary
-
-
-class _maybe_writer:
-    """``LmdbWriter(path)`` if ``path`` is given, else a context yielding ``None``."""
-
-    def __init__(self, path: Path | None):
-        from sfm.data.lmdb_dataset import LmdbWriter
-
-        self.writer = LmdbWriter(path) if path else None
-
-    def __enter__(self):
-        return self.writer.__enter__() if self.writer else None
-
-    def __exit__(self, *exc):
-        if self.writer:
-            self.writer.__exit__(*exc)
 
 
 def warm_caches() -> None:

@@ -77,6 +77,11 @@ def main(argv=None) -> dict:
     g.add_argument("--element_refs", action=argparse.BooleanOptionalAction, default=True,
                    help="fit per-element linear energy references")
     args = parse_args(parser, argv)
+    if args.forces == "conservative" and args.strategy == "Zero3":
+        # The force loss differentiates -dE/dpos again through the weights; ZeRO-3 has released
+        # its partitioned parameters by then (DeepSpeed 0.19 fails in backward).
+        parser.error("--forces conservative does not run under --strategy Zero3 (second derivatives through "
+                     "partitioned weights); use Zero2, Zero1 or DDP")  # fmt: skip
     cfg = train_config(args)
 
     dictionary = Dictionary.load(args.dict_path)

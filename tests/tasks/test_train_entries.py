@@ -80,6 +80,7 @@ def test_diffusion_trains_resumes_and_reloads(demo_world, tmp_path):
         (train_s2ef, ["--total_num_steps", "0", "--total_num_epochs", "0"], "give --total_num_epochs or --total_num_steps"),
         (train_s2ef, ["--forces", "both"], "invalid choice: 'both'"),
         (train_s2ef, ["--model_type", "huge"], "invalid choice: 'huge'"),
+        (train_s2ef, ["--forces", "conservative", "--strategy", "Zero3"], "use Zero2, Zero1 or DDP"),
         (train_diff, ["--train_data_path", "/no/such/lmdb"], "--train_data_path /no/such/lmdb: no such file"),
         (train_diff, ["--mode_probs", "csp=0.5,dream=0.5"], "unknown modes ['dream']"),
         (train_diff, ["--given_tags", "slab"], "--given_tags must be comma-separated integers"),

@@ -219,8 +219,7 @@ def _train(model, train_set, valid_set, cfg, meta, collate_fn, dist: Dist, resum
 
     def save_checkpoint() -> Path:
         tag_dir = ckpt_root / step_tag(state.step)
-        if dist.is_main:
-            tag_dir.mkdir(parents=True, exist_ok=True)
+        tag_dir.mkdir(parents=True, exist_ok=True)  # every rank: save_dir should be shared, but need not be
         barrier(dist)
         engine.save(tag_dir)
         torch.save({"rng": rng_state(), "ema": ema.state_dict() if ema_sharded else None}, tag_dir / f"rank_{dist.rank:05d}.pt")
@@ -254,7 +253,7 @@ def _train(model, train_set, valid_set, cfg, meta, collate_fn, dist: Dist, resum
     data = iter(train_batches.epoch(state.epoch, start=state.batch_in_epoch))
     engine.net.train()
     while state.step < total_steps:
-        step_start = time.time()
+        step_start, step_cpu = time.time(), time.process_time()
         lr = cosine_lr(state.step, cfg.max_lr, cfg.warmup_num_steps, total_steps, cfg.min_lr_ratio)
         engine.set_lr(lr)
         epoch_done = False
@@ -291,6 +290,7 @@ def _train(model, train_set, valid_set, cfg, meta, collate_fn, dist: Dist, resum
         state.step += 1
         log.advance()
         tally.seconds += time.time() - step_start
+        tally.cpu_seconds += time.process_time() - step_cpu
         tally.grad_norm, tally.lr = grad_norm, lr
 
         if state.step % cfg.log_interval == 0 or state.step == total_steps:
@@ -326,7 +326,9 @@ class Tally:
 
     Sums stay tensors on the device until `reduce`, so a step costs no host sync for logging.
     `seconds` counts the training steps only (data loading included; validation and
-    checkpointing excluded), so structures/s is the training throughput.
+    checkpointing excluded), so structures/s is the training throughput. `cpu_seconds` is
+    this process's CPU time in those steps: structures per CPU-second of all ranks together
+    is the cost measure that holds on a machine shared with other work.
     """
 
     def __init__(self):
@@ -336,6 +338,7 @@ class Tally:
         self.atoms = 0
         self.nonfinite = 0.0
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.grad_norm = math.nan
         self.lr = math.nan
 
@@ -356,7 +359,7 @@ class Tally:
         vec = torch.stack(
             [self.sums.get(k, zero) for k in keys]
             + [self.counts.get(k, zero) for k in keys]
-            + [zero + self.structures, zero + self.atoms, zero + self.nonfinite]
+            + [zero + self.structures, zero + self.atoms, zero + self.nonfinite, zero + self.cpu_seconds]
         )
         vec = all_reduce_sum(vec, dist).tolist()
         n = len(keys)
@@ -370,6 +373,7 @@ class Tally:
             structures_per_s=vec[2 * n] / elapsed,
             atoms_per_s=vec[2 * n + 1] / elapsed,
             nonfinite_losses=int(vec[2 * n + 2]),
+            structures_per_cpu_s=vec[2 * n] / max(vec[2 * n + 3], 1e-9),
         )
         return out
 

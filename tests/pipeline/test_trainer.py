@@ -173,3 +173,18 @@ def test_single_refuses_several_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="use --strategy DDP or Zero"):
         train(fresh_model(), toy_structures(2), None, config(tmp_path))
+
+
+def test_resume_accepts_run_checkpoint_dirs_and_files(tmp_path):
+    from sfm.pipeline.trainer import resolve_resume
+
+    run = tmp_path / "run"
+    train(fresh_model(), toy_structures(4), None, config(tmp_path, total_num_steps=2, save_interval=1, keep_checkpoints=0))
+    step1, step2 = run / "checkpoints" / "step_0000001", run / "checkpoints" / "step_0000002"
+    other = TrainConfig(save_dir=str(tmp_path / "elsewhere"))
+    for given, want in [(run, step2), (run / "checkpoints", step2), (step1, step1), (step1 / "model.pt", step1)]:
+        assert resolve_resume(replace(other, resume=str(given))) == want
+    assert resolve_resume(replace(config(tmp_path), resume="auto")) == step2
+    assert resolve_resume(replace(other, resume="auto")) is None  # nothing there yet: a fresh start
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        resolve_resume(replace(other, resume=str(tmp_path)))

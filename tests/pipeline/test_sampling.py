@@ -17,7 +17,7 @@ from sfm.pipeline.checkpoint import save_consolidated
 from sfm.pipeline.sample_inputs import composition_numbers, parse_compositions
 from sfm.pipeline.sample_store import done_keys, sample_key
 from sfm.pipeline.sampling import GenConfig, plan_batches, run_sampling
-from sfm.tasks import gen
+from sfm.tasks import gen, gen_table
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_INPUTS = 5
@@ -185,6 +185,8 @@ def test_cli_compositions_and_metrics(world, tmp_path):
     assert m["systems"] == NUM_INPUTS and m["k"] == 2 and m["adwt_atoms"] == "adsorbate" and m["validity"] >= 0
     assert out["run"]["network_calls_per_sample"] == 3 and out["run"]["samples_per_s"] > 0
     assert (tmp_path / "i" / "metrics.json").exists() and "network calls per sample" in (tmp_path / "i" / "metrics.txt").read_text()
+    lines = gen_table.main([str(tmp_path / name / "metrics.json") for name in ("c", "i")]).splitlines()
+    assert len(lines) == 4 and lines[3].startswith("| i | inpaint | ode | 2 | 3 | 5 x 2 |")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The diffusion quality bar on the demo world, on CPU: train, sample, score against baselines.
+#
+#   bash scripts/recipe_diff_demo.sh                       # all stages: data train eval
+#   STAGES=eval bash scripts/recipe_diff_demo.sh           # re-score an existing RUN_DIR
+#
+# Stages (STAGES, default "data train eval"):
+#   data   build the demo world at DEMO_DIR if missing (python -m sfm.data.demo --out DEMO_DIR)
+#   train  torchrun, NPROC processes (DDP, OMP_NUM_THREADS=1 each), model MODEL_TYPE, STEPS optimizer
+#          steps of BATCH_SIZE structures per process, on DEMO_DIR/is2re/train (validation on val_id).
+#          Default budget: tiny, 2 x 8 structures, 1800 steps: about 0.8 CPU-s per step and process,
+#          i.e. under 30 minutes on 2 idle cores (timings.txt records wall and CPU time).
+#   eval   sfm/tasks/gen.py on RUN_DIR/train/model.pt, first MAX_INPUTS systems of each split:
+#          inpaint (slab = tags 0,1 given at its initial pos, adsorbate generated) on val_id,
+#          val_ood_ads, val_ood_cat; csp (lattice and all atoms generated) on val_id. Samplers:
+#          ode (ODE_STEPS Heun steps = 2*ODE_STEPS-1 network calls), pc (PC_STEPS predictor-corrector
+#          steps = 2*PC_STEPS calls; the reference, shortened from 1000 for CPU time),
+#          baseline_initial (pos: the placement the relaxation started from), baseline_random
+#          (uniform fractional coordinates; csp lattices drawn from the training cells).
+#          NUM_SAMPLES per system (metrics at 1 and at NUM_SAMPLES). Table: RUN_DIR/quality_bar.md.
+#
+# Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
+#   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)
+#   MAX_INPUTS (50)  NUM_SAMPLES (10)  ODE_STEPS (25)  PC_STEPS (100)  GEN_BATCH (25)
+#   SPLITS (val_id val_ood_ads val_ood_cat)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+py=${SFM_VENV:-$root/.venv}/bin/python
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+STAGES=${STAGES:-data train eval}
+DEMO_DIR=${DEMO_DIR:-$root/data/demo}
+RUN_DIR=${RUN_DIR:-$root/runs/recipe_diff_demo}
+MODEL_TYPE=${MODEL_TYPE:-tiny}
+NPROC=${NPROC:-2}
+STEPS=${STEPS:-1800}
+MAX_INPUTS=${MAX_INPUTS:-50}
+NUM_SAMPLES=${NUM_SAMPLES:-10}
+ODE_STEPS=${ODE_STEPS:-25}
+PC_STEPS=${PC_STEPS:-100}
+GEN_BATCH=${GEN_BATCH:-25}
+SPLITS=${SPLITS:-val_id val_ood_ads val_ood_cat}
+mkdir -p "$RUN_DIR"
+timings=$RUN_DIR/timings.txt
+
+timed() {  # timed NAME cmd...: run, append "NAME wall_s cpu_s (user+sys of the process tree)" to timings.txt
+  local name=$1; shift
+  /usr/bin/time -o "$RUN_DIR/.time" -f "%e %U %S" "$@"
+  read -r wall user sys < "$RUN_DIR/.time"
+  echo "$name wall_s=$wall cpu_s=$(echo "$user + $sys" | bc)" | tee -a "$timings"
+}
+
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if has data && [ ! -f "$DEMO_DIR/summary.json" ]; then
+  timed data "$py" -m sfm.data.demo --out "$DEMO_DIR" --workers "$NPROC"
+fi
+
+if has train; then
+  timed train env GPUS="$NPROC" TASK=diff DATA_DIR="$DEMO_DIR/is2re" SAVE_DIR="$RUN_DIR/train" \
+    MODEL_TYPE="$MODEL_TYPE" STRATEGY=DDP BATCH_SIZE="${BATCH_SIZE:-8}" VAL_BATCH_SIZE=16 LR="${LR:-1e-3}" \
+    WARMUP="${WARMUP:-100}" WORKERS=0 LOG_INTERVAL=50 SAVE_INTERVAL=500 SEED="${SEED:-1}" BF16=0 \
+    bash "$root/scripts/train_oc20.sh" --total_num_steps "$STEPS"
+fi
+
+if has eval; then
+  ckpt=$RUN_DIR/train/model.pt
+  gen() {  # gen NAME flags...: one sampling run into RUN_DIR/eval/NAME (resumes if interrupted)
+    local name=$1; shift
+    timed "gen_$name" env NPROC="$NPROC" bash "$root/scripts/gen_oc20.sh" --save_dir "$RUN_DIR/eval/$name" \
+      --max_inputs "$MAX_INPUTS" --num_samples "$NUM_SAMPLES" --batch_size "$GEN_BATCH" --seed 0 --no_progress "$@"
+  }
+  for split in $SPLITS; do
+    data=$DEMO_DIR/is2re/$split
+    gen "inpaint_${split}_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler ode --steps "$ODE_STEPS"
+    gen "inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc --steps "$PC_STEPS"
+    gen "inpaint_${split}_initial" --data_path "$data" --mode inpaint --sampler baseline_initial --num_samples 1
+    gen "inpaint_${split}_random" --data_path "$data" --mode inpaint --sampler baseline_random
+  done
+  data=$DEMO_DIR/is2re/val_id
+  gen "csp_val_id_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode csp --sampler ode --steps "$ODE_STEPS"
+  gen "csp_val_id_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode csp --sampler pc --steps "$PC_STEPS"
+  gen "csp_val_id_random" --data_path "$data" --mode csp --sampler baseline_random --lattice_data "$DEMO_DIR/is2re/train"
+  "$py" -m sfm.tasks.gen_table "$RUN_DIR"/eval/*/metrics.json --out "$RUN_DIR/quality_bar.md"
+fi

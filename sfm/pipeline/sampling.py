@@ -259,10 +259,11 @@ def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfi
     return out
 
 
-def check_run_file(cfg: GenConfig) -> Path:
-    """``save_dir/run.json``; raise if it records other defining settings than ``cfg``'s."""
+def check_run_file(cfg: GenConfig, has_samples: bool) -> Path:
+    """``save_dir/run.json``; raise if it records other defining settings than ``cfg``'s and
+    ``save_dir`` holds samples (a run that failed before its first sample blocks nothing)."""
     path = Path(cfg.save_dir) / "run.json"
-    if path.exists():
+    if path.exists() and has_samples:
         before = json.loads(path.read_text())
         now = json.loads(json.dumps(cfg.defining()))
         diff = {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k]}
@@ -290,12 +291,6 @@ def run_sampling(cfg: GenConfig) -> dict:
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dist = setup_distributed("DDP" if multi else "Single")
     device = _device(cfg, dist.local_rank)
-    run_file = check_run_file(cfg)
-    barrier(dist)  # every rank checked run.json before rank 0 writes it
-    if dist.is_main:
-        run_file.parent.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps(cfg.defining(), indent=1) + "\n")
-
     model = load_model(cfg.checkpoint, device) if needs_model(cfg) else None
     dictionary = Dictionary(model.checkpoint["dictionary"], source=str(cfg.checkpoint)) if model is not None \
         and model.checkpoint.get("dictionary") else None  # fmt: skip
@@ -306,9 +301,13 @@ def run_sampling(cfg: GenConfig) -> dict:
         pool = torch.stack([ref[i].cell.reshape(3, 3) for i in range(len(ref))])
     counter = CallCounter(model) if model is not None else None
 
-    batches = plan_batches(len(inputs), cfg.num_samples, cfg.batch_size)[dist.rank :: dist.world_size]
     done = done_keys(cfg.save_dir)
-    barrier(dist)  # every rank has read the finished samples before any rank writes
+    run_file = check_run_file(cfg, has_samples=bool(done))
+    barrier(dist)  # every rank has read the finished samples and run.json before any rank writes
+    if dist.is_main:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps(cfg.defining(), indent=1) + "\n")
+    batches = plan_batches(len(inputs), cfg.num_samples, cfg.batch_size)[dist.rank :: dist.world_size]
     todo = []
     for items in batches:
         missing = [not done or (inputs.sid(i), s) not in done for i, s in items]

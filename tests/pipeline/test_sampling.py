@@ -223,6 +223,7 @@ def test_s2ef_checkpoint_is_refused(world, tmp_path):
                       meta={"task": "s2ef"})  # fmt: skip
     with pytest.raises(ValueError, match="not a diffusion model"):
         run_sampling(config(world, tmp_path / "out", checkpoint=str(tmp_path / "s2ef.pt")))
+    assert run_sampling(config(world, tmp_path / "out", num_samples=1))["samples_written_this_run"] == NUM_INPUTS
 
 
 def test_torchrun_two_processes_shard_without_overlap(world, tmp_path):

@@ -7,6 +7,7 @@ The progress bar (a terminal) shows loss, structures/s and lr; when stderr is no
 """
 
 import json
+import os
 import resource
 import sys
 import time
@@ -23,6 +24,9 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class RunLog:
+    """`initial_step` > 0 (a resumed run): records of later steps, written by the run before it
+    was stopped and about to be redone, are dropped from metrics.jsonl."""
+
     def __init__(self, save_dir, enabled: bool, total_steps: int, initial_step: int):
         self.enabled = enabled
         if not enabled:
@@ -31,7 +35,13 @@ class RunLog:
         from tqdm import tqdm
 
         save_dir = Path(save_dir)
-        self.jsonl = open(save_dir / "metrics.jsonl", "a")
+        path = save_dir / "metrics.jsonl"
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= initial_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
+        self.jsonl = open(path, "a")
         self.tb = SummaryWriter(str(save_dir / "tb"))
         self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True) if sys.stderr.isatty() else None
         self.start = time.time()

@@ -188,3 +188,35 @@ def test_resume_accepts_run_checkpoint_dirs_and_files(tmp_path):
     assert resolve_resume(replace(other, resume="auto")) is None  # nothing there yet: a fresh start
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         resolve_resume(replace(other, resume=str(tmp_path)))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL at whatever point the run has reached after its first checkpoint; --resume finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import trainer_toy
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    args = ["--total_num_steps", "12", "--save_interval", "3", "--log_interval", "1", "--noise", "0.05", "--n_train", "12",
+            "--train_batch_size", "3", "--warmup_num_steps", "2", "--max_lr", "3e-3"]  # fmt: skip
+    trainer_toy.main(["--save_dir", str(tmp_path / "full"), *args])
+    cmd = [sys.executable, trainer_toy.__file__, "--save_dir", str(tmp_path / "killed"), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(cmd + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    full, resumed = records(tmp_path / "full"), records(tmp_path / "killed")
+    assert [(x["step"], x["loss"]) for x in resumed] == [(x["step"], x["loss"]) for x in full]
+    a, b = read_consolidated(tmp_path / "full" / "model.pt"), read_consolidated(tmp_path / "killed" / "model.pt")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

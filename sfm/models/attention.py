@@ -83,7 +83,8 @@ class SO2GraphAttention(nn.Module):
         msg = torch.bmm(wigner, graph.gather_pair(x))  # [E, n_red, 2C] in edge frames
         radial = self.radial(graph.rbf, graph.tokens[graph.src], graph.tokens[graph.dst])
         msg, extra = self.conv1(msg, radial)
-        feats, gates = extra.split([self.heads * self.alpha_channels, extra.shape[1] - self.heads * self.alpha_channels], 1)
+        num_alpha = self.heads * self.alpha_channels
+        feats, gates = extra[:, :num_alpha], extra[:, num_alpha:]
         feats = smooth_leaky_relu(self.alpha_norm(feats.view(num_edges, self.heads, self.alpha_channels)))
         logits = (feats * self.alpha_dot).sum(-1)  # [E, H]
         alpha = self.alpha_drop(edge_softmax(logits, graph.dst, graph.num_nodes, graph.envelope))

@@ -63,7 +63,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_one(model_type: str, device: str, repeats: int, preset_graph: bool, bf16: bool) -> dict:
+def bench_one(
+    model_type: str, device: str, repeats: int, preset_graph: bool, bf16: bool, checkpoint: bool = False
+) -> dict:
     """Measure one preset in this process (see the module docstring)."""
     from sfm.data.lattice import cart_to_frac
     from sfm.models import build_model
@@ -71,7 +73,7 @@ def bench_one(model_type: str, device: str, repeats: int, preset_graph: bool, bf
     device = torch.device(device)
     graph = {} if preset_graph else {"cutoff": 12.0, "max_neighbors": 20}
     torch.manual_seed(0)
-    model = build_model(model_type, head="s2ef", bf16=bf16, **graph).to(device)
+    model = build_model(model_type, head="s2ef", bf16=bf16, checkpoint=checkpoint, **graph).to(device)
     batch = synthetic_slabs().to(device)
     num_params = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
@@ -89,8 +91,11 @@ def bench_one(model_type: str, device: str, repeats: int, preset_graph: bool, bf
         loss, _ = model.loss(batch)
         loss.backward()
 
-    out = {"model": model_type, "device": str(device), "params": num_params, "atoms": int(batch.num_nodes),
-           "edges": edges, "structures": int(batch.num_graphs), "threads": torch.get_num_threads(), "bf16": bf16}  # fmt: skip
+    out = {
+        "model": model_type, "device": str(device), "params": num_params, "atoms": int(batch.num_nodes),
+        "edges": edges, "structures": int(batch.num_graphs), "threads": torch.get_num_threads(),
+        "bf16": bf16, "checkpoint": checkpoint,
+    }  # fmt: skip
     for name, fn in (("forward", forward), ("train_step", train_step)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -115,25 +120,31 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["tiny", "small", "eqv2_31m"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per model after one warm-up")
-    parser.add_argument("--preset_graph", action="store_true", help="use each preset's cutoff/neighbours, not 12 A / 20")
+    parser.add_argument(
+        "--preset_graph", action="store_true", help="use each preset's cutoff/neighbours, not 12 A / 20"
+    )
     parser.add_argument("--bf16", action="store_true", help="autocast the blocks to bfloat16")
+    parser.add_argument("--checkpoint", action="store_true", help="activation checkpointing per block")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--_one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = parser.parse_args(argv)
     if args._one:
-        print(json.dumps(bench_one(args._one, args.device, args.repeats, args.preset_graph, args.bf16)))
+        result = bench_one(args._one, args.device, args.repeats, args.preset_graph, args.bf16, args.checkpoint)
+        print(json.dumps(result))
         return
     results = []
     for model_type in args.models:
+        flags = [f"--{f}" for f in ("preset_graph", "bf16", "checkpoint") if getattr(args, f)]
         cmd = [sys.executable, "-m", "sfm.models.bench", "--_one", model_type, "--device", args.device,
-               "--repeats", str(args.repeats)] + ["--preset_graph"] * args.preset_graph + ["--bf16"] * args.bf16  # fmt: skip
+               "--repeats", str(args.repeats), *flags]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"benchmark of {model_type} failed:\n{proc.stderr}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(result)
         print(
-            f"{result['model']:>10}  {result['params'] / 1e6:7.2f}M params  {result['atoms']} atoms {result['edges']} edges  "
+            f"{result['model']:>10}  {result['params'] / 1e6:7.2f}M params  "
+            f"{result['atoms']} atoms {result['edges']} edges  "
             f"forward {result['forward_s']:8.3f} s (cpu {result['forward_cpu_s']:.3f})  "
             f"fwd+bwd {result['train_step_s']:8.3f} s (cpu {result['train_step_cpu_s']:.3f})  "
             f"peak {result['peak_mb_forward']:7.1f} / {result['peak_mb_train_step']:7.1f} MB  ({result['device']}, "

@@ -40,7 +40,15 @@ class GraphDropPath(nn.Module):
 class TransformerBlock(nn.Module):
     """``forward(x [N, dim, C], graph, cond [N, cond_dim] | None) -> [N, dim, C]``."""
 
-    def __init__(self, attention: SO2GraphAttention, ffn: FeedForward, lmax: int, channels: int, cond_dim: int = 0, drop_path: float = 0.0):
+    def __init__(
+        self,
+        attention: SO2GraphAttention,
+        ffn: FeedForward,
+        lmax: int,
+        channels: int,
+        cond_dim: int = 0,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.norm1 = EquivariantLayerNormSH(lmax, channels)
         self.attention = attention

@@ -47,7 +47,9 @@ class EdgeDegreeEmbedding(nn.Module):
     ``forward(graph) -> [N, dim, C]``.
     """
 
-    def __init__(self, layout: SHLayout, channels: int, num_rbf: int, edge_channels: int, num_tokens: int, avg_degree: float):
+    def __init__(
+        self, layout: SHLayout, channels: int, num_rbf: int, edge_channels: int, num_tokens: int, avg_degree: float
+    ):
         super().__init__()
         self.n0, self.channels, self.avg_degree = layout.lmax + 1, channels, float(avg_degree)
         self.radial = EdgeRadial(num_rbf, num_tokens, edge_channels, self.n0 * channels)

@@ -8,6 +8,15 @@ from torch import nn
 NUM_ELEMENTS = 119  # index by atomic number Z (0 unused)
 
 
+def fixed_mask(item, z: torch.Tensor) -> torch.Tensor:
+    """``fixed`` if stored, else ``tags == 0``, else nothing fixed."""
+    if getattr(item, "fixed", None) is not None:
+        return item.fixed.bool().reshape(-1)
+    if getattr(item, "tags", None) is not None:
+        return item.tags.reshape(-1) == 0
+    return torch.zeros_like(z, dtype=torch.bool)
+
+
 class EnergyNormalizer(nn.Module):
     """``E = std * e + mean + sum_i ref[Z_i]`` and ``F = force_std * f``.
 
@@ -70,10 +79,7 @@ class EnergyNormalizer(nn.Module):
             counts.append(c)
             energies.append(torch.as_tensor(item.y, dtype=torch.float64).reshape(-1))
             if getattr(item, "force", None) is not None:
-                fixed = getattr(item, "fixed", None)
-                if fixed is None:
-                    fixed = item.tags == 0 if getattr(item, "tags", None) is not None else torch.zeros_like(z, dtype=bool)
-                free = item.force.double()[~fixed.bool().reshape(-1)]
+                free = item.force.double()[~fixed_mask(item, z)]
                 force_sq += float(free.pow(2).sum())
                 force_n += free.numel()
         counts, energies = torch.cat(counts), torch.cat(energies)

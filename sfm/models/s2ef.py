@@ -25,7 +25,7 @@ from torch import nn
 
 from sfm.data.lattice import cart_to_frac
 from sfm.models.backbone import BackboneConfig, EquiformerV2
-from sfm.models.normalizer import EnergyNormalizer
+from sfm.models.normalizer import EnergyNormalizer, fixed_mask
 
 OC20_AVG_NUM_ATOMS = 77.81317
 
@@ -108,7 +108,7 @@ class S2EFModel(nn.Module):
         parts = {"energy_loss": energy_loss, "energy_mae": e_err.abs().mean() * self.normalizer.std.to(pos.dtype)}
         loss = self.energy_coef * energy_loss
         if target_force is not None:
-            free = ~batch.fixed.bool() if getattr(batch, "fixed", None) is not None else torch.ones_like(index, dtype=torch.bool)
+            free = ~fixed_mask(batch, atomic_numbers)
             f_err = (out["forces"] - target_force.to(pos.dtype))[free]
             norm = f_err.norm(dim=-1) / self.normalizer.force_std.to(pos.dtype)
             force_loss = norm.mean() if len(norm) else norm.sum()

@@ -30,7 +30,8 @@ def structures(eqv2_cell, seeds=(0, 1), sizes=(4, 5), dtype=torch.float32):
         g = torch.Generator().manual_seed(seed)
         items.append(
             Data(
-                atomic_numbers=z, pos=frac.to(dtype) @ lattice[0], cell=lattice, y=torch.tensor([float(n)], dtype=dtype),
+                atomic_numbers=z, pos=frac.to(dtype) @ lattice[0], cell=lattice,
+                y=torch.tensor([float(n)], dtype=dtype),
                 force=torch.randn(n, 3, generator=g, dtype=dtype), fixed=torch.arange(n) < 2,
             )
         )  # fmt: skip
@@ -50,7 +51,8 @@ def test_conservative_forces_and_stress_are_energy_derivatives(eqv2_cell):
     for atom, axis in [(0, 0), (3, 2), (6, 1)]:
         step = torch.zeros_like(batch.pos)
         step[atom, axis] = h
-        de = energy_of(model, batch, batch.pos + step, batch.cell) - energy_of(model, batch, batch.pos - step, batch.cell)
+        de = energy_of(model, batch, batch.pos + step, batch.cell)
+        de = de - energy_of(model, batch, batch.pos - step, batch.cell)
         assert torch.isclose(-de.sum() / (2 * h), out["forces"][atom, axis], rtol=1e-6, atol=1e-9)
     # stress: homogeneous strain of cell and positions, (1/V) dE/d(strain)
     volume = torch.linalg.det(batch.cell).abs()
@@ -108,14 +110,16 @@ def test_normalizer_fit_round_trip_and_precision():
     for i in range(20):
         z = torch.tensor([1, 8, 29])[torch.randint(0, 3, (6,))]
         y = sum(refs[int(v)] for v in z) + 0.1 * torch.randn(()).item()
-        items.append(Data(atomic_numbers=z, pos=torch.rand(6, 3), y=torch.tensor([y]), force=2 * torch.randn(6, 3), fixed=torch.arange(6) < 2))
+        force, fixed = 2 * torch.randn(6, 3), torch.arange(6) < 2
+        items.append(Data(atomic_numbers=z, pos=torch.rand(6, 3), y=torch.tensor([y]), force=force, fixed=fixed))
     norm = EnergyNormalizer()
     fitted = norm.fit(Batch.from_data_list(items[i : i + 5]) for i in range(0, 20, 5))
     assert all(abs(fitted["element_refs"][z] - refs[z]) < 0.1 for z in refs)
     assert 0.01 < fitted["std"] < 0.3 and 1.5 < fitted["force_std"] < 2.5
     batch = Batch.from_data_list(items[:3])
     energy = batch.y.double()
-    assert torch.allclose(norm.energy(norm.normalize_energy(energy, batch.atomic_numbers, batch.batch), batch.atomic_numbers, batch.batch), energy)
+    normalized = norm.normalize_energy(energy, batch.atomic_numbers, batch.batch)
+    assert torch.allclose(norm.energy(normalized, batch.atomic_numbers, batch.batch), energy)
     norm.float()  # stays float64: references of hundreds of eV
     assert norm.element_refs.dtype == torch.float64 and norm.element_refs[29] == fitted["element_refs"][29]
     assert set(norm.state_dict()) == {"mean", "std", "force_std", "element_refs"}

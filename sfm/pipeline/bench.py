@@ -1,15 +1,14 @@
 """Training throughput (structures/s) and peak memory per process, per model preset and strategy.
 
     python -m sfm.pipeline.bench [--data data/demo_small] [--task diff] [--models tiny small] \
-        [--setups Single:1 Zero1:2] [--steps 12] [--batch_size 4] [--json bench.json]
+        [--setups Single:1:1 Single:1:2 Zero1:2:1] [--steps 12] [--batch_size 4] [--json bench.json]
 
-Each setup `STRATEGY:P` runs the real entry point (sfm/tasks/train_$task.py) on P processes
-(torchrun when P > 1) for `--steps` optimizer steps on the demo world's train split, and reads
+Each setup `STRATEGY:P[:T]` runs the real entry point (sfm/tasks/train_$task.py) on P processes
+(torchrun when P > 1) of T threads each (OMP_NUM_THREADS; default cores // P) for `--steps` optimizer steps on the demo world's train split, and reads
 its metrics.jsonl: throughput is the median over log windows after the first (which holds
 start-up and warm-up), in structures/s of all processes together (wall clock) and in
 structures per CPU-second of all processes (what a step costs, robust to a machine shared
-with other work); memory is the peak of rank 0 (max RSS on CPU, CUDA allocator peak on GPU). The cores are shared out:
-OMP_NUM_THREADS = cores // P per process. The demo world is built first if missing (--small).
+with other work); memory is the peak of rank 0 (max RSS on CPU, CUDA allocator peak on GPU). The demo world is built first if missing (--small).
 """
 
 import argparse
@@ -24,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_setup(data: Path, task: str, model: str, strategy: str, nproc: int, steps: int, batch_size: int, log_every: int) -> dict:
+def run_setup(data: Path, task: str, model: str, strategy: str, nproc: int, threads: int, steps: int, batch_size: int,
+              log_every: int) -> dict:  # fmt: skip
     kind = "is2re" if task == "diff" else "s2ef"
     with tempfile.TemporaryDirectory() as tmp:
         save_dir = Path(tmp) / "run"
@@ -36,7 +36,6 @@ def run_setup(data: Path, task: str, model: str, strategy: str, nproc: int, step
             "--strategy", strategy, "--train_batch_size", str(batch_size), "--total_num_steps", str(steps),
             "--warmup_num_steps", "1", "--log_interval", str(log_every), "--save_interval", str(10 * steps),
         ]  # fmt: skip
-        threads = max(1, (os.cpu_count() or 1) // nproc)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if r.returncode != 0:
@@ -59,7 +58,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data", default=str(ROOT / "data" / "demo_small"), help="demo-world root (built with --small if missing)")
     p.add_argument("--task", choices=("diff", "s2ef"), default="diff")
     p.add_argument("--models", nargs="+", default=["tiny", "small"])
-    p.add_argument("--setups", nargs="+", default=["Single:1", "Zero1:2"], help="STRATEGY:PROCESSES")
+    p.add_argument("--setups", nargs="+", default=["Single:1:1", "Single:1:2", "Zero1:2:1"], help="STRATEGY:PROCESSES[:THREADS]")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--log_every", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=4, help="structures per process and step")
@@ -74,8 +73,10 @@ def main(argv=None) -> list[dict]:
     print(f"{'model':8} {'setup':10} {'structures/s':>13} {'atoms/s':>9} {'structs/CPU-s':>14} {'peak GB/proc':>13}")
     for model in args.models:
         for setup in args.setups:
-            strategy, nproc = setup.split(":")
-            res = run_setup(data, args.task, model, strategy, int(nproc), args.steps, args.batch_size, args.log_every)
+            strategy, nproc, *threads = setup.split(":")
+            nproc = int(nproc)
+            threads = int(threads[0]) if threads else max(1, (os.cpu_count() or 1) // nproc)
+            res = run_setup(data, args.task, model, strategy, nproc, threads, args.steps, args.batch_size, args.log_every)
             results.append(res)
             print(f"{model:8} {setup:10} {res['structures_per_s']:13.2f} {res['atoms_per_s']:9.0f} "
                   f"{res['structures_per_cpu_s']:14.3f} {res['peak_mem_gb_rank0']:13.3f}", flush=True)  # fmt: skip

@@ -126,10 +126,6 @@ class DeepSpeedEngine:
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 2**62,
         }
-        if stage == 3:
-            # No parameter stays gathered between forwards, so swapping the EMA into the
-            # partitions (ds_tensor) is what every forward sees.
-            ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
         optimizer = build_optimizer(self.model, cfg.max_lr, cfg.weight_decay)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(model=self.net, optimizer=optimizer, config=ds_config)
 

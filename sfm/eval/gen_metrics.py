@@ -2,14 +2,15 @@
 lattice statistics (definitions in sfm/eval/generation.py and oc20.py).
 
     python -m sfm.eval.gen_metrics --samples SAMPLES.lmdb --reference REF.lmdb [--json out.json]
-        [--stol 0.5 --ltol 0.3 --angle_tol 10] [--adwt_atoms adsorbate|free|all]
+        [--stol 0.5 --ltol 0.3 --angle_tol 10] [--adwt_atoms generated|adsorbate|free|all]
         [--energy_key y_relaxed]
 
 Samples are matched to reference entries by `sid`; the samples of one sid are ordered by
 their `sample_idx` (else by position in the file), so "@1" is each system's first sample and
 "@k" its first k. The reference structure is `pos_relaxed` where stored, else `pos`.
-ADwT needs the sample's atoms in the reference's order (same atomic_numbers sequence, as the
-samplers write them); other samples count as misses. With --energy_key (a per-sample energy
+ADwT scores the generated atoms (the samples' `generated` mask, as sfm.pipeline.sampling
+writes it; else the adsorbate, tags 2) and needs the sample's atoms in the reference's order
+(same atomic_numbers sequence, as the samplers write them); other samples count as misses. With --energy_key (a per-sample energy
 field written by scoring) and reference `y_relaxed`, placement success@1/@k is added.
 """
 
@@ -44,17 +45,21 @@ def group_samples(samples) -> dict:
     return {sid: [d for _, d in sorted(group, key=lambda t: t[0])] for sid, group in groups.items()}
 
 
-def adwt_mask(data, atoms: str) -> torch.Tensor:
-    """[n] bool atoms scored by ADwT: adsorbate (tags 2, else all), free (not fixed) or all."""
-    n = int(data.natoms)
-    if atoms == "adsorbate" and "tags" in data and (data.tags == 2).any():
-        return data.tags == 2
-    if atoms == "free" and "fixed" in data:
-        return ~data.fixed.bool()
-    return torch.ones(n, dtype=torch.bool)
+def adwt_mask(sample, ref, atoms: str) -> torch.Tensor:
+    """[n] bool atoms scored by ADwT: generated (the sample's `generated` field, else as
+    adsorbate), adsorbate (reference tags 2, else all), free (reference not fixed) or all."""
+    if atoms == "generated":
+        if "generated" in sample:
+            return sample.generated.bool()
+        atoms = "adsorbate"
+    if atoms == "adsorbate" and "tags" in ref and (ref.tags == 2).any():
+        return ref.tags == 2
+    if atoms == "free" and "fixed" in ref:
+        return ~ref.fixed.bool()
+    return torch.ones(int(ref.natoms), dtype=torch.bool)
 
 
-def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="adsorbate",
+def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="generated",
              energy_key=None) -> dict:
     """Metrics of `samples` (iterable of Data with sid) against `references` (iterable of Data)."""
     refs = {sid_key(r): r for r in references}
@@ -84,7 +89,7 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
             structs += [struct] if ok else []
             rms[s, k] = match_rms(struct, ref_struct, matcher) if kept[-1] else np.nan
             if torch.equal(d.atomic_numbers.long(), ref.atomic_numbers.long()):
-                mask = adwt_mask(ref, adwt_atoms)
+                mask = adwt_mask(d, ref, adwt_atoms)
                 dist[s, k] = mean_distance(pos, ref_pos, ref_cell[None], torch.zeros(len(pos), dtype=torch.long),
                                            mask).item()
             if energy_key is not None and energy_key in d:
@@ -144,7 +149,8 @@ def main(argv=None) -> dict:
     p.add_argument("--stol", type=float, default=STOL, help="site tolerance, units of (V/n)^(1/3)")
     p.add_argument("--ltol", type=float, default=LTOL, help="fractional lattice-length tolerance")
     p.add_argument("--angle_tol", type=float, default=ANGLE_TOL, help="lattice angle tolerance, degrees")
-    p.add_argument("--adwt_atoms", choices=["adsorbate", "free", "all"], default="adsorbate")
+    p.add_argument("--adwt_atoms", choices=["generated", "adsorbate", "free", "all"], default="generated",
+                   help="atoms ADwT scores: the sample's `generated` mask (else tags 2), tags 2, free, all")
     p.add_argument("--energy_key", help="per-sample energy field for placement success@k")
     args = p.parse_args(argv)
     m = evaluate(LmdbDataset(args.samples), LmdbDataset(args.reference), args.stol, args.ltol,

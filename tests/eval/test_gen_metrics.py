@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sfm.data import write_lmdb
-from sfm.eval.gen_metrics import json_safe, main
+from sfm.eval.gen_metrics import adwt_mask, json_safe, main
 from sfm.relax import atoms_to_data
 from sfm.relax.bench import make_slabs
 
@@ -76,3 +76,13 @@ def test_gen_metrics_cli(lmdbs, capsys):
 
 def test_json_has_no_nan():
     assert json_safe({"a": {"b": float("nan"), "c": 1.5}, "d": float("inf")}) == {"a": {"b": None, "c": 1.5}, "d": None}
+
+
+def test_adwt_mask_choices():
+    ref = atoms_to_data(make_slabs(1, seed=0)[0])
+    sample = ref.clone()
+    assert torch.equal(adwt_mask(sample, ref, "generated"), ref.tags == 2)  # no mask stored: adsorbate
+    sample.generated = torch.ones(ref.natoms, dtype=torch.bool)  # e.g. csp: every atom generated
+    assert adwt_mask(sample, ref, "generated").all()
+    assert torch.equal(adwt_mask(sample, ref, "free"), ~ref.fixed)
+    assert adwt_mask(sample, ref, "all").all() and torch.equal(adwt_mask(sample, ref, "adsorbate"), ref.tags == 2)

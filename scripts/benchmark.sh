@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run every benchmark and write one JSON and one Markdown table (with the machine description):
+#   loader (read + convert + graph, 0/1/2 workers), backbone forward / forward+backward and peak
+#   memory (tiny, small, eqv2_31m), training throughput (Single vs Zero1 on 2 processes),
+#   sampler network calls/s and samples/s (ode and pc), batched vs looped relaxation.
+#
+#   bash scripts/benchmark.sh [OUT_DIR]        (default runs/benchmark)
+#
+# Environment: DEMO_DIR (data/demo_small; built if missing), DIFF_CKPT (diffusion checkpoint for
+# the sampler benchmark; default runs/quickstart/diff/model.pt, skipped if absent),
+# S2EF_MODEL (checkpoint or preset for the relaxation benchmark; default: small, untrained),
+# DEVICE (cpu; cuda on a GPU machine), MODELS (tiny small eqv2_31m).
+# Every figure is measured by this run; nothing is copied in.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bash "$root/scripts/setup.sh" >/dev/null
+py=${SFM_VENV:-$root/.venv}/bin/python
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+cd "$root"
+out=${1:-runs/benchmark}
+demo=${DEMO_DIR:-data/demo_small}
+diff_ckpt=${DIFF_CKPT:-runs/quickstart/diff/model.pt}
+device=${DEVICE:-cpu}
+mkdir -p "$out"
+[ -f "$demo/summary.json" ] || "$py" -m sfm.data.demo --out "$demo" --small
+inputs=()
+
+echo "[benchmark] loader"
+"$py" -m sfm.data.bench_loader --data "$demo/is2re/train" --workers 0 1 2 --repeat 3 --json "$out/loader.json"
+inputs+=("loader (structures/s: read + cart->frac + 12 A graph)=$out/loader.json")
+
+echo "[benchmark] backbone"
+"$py" -m sfm.models.bench --device "$device" --models ${MODELS:-tiny small eqv2_31m} --repeats 1 --json "$out/backbone.json"
+inputs+=("backbone (4 slabs x 80 atoms, 12 A / 20 neighbours)=$out/backbone.json")
+
+echo "[benchmark] training"
+"$py" -m sfm.pipeline.bench --data "$demo" --task diff --models tiny small --setups Single:1:1 Zero1:2:1 \
+  --steps 12 --json "$out/training.json"
+inputs+=("training throughput (diffusion, demo data)=$out/training.json")
+
+if [ -f "$diff_ckpt" ]; then
+  for sampler in "ode 25" "pc 100"; do
+    set -- $sampler
+    rm -rf "$out/sample_$1"
+    "$py" -m sfm.tasks.gen --checkpoint "$diff_ckpt" --data_path "$demo/is2re/val_id" --mode inpaint \
+      --sampler "$1" --steps "$2" --num_samples 4 --batch_size 8 --device "$device" --no_progress \
+      --save_dir "$out/sample_$1"
+    inputs+=("sampling, inpaint, $1 $2 steps=$out/sample_$1/metrics.json#run")
+  done
+else
+  echo "[benchmark] sampling skipped: no diffusion checkpoint at $diff_ckpt (run scripts/quickstart.sh or set DIFF_CKPT)"
+fi
+
+echo "[benchmark] relaxation"
+"$py" -m sfm.relax.bench --model "${S2EF_MODEL:-small}" --n 32 128 --device "$device" --data "$demo/is2re/val_id" \
+  --steps 50 --json "$out/relax.json"
+inputs+=("relaxation (structures/s, batched relax_batch vs ASE FIRE loop)=$out/relax.json")
+
+"$py" -m sfm.tasks.benchmark_report --out "$out" "${inputs[@]}"

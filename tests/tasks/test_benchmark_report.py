@@ -1,0 +1,30 @@
+import json
+
+from sfm.tasks.benchmark_report import main, markdown_table, rows_of
+
+
+def test_rows_of_accepts_the_three_layouts():
+    rows = [{"a": 1}]
+    assert rows_of(rows) is rows
+    assert rows_of({"rows": rows, "x": 2}) is rows
+    assert rows_of({"results": rows}) is rows
+    assert rows_of({"a": 1.5}) == [{"a": 1.5}]
+
+
+def test_table_has_union_of_scalar_columns():
+    table = markdown_table([{"model": "tiny", "s": 0.123456}, {"model": "small", "mb": 12, "nested": {"x": 1}}])
+    lines = table.splitlines()
+    assert lines[0] == "| model | s | mb |"
+    assert lines[2] == "| tiny | 0.1235 |  |"
+    assert lines[3] == "| small |  | 12 |"
+
+
+def test_report_writes_json_and_markdown(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [{"workers": 0, "structures_per_s": 10.0}]}))
+    (tmp_path / "b.json").write_text(json.dumps({"run": {"samples_per_s": 2.5}, "metrics": {}}))
+    main(["--out", str(tmp_path / "out"), f"loader={tmp_path / 'a.json'}", f"sampling={tmp_path / 'b.json'}#run"])
+    report = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert report["machine"]["cpu_count"] >= 1
+    assert report["benchmarks"]["sampling"] == {"samples_per_s": 2.5}
+    page = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "## loader" in page and "| 0 | 10 |" in page

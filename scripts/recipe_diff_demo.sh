@@ -17,11 +17,14 @@
 #          steps = 2*PC_STEPS calls; the reference, shortened from 1000 for CPU time),
 #          baseline_initial (pos: the placement the relaxation started from), baseline_random
 #          (uniform fractional coordinates; csp lattices drawn from the training cells).
-#          NUM_SAMPLES per system (metrics at 1 and at NUM_SAMPLES). Table: RUN_DIR/quality_bar.md.
+#          NUM_SAMPLES per system (metrics at 1 and at NUM_SAMPLES), except inpaint pc: PC_SAMPLES;
+#          csp uses the first CSP_INPUTS systems of val_id. Table: RUN_DIR/quality_bar.md.
+#          Sampling CPU cost (tiny): about 0.025 CPU-s per structure and network call.
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
 #   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)
-#   MAX_INPUTS (50)  NUM_SAMPLES (10)  ODE_STEPS (25)  PC_STEPS (100)  GEN_BATCH (25)
+#   MAX_INPUTS (50)  NUM_SAMPLES (10)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  CSP_INPUTS (25)
+#   GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +41,8 @@ MAX_INPUTS=${MAX_INPUTS:-50}
 NUM_SAMPLES=${NUM_SAMPLES:-10}
 ODE_STEPS=${ODE_STEPS:-25}
 PC_STEPS=${PC_STEPS:-100}
+PC_SAMPLES=${PC_SAMPLES:-1}
+CSP_INPUTS=${CSP_INPUTS:-25}
 GEN_BATCH=${GEN_BATCH:-25}
 SPLITS=${SPLITS:-val_id val_ood_ads val_ood_cat}
 mkdir -p "$RUN_DIR"
@@ -73,13 +78,14 @@ if has eval; then
   for split in $SPLITS; do
     data=$DEMO_DIR/is2re/$split
     gen "inpaint_${split}_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler ode --steps "$ODE_STEPS"
-    gen "inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc --steps "$PC_STEPS"
+    gen "inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc --steps "$PC_STEPS" \
+      --num_samples "$PC_SAMPLES"
     gen "inpaint_${split}_initial" --data_path "$data" --mode inpaint --sampler baseline_initial --num_samples 1
     gen "inpaint_${split}_random" --data_path "$data" --mode inpaint --sampler baseline_random
   done
-  data=$DEMO_DIR/is2re/val_id
-  gen "csp_val_id_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode csp --sampler ode --steps "$ODE_STEPS"
-  gen "csp_val_id_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode csp --sampler pc --steps "$PC_STEPS"
-  gen "csp_val_id_random" --data_path "$data" --mode csp --sampler baseline_random --lattice_data "$DEMO_DIR/is2re/train"
+  csp=(--data_path "$DEMO_DIR/is2re/val_id" --mode csp --max_inputs "$CSP_INPUTS")
+  gen "csp_val_id_ode$ODE_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler ode --steps "$ODE_STEPS"
+  gen "csp_val_id_pc$PC_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler pc --steps "$PC_STEPS"
+  gen "csp_val_id_random" "${csp[@]}" --sampler baseline_random --lattice_data "$DEMO_DIR/is2re/train"
   "$py" -m sfm.tasks.gen_table "$RUN_DIR"/eval/*/metrics.json --out "$RUN_DIR/quality_bar.md"
 fi

@@ -2,9 +2,11 @@
 
 Reads as the diagram::
 
-    t, per-axis sigma, masks -> conditioning MLP -> cond [N, W] -> modulates every block
+    t, per-axis sigma, lattice latent, masks, anchors -> conditioning MLP -> cond [N, W]
+                                                           -> modulates every block
     (Z, noisy frac, lattice)  -> backbone -> x [N, (lmax+1)^2, C]
          x, graph -> attention layer -> l=1 vector v [N, 3] (Cartesian)
+                  + gates(scalars) . anchor vectors d [N, 2, 3] (to given / generated atoms)
                   -> coord score (normalised) = v . a_i / |a_i|    [N, 3], per lattice axis i
          x, lattice -> symmetric tensor T [B, 3, 3] (Cartesian, rotates as R T R^T)
                   -> lattice eps = Q T Q^T   (Q: polar rotation of the lattice)
@@ -25,7 +27,11 @@ Conditioning: a sinusoidal embedding of ``t``, the per-axis fractional noise lev
 the state the lattice noise is predicted from, which the raw cell shows only as strains
 of ``std``, 1 % on entries the data hardly vary) and two mask channels (this atom is
 given; this lattice is given) go through an MLP into the backbone's ``cond`` input, per
-atom.
+atom, with the anchor displacements of ``anchors.py`` (where the given atoms and the
+other generated atoms are: in a mostly-vacuum OC20 cell a noisy adsorbate atom often has
+no neighbour within the cutoff, and only these tell it where the slab is). The same
+anchors, as Cartesian vectors, enter the score head gated by invariant per-atom
+features, so an isolated atom can be pointed toward the slab.
 
 Training (:meth:`DiffusionModel.loss`): a mode per structure (``masks.py``), a time
 ``t ~ U(0, 1)`` per structure, then
@@ -54,6 +60,7 @@ from torch import nn
 
 from sfm.data.lattice import cart_to_frac, wrap_frac
 from sfm.models.backbone import BackboneConfig, EquiformerV2
+from sfm.models.diffusion.anchors import anchor_displacements
 from sfm.models.diffusion.coord_noise import FracProcess
 from sfm.models.diffusion.lattice_noise import LatticeProcess, polar_rotation, upper_entries
 from sfm.models.diffusion.masks import MODES, Masks, training_masks
@@ -120,20 +127,25 @@ class DiffusionModel(nn.Module):
         channels = backbone_cfg.sphere_channels
         self.frac_process = FracProcess(sigma_min)
         self.lattice_process = LatticeProcess()
-        # conditioning: time embedding, 3 log-sigmas, 6 latent entries, 2 mask channels
-        self.cond_mlp = nn.Sequential(nn.Linear(self.time_dim + 11, width), nn.SiLU(), nn.Linear(width, width))
+        # conditioning: time embedding, 3 log-sigmas, 6 latent entries, 2 mask channels,
+        # 2 anchors x (3 fractional displacements, length, present)
+        self.cond_mlp = nn.Sequential(nn.Linear(self.time_dim + 21, width), nn.SiLU(), nn.Linear(width, width))
         self.coord_head = self.backbone.make_attention(1)
+        self.anchor_gates = nn.Linear(channels, 2)
         # lattice head: invariant part (pooled scalars and conditioning, size, latent) and l=1 part
         self.lattice_mlp = nn.Sequential(nn.Linear(channels + width + 7, channels), nn.SiLU(), nn.Linear(channels, 6))
         self.lattice_vectors = nn.Linear(channels, 2 * lattice_channels, bias=False)
 
     # ---- conditioning and heads -------------------------------------------------------
 
-    def condition(self, t, sigma, latent, masks: Masks, batch) -> torch.Tensor:
-        """Per-atom conditioning ``[N, W]`` from ``t`` ``[B]``, ``sigma`` ``[B, 3]``, ``latent`` ``[B, 6]``, the masks."""
+    def condition(self, t, sigma, latent, masks: Masks, batch, anchors) -> torch.Tensor:
+        """Per-atom conditioning ``[N, W]`` from ``t`` ``[B]``, ``sigma`` ``[B, 3]``, ``latent``
+        ``[B, 6]``, the masks and ``anchors = (dfrac [N, 2, 3], dcart [N, 2, 3], count [N, 2])``."""
         graph_feats = torch.cat([time_embedding(t, self.time_dim), sigma.log() / 4.0, latent], dim=-1)[batch]
         flags = torch.stack([masks.atom_given, masks.lattice_given[batch]], dim=-1).to(t.dtype)
-        return self.cond_mlp(torch.cat([graph_feats, flags], dim=-1))
+        dfrac, dcart, count = anchors
+        anchor_feats = torch.cat([dfrac.flatten(1), dcart.norm(dim=-1) / 10.0, (count > 0).to(t.dtype)], dim=-1)
+        return self.cond_mlp(torch.cat([graph_feats, flags, anchor_feats], dim=-1))
 
     def forward(self, atomic_numbers, frac, lattice, batch, t, sigma, masks: Masks) -> dict:
         """Network outputs at one noisy state.
@@ -146,10 +158,13 @@ class DiffusionModel(nn.Module):
         in the input lattice's frame, rotating with it).
         """
         latent = upper_entries(self.lattice_process.encode(lattice)).clamp(-10, 10)
-        cond = self.condition(t, sigma, latent, masks, batch)
+        dfrac, count = anchor_displacements(frac, batch, torch.stack([masks.atom_given, ~masks.atom_given], -1))
+        dcart = dfrac @ lattice[batch]  # [N, 2, 3]
+        cond = self.condition(t, sigma, latent, masks, batch, (dfrac, dcart, count))
         x, graph = self.backbone.encode(atomic_numbers, frac, lattice, batch, cond, self.pbc)
         unit = lattice / lattice.norm(dim=-1, keepdim=True)  # [B, 3, 3] unit rows
-        v = self.coord_head(x, graph)[:, 1:4, 0]  # [N, 3] Cartesian
+        gates = self.anchor_gates(EquiformerV2.scalars(x))  # [N, 2] invariant
+        v = self.coord_head(x, graph)[:, 1:4, 0] + (gates[:, :, None] * dcart / 10.0).sum(1)  # [N, 3] Cartesian
         coord = (unit[batch] @ v[:, :, None]).squeeze(-1)
         tensor = self.lattice_tensor(x, cond, latent, unit, batch)
         rot = polar_rotation(lattice)

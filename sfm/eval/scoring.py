@@ -124,6 +124,16 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def first_samples(samples: list[Data], k: int) -> list[Data]:
+    """The samples with the ``k`` lowest ``sample_idx`` of each sid (file order kept)."""
+    index = sample_indices(samples)
+    by_sid = defaultdict(list)
+    for i, d in enumerate(samples):
+        by_sid[sid_of(d)].append(index[i])
+    keep = {sid: set(sorted(idx)[:k]) for sid, idx in by_sid.items()}
+    return [d for i, d in enumerate(samples) if index[i] in keep[sid_of(d)]]
+
+
 def read_references(path) -> dict:
     """``{sid: Data}`` of a reference LMDB (an IS2RE split)."""
     dataset = LmdbDataset(path)
@@ -367,7 +377,7 @@ def summarize(rows: list[dict], systems: list[dict], cfg: ScoreConfig) -> dict:
     if with_ref:
         energies = energy_matrix(rows, systems, cfg.judge != "none")[with_ref]
         ref = np.array([systems[n]["ref_energy"] for n in with_ref])
-        for k in sorted(set(cfg.ks) | {K}):
+        for k in sorted({k for k in cfg.ks if k <= K} | {K}):  # k beyond the sample count would repeat @K
             out[f"success@{k}"] = success_at_k(energies, ref, k, cfg.threshold)
             for row, n in enumerate(with_ref):
                 systems[n][f"success@{k}"] = bool(success_at_k(energies[row : row + 1], ref[row : row + 1], k,

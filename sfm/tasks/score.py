@@ -21,7 +21,7 @@ import torch
 
 import sfm
 from sfm.eval.scoring import ANOMALIES, JUDGES, ScoreConfig, check_config, format_summary, read_references
-from sfm.eval.scoring import read_samples, score, write_outputs
+from sfm.eval.scoring import first_samples, read_samples, score, write_outputs
 from sfm.tasks.train_args import float_in, int_at_least
 
 
@@ -30,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="consolidated S2EF checkpoint (.pt) from train_s2ef.py")
     p.add_argument("--samples", required=True, help="sample LMDB (file or folder of shards) or .extxyz/.xyz")
     p.add_argument("--reference", help="reference LMDB by sid (y_relaxed: success@k; pos_relaxed: EMT offsets)")
+    p.add_argument("--drop_unmatched", action="store_true",
+                   help="drop samples whose sid is not in --reference (default: an error)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max_samples", type=int_at_least(0), default=0, help="score only the first N samples (0: all)")
+    p.add_argument("--samples_per_system", type=int_at_least(0), default=0,
+                   help="keep each system's K samples of lowest sample_idx (0: all)")
     g = p.add_argument_group("relaxation")
     g.add_argument("--steps", type=int_at_least(0), default=300, help="optimiser step cap (0: predict only)")
     g.add_argument("--optimizer", choices=("fire", "lbfgs"), default="fire")
@@ -68,11 +72,16 @@ def main(argv=None) -> dict:
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     samples = samples[: args.max_samples] if args.max_samples else samples
+    samples = first_samples(samples, args.samples_per_system) if args.samples_per_system else samples
     references = read_references(args.reference) if args.reference else None
     if references is not None:
         missing = {s.sid.item() if torch.is_tensor(s.sid) else s.sid for s in samples} - set(references)
-        if missing:
-            parser.error(f"{len(missing)} sample sid(s) not in --reference {args.reference}, e.g. {sorted(missing)[:5]}")
+        if missing and not args.drop_unmatched:
+            parser.error(f"{len(missing)} sample sid(s) not in --reference {args.reference}, e.g. {sorted(missing)[:5]} "
+                         "(--drop_unmatched scores only the reference's systems)")
+        samples = [s for s in samples if (s.sid.item() if torch.is_tensor(s.sid) else s.sid) in references]
+        if not samples:
+            parser.error(f"no sample sid is in --reference {args.reference}")
     model = sfm.load_checkpoint(args.checkpoint, map_location=args.device)
     if not hasattr(model, "predict") or model.checkpoint.get("task") not in (None, "s2ef"):
         parser.error(f"--checkpoint {args.checkpoint} is a '{model.checkpoint.get('task')}' checkpoint, not S2EF")

@@ -13,8 +13,8 @@ from sfm.data import LmdbDataset, collate, write_lmdb
 from sfm.data.lattice import cart_to_frac, minimum_image
 from sfm.eval.placement import connectivity
 from sfm.eval.random_placement import random_placements
-from sfm.eval.scoring import (ScoreConfig, emt_offset_from_recipe, emt_offset_from_reference, read_samples, score,
-                              write_outputs)
+from sfm.eval.scoring import (ScoreConfig, emt_offset_from_recipe, emt_offset_from_reference, first_samples,
+                              read_samples, score, write_outputs)
 from sfm.relax import batch_to_atoms
 from sfm.tasks import place_random
 from sfm.tasks import score as score_task
@@ -51,7 +51,7 @@ def test_ranking_success_and_outputs(entries, tmp_path):
     refs = {int(a.sid): a.clone(), int(b.sid): b.clone()}
     refs[int(a.sid)].y_relaxed = base[0] - 0.05   # best qualified (idx 1) is 0.05 above: success@1
     refs[int(b.sid)].y_relaxed = base[1] - 0.25   # best is 0.15 above: never a success
-    cfg = ScoreConfig(steps=5, ks=(1, 2), progress=False, batch_size=4)
+    cfg = ScoreConfig(steps=5, ks=(1, 2, 9), progress=False, batch_size=4)
     scored = score(x_energy, samples, cfg, refs)
 
     sys_a, sys_b = scored.systems
@@ -60,9 +60,13 @@ def test_ranking_success_and_outputs(entries, tmp_path):
     assert sys_a["best_energy"] == pytest.approx(base[0], abs=1e-5)
     assert sys_a["success@1"] and not sys_b["success@1"] and not sys_b["success@4"]
     s = scored.summary
-    assert (s["success@1"], s["success@2"], s["success@4"]) == (0.5, 0.5, 0.5)
+    assert (s["success@1"], s["success@2"], s["success@4"]) == (0.5, 0.5, 0.5) and "success@9" not in s
     assert s["systems"] == 2 and s["samples"] == 6 and s["k"] == 4 and s["converged_fraction"] == 1.0
     assert s["anomalies"] == {"desorbed": 1, "dissociated": 0, "slab_moved": 0} and s["disqualified"] == 1
+
+    kept = first_samples(samples[::-1], 2)  # the two lowest sample_idx of each system, file order kept
+    assert [(int(d.sid), d.sample_idx) for d in kept] == [(int(b.sid), 1), (int(b.sid), 0), (int(a.sid), 1),
+                                                          (int(a.sid), 0)]  # fmt: skip
 
     # without disqualification the desorbed sample ranks first and succeeds at any k
     loose = score(x_energy, samples, ScoreConfig(steps=0, exclude=(), progress=False), refs)
@@ -176,3 +180,7 @@ def test_bad_inputs(demo_world, entries, tmp_path, capsys):
         score_task.main(["--checkpoint", str(ckpt), "--samples", str(tmp_path / "other.lmdb"), "--out",
                          str(tmp_path / "o"), "--reference", str(demo_world / "is2re" / "val_id")])  # fmt: skip
     assert "not in --reference" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        score_task.main(["--checkpoint", str(ckpt), "--samples", str(tmp_path / "other.lmdb"), "--out",
+                         str(tmp_path / "o"), "--reference", str(demo_world / "is2re" / "val_id"), "--drop_unmatched"])  # fmt: skip
+    assert "no sample sid is in --reference" in capsys.readouterr().err

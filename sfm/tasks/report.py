@@ -1,0 +1,441 @@
+"""A report of a quickstart-style run: report.md with PNG figures, and report.json with every number.
+
+    python -m sfm.tasks.report --run_dir runs/quickstart [--demo_dir data/demo] [--out DIR]
+
+Reads (each optional; a missing input turns its section into a note saying what is missing):
+  run_dir/diff/metrics.jsonl, run_dir/s2ef/metrics.jsonl   training curves (trainer records)
+  run_dir/s2ef/model.pt + demo_dir/s2ef/val_id              energy / force parity (first --val_max frames)
+  run_dir/s2ef/eval_s2ef_val_id.json                        S2EF metrics next to baselines (eval_s2ef.py)
+  run_dir/gen/*/metrics.json                                sampling metrics (gen.py), baselines included
+  run_dir/score/*/scores.json, samples.csv, scored.lmdb     scoring / relaxation (score.py)
+  demo_dir/is2re/val_id                                     reference relaxed structures (pos_relaxed, y_relaxed)
+  run_dir/timings.txt                                       stage times
+Writes out (default run_dir/report)/report.md, report.json and *.png (matplotlib, Agg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SKIP_KEYS = {"split", "step", "time", "lr", "grad_norm", "structures_per_s", "atoms_per_s", "structures_per_cpu_s",
+             "epoch", "peak_mem_gb", "structures", "nonfinite_batches", "nonfinite_losses", "nonfinite_steps"}
+
+
+def _finite(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _f(x, fmt=".3f") -> str:
+    return format(x, fmt) if _finite(x) else "-"
+
+
+def _md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+class Report:
+    def __init__(self, out: Path):
+        self.out = out
+        self.md: list[str] = []
+        self.data: dict = {"sections": {}, "missing": []}
+
+    def section(self, title: str):
+        self.md += ["", f"## {title}", ""]
+
+    def missing(self, what: str):
+        self.md.append(f"_Missing: {what}._")
+        self.data["missing"].append(what)
+
+    def figure(self, fig, name: str, caption: str):
+        fig.tight_layout()
+        fig.savefig(self.out / name, dpi=90)
+        plt.close(fig)
+        self.md += [f"![{caption}]({name})", ""]
+
+
+# --------------------------------------------------------------------------------------------- training
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_section(rep: Report, run_dir: Path):
+    rep.section("Training curves")
+    out = {}
+    for name, sub in (("diffusion", "diff"), ("s2ef", "s2ef")):
+        path = run_dir / sub / "metrics.jsonl"
+        if not path.exists():
+            rep.missing(f"{name} training records ({path})")
+            continue
+        recs = read_metrics(path)
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for r in recs:
+            for k, v in r.items():
+                if k not in SKIP_KEYS and _finite(v):
+                    series.setdefault((r.get("split", "train"), k), []).append((r["step"], v))
+        if not series:
+            rep.missing(f"{name}: no loss records in {path}")
+            continue
+        parts = sorted({k for _, k in series if k != "loss"})
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for (split, k), pts in sorted(series.items()):
+            ax = axes[0] if k == "loss" else axes[1]
+            ax.plot(*zip(*pts), ("-" if split == "train" else "o--"), ms=3, label=f"{split} {k}")
+        for ax, title in zip(axes, ("loss", "loss parts")):
+            ax.set_xlabel("optimizer step")
+            ax.set_title(f"{name}: {title}")
+            if ax.lines:
+                ax.legend(fontsize=7)
+                if all(v > 0 for line in ax.lines for v in line.get_ydata()):
+                    ax.set_yscale("log")
+        rep.figure(fig, f"train_{sub}.png", f"{name} training curves")
+        last = {f"{split}_{k}": pts[-1][1] for (split, k), pts in series.items()}
+        steps = max(p[0] for pts in series.values() for p in pts)
+        out[name] = {"steps": steps, "last": last, "parts": parts}
+        rep.md.append(f"{name}: {steps} steps; last " + ", ".join(f"{k} {_f(v, '.4g')}" for k, v in sorted(last.items())))
+        rep.md.append("")
+    rep.data["sections"]["training"] = out
+
+
+# --------------------------------------------------------------------------------------------- s2ef
+def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int):
+    rep.section("Energy / force model (S2EF) on validation")
+    out = {}
+    ev = run_dir / "s2ef" / "eval_s2ef_val_id.json"
+    if ev.exists():
+        report = json.loads(ev.read_text())
+        rows, table = [], {}
+        for split, views in report.get("splits", {}).items():
+            for view, m in views.items():
+                if not isinstance(m, dict):
+                    continue
+                for pred, vals in _predictors(m).items():
+                    rows.append([split, view, pred, _f(vals.get("energy_mae")), _f(vals.get("force_mae")),
+                                 _f(vals.get("force_cos"))])
+                    table[f"{split}/{view}/{pred}"] = vals
+        rep.md.append("Model next to the training-mean and per-element linear-fit energy baselines (zero forces):")
+        rep.md.append("")
+        rep.md.append(_md_table(["split", "view", "predictor", "E MAE (eV)", "F MAE (eV/A)", "F cos"], rows))
+        rep.md.append("")
+        out["eval"] = table
+    else:
+        rep.missing(f"S2EF metrics ({ev}: run python -m sfm.tasks.eval_s2ef)")
+    ckpt = run_dir / "s2ef" / "model.pt"
+    val = demo_dir / "s2ef" / "val_id" if demo_dir else None
+    if not ckpt.exists() or val is None or not val.exists():
+        rep.missing(f"parity plots (need {ckpt} and the S2EF validation LMDB {val})")
+        rep.data["sections"]["s2ef"] = out
+        return
+    import torch
+
+    import sfm
+    from sfm.data import LmdbDataset
+    from sfm.eval.s2ef_eval import labelled, predict
+
+    model = sfm.load_checkpoint(str(ckpt), map_location="cpu")
+    ds = LmdbDataset(str(val))
+    n = min(len(ds), val_max) if val_max else len(ds)
+    with torch.no_grad():
+        p = predict(model, (labelled(ds[i], "frames") for i in range(n)), batch_size=16, progress=False)
+    e, et = p.energy.numpy(), p.target_energy.numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    axes[0].scatter(et, e, s=8, alpha=0.6)
+    pars = {"structures": n, "energy_mae": float(abs(e - et).mean())}
+    _diag(axes[0], et, e)
+    axes[0].set_xlabel("EMT energy (eV)")
+    axes[0].set_ylabel("model energy (eV)")
+    axes[0].set_title(f"energy, MAE {pars['energy_mae']:.3f} eV ({n} frames)")
+    if p.forces is not None:
+        free = p.free.numpy()
+        f, ft = p.forces.numpy()[free].ravel(), p.target_forces.numpy()[free].ravel()
+        pars["force_mae"] = float(abs(f - ft).mean())
+        pars["free_atoms"] = int(free.sum())
+        axes[1].scatter(ft, f, s=3, alpha=0.3)
+        _diag(axes[1], ft, f)
+        axes[1].set_xlabel("EMT force component (eV/A)")
+        axes[1].set_ylabel("model force component (eV/A)")
+        axes[1].set_title(f"forces (free atoms), MAE {pars['force_mae']:.3f} eV/A")
+    rep.md.append(f"Parity on the first {n} frames of `{val}` (EMT labels):")
+    rep.md.append("")
+    rep.figure(fig, "parity_s2ef.png", "energy and force parity")
+    out["parity"] = pars
+    rep.data["sections"]["s2ef"] = out
+
+
+def _predictors(m: dict) -> dict:
+    """view metrics -> {predictor: {energy_mae, force_mae, force_cos}} (model first, then baselines)."""
+    out = {}
+    flat = {k: v for k, v in m.items() if not isinstance(v, dict)}
+    if flat:
+        out["model"] = {k: v for k, v in flat.items() if _finite(v)}
+    for k, v in m.items():
+        if isinstance(v, dict):
+            if all(isinstance(x, dict) for x in v.values()) and v:
+                for kk, vv in v.items():
+                    out[kk] = {a: b for a, b in vv.items() if _finite(b)}
+            else:
+                out[k] = {a: b for a, b in v.items() if _finite(b)}
+    return out
+
+
+def _diag(ax, x, y):
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+def sampling_section(rep: Report, run_dir: Path):
+    rep.section("Sampling metrics (generated vs baselines)")
+    paths = sorted((run_dir / "gen").glob("*/metrics.json"))
+    if not paths:
+        rep.missing(f"sampling metrics ({run_dir / 'gen'}/*/metrics.json from gen.py)")
+        return
+    from sfm.tasks.gen_table import COLUMNS, row
+
+    rows, out = [], {}
+    for path in paths:
+        try:
+            rows.append(row(path))
+            m = json.loads(path.read_text())
+            out[path.parent.name] = {"run": {k: v for k, v in m["run"].items() if not isinstance(v, (dict, list))},
+                                     "metrics": m.get("metrics")}
+        except (KeyError, ValueError) as err:
+            rep.missing(f"{path}: unreadable ({err})")
+    rep.md.append("`*_ode`: the trained model, few-step ODE sampler; `*_initial`: the relaxation's starting placement; "
+                  "`*_random`: uniform random positions. Reference: the relaxed structures (pos_relaxed).")
+    rep.md.append("")
+    rep.md.append(_md_table(COLUMNS, rows))
+    rep.data["sections"]["sampling"] = out
+
+
+# --------------------------------------------------------------------------------------------- scoring
+SCORE_COLS = ("systems", "samples", "k", "judge", "converged_fraction", "relax_steps_mean", "disqualified")
+
+
+def scoring_section(rep: Report, run_dir: Path, demo_dir: Path | None, n_pictures: int):
+    rep.section("Scoring and relaxation (S2EF model relaxes, EMT judges)")
+    paths = sorted((run_dir / "score").glob("*/scores.json"))
+    if not paths:
+        rep.missing(f"scores ({run_dir / 'score'}/*/scores.json from score.py)")
+        return
+    out, rows, succ_keys, anom_keys = {}, [], set(), set()
+    for path in paths:
+        s = json.loads(path.read_text())["summary"]
+        out[path.parent.name] = {"summary": s}
+        succ_keys |= {k for k in s if k.startswith("success@")}
+        anom_keys |= set(s.get("anomalies", {}))
+    succ = sorted(succ_keys, key=lambda k: int(k.split("@")[1]))
+    anom = sorted(anom_keys)
+    for name, v in out.items():
+        s = v["summary"]
+        rows.append([name, *(s.get(c, "-") if not _finite(s.get(c)) else _f(s[c], ".3g") for c in SCORE_COLS),
+                     *(s.get("anomalies", {}).get(a, "-") for a in anom), *(_f(s.get(k)) for k in succ)])
+    rep.md.append("Each sample relaxed by the S2EF model (FIRE), ranked per system by its energy; the best one judged "
+                  "by EMT against the reference relaxed energy (success: within the threshold). Baselines: "
+                  "`inpaint_initial` (the starting placement), `inpaint_random`.")
+    rep.md.append("")
+    rep.md.append(_md_table(["run", *SCORE_COLS, *anom, *succ], rows))
+    rep.md.append("")
+    for path in paths:
+        csv_path = path.parent / "samples.csv"
+        if csv_path.exists():
+            with open(csv_path) as f:
+                out[path.parent.name]["samples"] = [
+                    {k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    rep.data["sections"]["scoring"] = {k: {"summary": v["summary"]} for k, v in out.items()}
+    histogram(rep, out)
+    pictures(rep, run_dir, demo_dir, out, n_pictures)
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def histogram(rep: Report, scored: dict):
+    rep.md.append("### Energies of relaxed generated structures vs the reference relaxed ones")
+    rep.md.append("")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ref, stats = None, {}
+    for name, v in scored.items():
+        rows = v.get("samples") or []
+        e = [r["judge_energy"] if _finite(r.get("judge_energy")) else r.get("energy") for r in rows]
+        e = [x for x in e if _finite(x)]
+        if not e:
+            continue
+        ax.hist(e, bins=20, alpha=0.45, label=f"{name} ({len(e)})")
+        stats[name] = {"n": len(e), "mean": sum(e) / len(e), "min": min(e), "max": max(e)}
+        r = {row["sid"]: row["ref_energy"] for row in rows if _finite(row.get("ref_energy"))}
+        if r and ref is None:
+            ref = list(r.values())
+    if ref:
+        ax.hist(ref, bins=20, histtype="step", lw=2, color="k", label=f"reference y_relaxed ({len(ref)})")
+        stats["reference"] = {"n": len(ref), "mean": sum(ref) / len(ref), "min": min(ref), "max": max(ref)}
+    if not stats:
+        plt.close(fig)
+        rep.missing("per-sample energies (samples.csv)")
+        return
+    ax.set_xlabel("energy after relaxation (eV; EMT judge where available)")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=7)
+    rep.figure(fig, "energy_hist.png", "energy histograms")
+    rep.md.append(_md_table(["set", "n", "mean (eV)", "min", "max"],
+                            [[k, v["n"], _f(v["mean"]), _f(v["min"]), _f(v["max"])] for k, v in stats.items()]))
+    rep.data["sections"]["energy_histogram"] = stats
+
+
+def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n: int):
+    rep.md += ["", "### Generated structures next to their references (best and worst by energy)", ""]
+    inpaint = [k for k in scored if k.startswith("inpaint")]
+    name = next((k for k in inpaint if k.endswith("_ode")), inpaint[0] if inpaint else None)
+    ref_path = demo_dir / "is2re" / "val_id" if demo_dir else None
+    lmdb = run_dir / "score" / (name or "") / "scored.lmdb"
+    if name is None or not lmdb.exists() or ref_path is None or not ref_path.exists():
+        rep.missing(f"structure pictures (need score/inpaint_*/scored.lmdb and the reference {ref_path})")
+        return
+    from ase import Atoms
+    from ase.visualize.plot import plot_atoms
+
+    from sfm.data import LmdbDataset
+
+    refs = {}
+    ds = LmdbDataset(str(ref_path))
+    for i in range(len(ds)):
+        d = ds[i]
+        refs[str(d.sid)] = d
+    sc = LmdbDataset(str(lmdb))
+    best: dict[str, tuple[float, object]] = {}
+    for i in range(len(sc)):
+        d = sc[i]
+        e = float(d.judge_energy) if "judge_energy" in d and math.isfinite(float(d.judge_energy)) else float(d.energy)
+        sid = str(d.sid)
+        if sid in refs and (sid not in best or e < best[sid][0]):
+            best[sid] = (e, d)
+    if not best:
+        rep.missing("structure pictures (no scored sample matches a reference sid)")
+        return
+
+    def gap(sid):  # energy above the reference relaxed energy (judge scale when EMT judged)
+        e, d = best[sid]
+        ref = refs[sid]
+        ref_e = float(d.ref_energy) if "ref_energy" in d and math.isfinite(float(d.ref_energy)) else float(ref.y_relaxed)
+        return e - ref_e
+
+    order = sorted(best, key=gap)
+    picks = [("best", s) for s in order[: max(1, n // 2)]] + [("worst", s) for s in order[::-1][: max(1, n - n // 2)]]
+    seen, chosen = set(), []
+    for label, sid in picks:
+        if sid not in seen:
+            seen.add(sid)
+            chosen.append((label, sid))
+
+    def atoms(d, pos):
+        return Atoms(numbers=d.atomic_numbers.numpy(), positions=pos.numpy(), cell=d.cell.reshape(3, 3).numpy(), pbc=True)
+
+    fig, axes = plt.subplots(len(chosen), 4, figsize=(12, 3.2 * len(chosen)), squeeze=False)
+    out = []
+    for row, (label, sid) in zip(axes, chosen):
+        e, d = best[sid]
+        ref = refs[sid]
+        g = gap(sid)
+        views = [(atoms(d, d.pos), "-90x", "generated+relaxed, side"), (atoms(d, d.pos), "", "generated+relaxed, top"),
+                 (atoms(ref, ref.pos_relaxed), "-90x", "reference, side"), (atoms(ref, ref.pos_relaxed), "", "reference, top")]
+        for ax, (a, rot, title) in zip(row, views):
+            plot_atoms(a, ax, rotation=rot, radii=0.6)
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+        row[0].text(0, 1.12, f"{label}: sid {sid}, {d.atomic_numbers.numel()} atoms, E - E_ref = {g:+.3f} eV",
+                    transform=row[0].transAxes, fontsize=9)
+        out.append({"which": label, "sid": sid, "energy": e, "energy_above_reference": g})
+    rep.figure(fig, "structures.png", "generated (relaxed) structures next to their references")
+    rep.md.append(_md_table(["which", "sid", "energy (eV)", "E - E_ref (eV)"],
+                            [[o["which"], o["sid"], _f(o["energy"]), _f(o["energy_above_reference"], "+.3f")] for o in out]))
+    rep.data["sections"]["pictures"] = {"run": name, "structures": out}
+
+
+# --------------------------------------------------------------------------------------------- main
+def timings(rep: Report, run_dir: Path):
+    path = run_dir / "timings.txt"
+    if not path.exists():
+        return
+    t = {}
+    for line in path.read_text().splitlines():
+        parts = line.replace("[quickstart]", "").replace(":", " ").split()
+        if len(parts) >= 2 and parts[-1] == "s" and _finite(_num(parts[-2])):
+            t[parts[0]] = t.get(parts[0], 0.0) + float(parts[-2])
+    if t:
+        rep.section("Stage times")
+        rep.md.append(_md_table(["stage", "wall s"], [[k, _f(v, ".0f")] for k, v in t.items()]))
+        rep.data["sections"]["timings_s"] = t
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run_dir", required=True, help="run folder (diff/, s2ef/, gen/, score/ as quickstart.sh writes)")
+    p.add_argument("--demo_dir", help="demo world (s2ef/val_id, is2re/val_id); default: the S2EF run's data")
+    p.add_argument("--out", help="report folder (default run_dir/report)")
+    p.add_argument("--val_max", type=int, default=300, help="parity: first N validation frames (0: all)")
+    p.add_argument("--pictures", type=int, default=4, help="structures pictured (half best, half worst)")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        p.error(f"{run_dir}: no such folder")
+    demo_dir = Path(args.demo_dir) if args.demo_dir else _guess_demo(run_dir)
+    out = Path(args.out) if args.out else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Report(out)
+    rep.md += [f"# sfm report: `{run_dir}`", "", f"Demo world: `{demo_dir}`. Every number here is also in report.json."]
+    for name, fn in (("training", lambda: training_section(rep, run_dir)),
+                     ("s2ef", lambda: s2ef_section(rep, run_dir, demo_dir, args.val_max)),
+                     ("sampling", lambda: sampling_section(rep, run_dir)),
+                     ("scoring", lambda: scoring_section(rep, run_dir, demo_dir, args.pictures)),
+                     ("timings", lambda: timings(rep, run_dir))):
+        try:
+            fn()
+        except Exception as err:  # one broken section must not hide the others
+            rep.missing(f"{name} section failed: {type(err).__name__}: {err}")
+    rep.data.update(run_dir=str(run_dir), demo_dir=str(demo_dir))
+    (out / "report.md").write_text("\n".join(rep.md) + "\n")
+    (out / "report.json").write_text(json.dumps(_strict(rep.data), indent=2) + "\n")
+    print(f"[report] {out / 'report.md'} ({len(rep.data['missing'])} missing inputs)")
+    for m in rep.data["missing"]:
+        print(f"[report]   missing: {m}")
+    return rep.data
+
+
+def _guess_demo(run_dir: Path) -> Path | None:
+    path = run_dir / "s2ef" / "metrics.jsonl"
+    try:
+        import torch
+
+        meta = torch.load(run_dir / "s2ef" / "model.pt", map_location="cpu", weights_only=False)
+        train = meta.get("args", {}).get("train_data_path")
+        return Path(train).parent.parent if train else None
+    except Exception:
+        return None if not path.exists() else None
+
+
+def _strict(x):
+    if isinstance(x, dict):
+        return {str(k): _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):
+        x = x.item()
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+if __name__ == "__main__":
+    main()

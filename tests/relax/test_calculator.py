@@ -44,6 +44,8 @@ def test_conservative_forces_and_stress_are_finite_differences(atoms):
 
 def test_direct_model_under_ase_fire_matches_relax_batch(atoms):
     net = model("direct")
+    atoms = atoms.copy()
+    atoms.positions = atoms.positions.astype(np.float32)  # both paths start from the float32 batch.pos
     a = atoms.copy()
     a.calc = SFMCalculator(net)
     with pytest.raises(PropertyNotImplementedError):

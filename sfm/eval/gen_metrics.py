@@ -10,8 +10,9 @@ their `sample_idx` (else by position in the file), so "@1" is each system's firs
 "@k" its first k. The reference structure is `pos_relaxed` where stored, else `pos`.
 ADwT scores the generated atoms (the samples' `generated` mask, as sfm.pipeline.sampling
 writes it; else the adsorbate, tags 2) and needs the sample's atoms in the reference's order
-(same atomic_numbers sequence, as the samplers write them); other samples count as misses. With --energy_key (a per-sample energy
-field written by scoring) and reference `y_relaxed`, placement success@1/@k is added.
+(same atomic_numbers sequence, as the samplers write them); other samples count as misses.
+With --energy_key (a per-sample energy field written by scoring) and reference `y_relaxed`,
+placement success@1/@k is added.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def format_table(m: dict) -> str:
             ("sample sids not in reference", str(m["unmatched_sids"])),
             ("validity", f"{m['validity']:.3f}"), ("composition kept", f"{m['composition_kept']:.3f}")]
     for k in sorted({1, K}):
-        rows.append((f"match rate @{k}  (rmse)", f"{m[f'match@{k}']['match_rate']:.3f}  ({m[f'match@{k}']['rmse']:.4f})"))
+        match = m[f"match@{k}"]
+        rows.append((f"match rate @{k}  (rmse)", f"{match['match_rate']:.3f}  ({match['rmse']:.4f})"))
         rows.append((f"ADwT @{k}  ({m['adwt_atoms']} atoms)", f"{m[f'adwt@{k}']:.3f}"))
         if f"success@{k}" in m:
             rows.append((f"placement success @{k}", f"{m[f'success@{k}']:.3f}"))

@@ -5,11 +5,12 @@
                               [--json out.json]
 
 Both paths relax the same structures with the same FIRE (ASE parameters), fmax and step
-cap, with the same model (an untrained preset's forces are tiny, so pass `--fmax 0`: every
-structure then takes exactly `--steps` steps and the rate is per relaxation of that length): `relax_batch` on one batch, and `ase.optimize.FIRE` with
-`SFMCalculator` one structure at a time (with `--model emt`: EMT in both, which times the
-optimiser overhead alone). Structures come from `--data` (an OC20 LMDB, e.g. the demo
-world) or, by default, from `make_slabs`.
+cap, with the same model: `relax_batch` on one batch (model calls of at most `--max_atoms`
+atoms), and `ase.optimize.FIRE` with `SFMCalculator` one structure at a time. With
+`--model emt` both use EMT, which times the optimiser overhead alone. An untrained
+preset's forces are tiny, so pass `--fmax 0`: every structure then takes exactly `--steps`
+steps and the rate is per relaxation of that length. Structures come from `--data` (an
+OC20 LMDB, e.g. the demo world) or, by default, from `make_slabs`.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def main(argv=None) -> list[dict]:
             rows.append(r)
             print(f"{n:>5} {device:>6} {r['atoms_mean']:>6.1f} {r['batched_per_s']:>10.2f} {r['ase_per_s']:>8.2f} "
                   f"{r['ratio']:>6.1f}x {r['steps_batched']:>5.1f}/{r['steps_ase']:<5.1f} "
-                  f"{r['converged_batched']:>5.2f}/{r['converged_ase']:<5.2f} {r['max_dE_per_atom']:>12.2e}", flush=True)
+                  f"{r['converged_batched']:>5.2f}/{r['converged_ase']:<5.2f} {r['max_dE_per_atom']:>12.2e}",
+                  flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": rows}, f, indent=2)

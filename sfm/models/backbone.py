@@ -78,7 +78,8 @@ class BackboneConfig:
         return asdict(self)
 
 
-def _load_tokens(dictionary) -> list[str]:
+def load_tokens(dictionary) -> list[str]:
+    """Token list of ``BackboneConfig.dictionary`` (a list, a path, or None: ``dicts/dict.txt``)."""
     if isinstance(dictionary, (list, tuple)):
         return list(dictionary)
     from sfm.data import Dictionary
@@ -98,7 +99,7 @@ class EquiformerV2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layout = sh_layout(cfg.lmax, cfg.mmax)
-        self.atom_tokens = AtomTokens(_load_tokens(cfg.dictionary))
+        self.atom_tokens = AtomTokens(load_tokens(cfg.dictionary))
         num_tokens = self.atom_tokens.num_tokens
         self.embedding = nn.Embedding(num_tokens, cfg.sphere_channels)
         self.rbf = GaussianBasis(cfg.cutoff, cfg.num_rbf, cfg.rbf_width)

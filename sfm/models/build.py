@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from torch import nn
 
-from sfm.models.backbone import BackboneConfig
+from sfm.models.backbone import BackboneConfig, load_tokens
 from sfm.models.presets import make_backbone_config
 
 
@@ -17,11 +17,14 @@ def build_model(model_type: str = "tiny", head: str = "s2ef", **overrides) -> nn
     ``overrides`` are backbone config fields (``lmax=...``, ``cond_dim=...``) or keyword
     arguments of the head class (:class:`~sfm.models.s2ef.S2EFModel`:
     ``forces``, ``energy_coef``, ...; ``sfm.models.diffusion.DiffusionModel``: its own).
-    The model gets ``build_kwargs`` (JSON-serialisable) with
-    ``build_model(**model.build_kwargs)`` rebuilding the same architecture.
+    The model gets ``build_kwargs`` (JSON-serialisable: model_type, head, overrides and
+    the dictionary's token list) with ``build_model(**model.build_kwargs)`` rebuilding the
+    same architecture.
     """
     backbone_fields = {f.name for f in fields(BackboneConfig)}
     cfg = make_backbone_config(model_type, **{k: v for k, v in overrides.items() if k in backbone_fields})
+    # the token list itself, not a path: a checkpoint rebuilds even if dicts/ changes later
+    cfg = replace(cfg, dictionary=load_tokens(cfg.dictionary))
     head_kwargs = {k: v for k, v in overrides.items() if k not in backbone_fields}
     if head == "s2ef":
         from sfm.models.s2ef import S2EFModel
@@ -33,6 +36,6 @@ def build_model(model_type: str = "tiny", head: str = "s2ef", **overrides) -> nn
         model = DiffusionModel(cfg, **head_kwargs)
     else:
         raise ValueError(f"head must be 's2ef' or 'diffusion', got {head!r}")
-    build_kwargs = {"model_type": model_type, "head": head, **overrides}
+    build_kwargs = {"model_type": model_type, "head": head, **overrides, "dictionary": cfg.dictionary}
     model.build_kwargs = json.loads(json.dumps(build_kwargs))  # fails loudly if not JSON-able
     return model

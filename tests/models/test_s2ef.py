@@ -8,6 +8,7 @@ import torch
 from e3nn import o3
 from torch_geometric.data import Batch, Data
 
+from sfm.data import Dictionary
 from sfm.models import build_model
 from sfm.models.normalizer import EnergyNormalizer
 
@@ -129,8 +130,9 @@ def test_build_kwargs_rebuild_and_predict(eqv2_cell):
     model = s2ef_model(forces="direct", num_layers=1)
     model.normalizer.mean.fill_(-12.0)
     kwargs = json.loads(json.dumps(model.build_kwargs))
+    assert kwargs.pop("dictionary") == Dictionary.load().tokens
     assert kwargs == {"model_type": "tiny", "head": "s2ef", "forces": "direct", "num_layers": 1}
-    clone = build_model(**kwargs).eval()
+    clone = build_model(**model.build_kwargs).eval()
     clone.load_state_dict(model.state_dict())
     batch = structures(eqv2_cell)
     out, out_clone = model.predict(batch), clone.predict(batch)

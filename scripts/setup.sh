@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install sfm with its test extras, torch pinned to the CPU wheel.
 # Idempotent: a second run only checks that the install is complete.
-# GPU machines: export SFM_TORCH_SPEC to the torch you want (e.g. "torch==2.13.0") and
-# SFM_PIP_INDEX_URL to the CUDA wheel index; see README "Install on a CUDA machine".
+# SFM_PIP_INDEX_URL adds a wheel index (e.g. PyTorch's CUDA or CPU index); see README.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SFM_VENV:-$root/.venv}
@@ -17,7 +16,7 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/scri
   extra=()
   [ -n "${SFM_PIP_INDEX_URL:-}" ] && extra+=(--extra-index-url "$SFM_PIP_INDEX_URL")
   "$venv/bin/pip" install -q --disable-pip-version-check "${extra[@]}" \
-      -c "$root/scripts/constraints.txt" "${SFM_TORCH_SPEC:-torch==2.13.0}"
+      -c "$root/scripts/constraints.txt" torch
   "$venv/bin/pip" install -q --disable-pip-version-check "${extra[@]}" \
       -c "$root/scripts/constraints.txt" -e "$root[test]"
   touch "$stamp"

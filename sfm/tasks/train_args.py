@@ -79,6 +79,8 @@ def build_parser(description: str, default_save_dir: str, model_types: list[str]
     g.add_argument("--strategy", default=D.strategy, choices=STRATEGIES,
                    help="Single: one process; DDP: torch DDP; Zero1/2/3: DeepSpeed ZeRO stage (launch with torchrun)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 master weights, optimizer state, geometry)")
+    g.add_argument("--activation_checkpointing", action="store_true",
+                   help="recompute each backbone block in the backward pass (less memory, ~25%% more time)")
     g.add_argument("--seed", type=int, default=D.seed)
     g.add_argument("--save_dir", default=default_save_dir)
     g.add_argument("--log_interval", type=int_at_least(1), default=D.log_interval, help="optimizer steps")

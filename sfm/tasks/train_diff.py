@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)  # same initial weights on every rank
     try:
         model = build_model(args.model_type, head="diffusion", target=args.target, mode_probs=args.mode_probs,
-                            given_tags=given_tags)  # fmt: skip
+                            given_tags=given_tags, checkpoint=args.activation_checkpointing)  # fmt: skip
     except ValueError as err:  # a bad --mode_probs / --target reaches the user as a flag error
         parser.error(str(err))
     meta = {"task": "diffusion", "dictionary": dictionary.tokens, "args": vars(args)}

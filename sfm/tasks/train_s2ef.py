@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
         valid_set = IS2REAsS2EF(valid_set) if valid_set is not None else None
 
     seed_everything(args.seed)  # same initial weights on every rank
-    model = build_model(args.model_type, head="s2ef", forces=args.forces, energy_coef=args.energy_coef, force_coef=args.force_coef)
+    model = build_model(args.model_type, head="s2ef", forces=args.forces, energy_coef=args.energy_coef,
+                        force_coef=args.force_coef, checkpoint=args.activation_checkpointing)
     meta = {"task": "s2ef", "dictionary": dictionary.tokens, "args": vars(args)}
     if resolve_resume(cfg) is None:
         sample = random_subset(train_set, args.normalizer_structures, args.seed)

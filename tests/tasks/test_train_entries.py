@@ -44,8 +44,9 @@ def test_s2ef_trains_and_its_checkpoint_reloads_to_identical_outputs(demo_world,
 
 def test_s2ef_on_is2re_with_conservative_forces(demo_world, tmp_path):
     out = train_s2ef.main(flags(demo_world, tmp_path / "run", "is2re", "--data_kind", "is2re", "--forces", "conservative",
-                                "--total_num_steps", "1"))  # fmt: skip
+                                "--total_num_steps", "1", "--activation_checkpointing"))  # fmt: skip
     assert out["nonfinite_steps"] == 0 and {"energy_loss", "force_loss"} <= set(out["train"])
+    assert sfm.load_checkpoint(tmp_path / "run" / "model.pt").checkpoint["build_kwargs"]["checkpoint"] is True
 
 
 def test_diffusion_trains_resumes_and_reloads(demo_world, tmp_path):

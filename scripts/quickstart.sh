@@ -7,7 +7,7 @@
 # Re-running reuses what is done (each stage skips when its output exists; sampling resumes).
 # Environment: RUN_DIR, DEMO_DIR, NPROC (2), DIFF_STEPS, S2EF_STEPS, MAX_INPUTS, NUM_SAMPLES,
 #   ODE_STEPS, CSP_INPUTS, RELAX_STEPS (defaults depend on --fast; see below).
-set -euo pipefail
+set -Eeuo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 fast=0
 for arg in "$@"; do
@@ -36,16 +36,23 @@ mkdir -p "$RUN_DIR"
 log="$RUN_DIR/timings.txt"
 stage=setup
 trap 'echo "[quickstart] FAILED in stage \"$stage\" (see the messages above; rerun to resume)" >&2' ERR
-step() { stage=$1; SECONDS=0; echo; echo "[quickstart] ==== $1: $2"; }
-done_() { echo "[quickstart] $stage: ${SECONDS} s" | tee -a "$log"; }
+step() { stage=$1; worked=0; SECONDS=0; echo; echo "[quickstart] ==== $1: $2"; }
+done_() { [ "${1:-$worked}" = 0 ] || echo "[quickstart] $stage: ${SECONDS} s" | tee -a "$log"; }  # only work done
 skip() { echo "[quickstart] $stage: reusing $1"; }
 
 step setup "install what is missing"
 bash "$root/scripts/setup.sh"
 
 step data "demo world -> $DEMO_DIR"
+for b in "$(dirname "$DEMO_DIR")/.$(basename "$DEMO_DIR").building-"*; do  # another build of it running: wait
+  pid=${b##*-}
+  while [ -d "$b" ] && [ ! -f "$DEMO_DIR/summary.json" ] && kill -0 "$pid" 2>/dev/null; do
+    echo "[quickstart] waiting for the build of $DEMO_DIR by process $pid ($(du -sh "$b" 2>/dev/null | cut -f1) so far)"
+    sleep 60
+  done
+done
 if [ -f "$DEMO_DIR/summary.json" ]; then skip "$DEMO_DIR"; else
-  "$py" -m sfm.data.demo --out "$DEMO_DIR" --workers "$NPROC" "${size[@]}"; done_
+  "$py" -m sfm.data.demo --out "$DEMO_DIR" --workers "$NPROC" "${size[@]}"; done_ 1
 fi
 
 step train_diff "diffusion model (tiny, $DIFF_STEPS steps, $NPROC processes) -> $RUN_DIR/diff/model.pt"
@@ -55,7 +62,7 @@ if [ -f "$RUN_DIR/diff/model.pt" ]; then skip "$RUN_DIR/diff/model.pt"; else
     STRATEGY=$([ "$NPROC" -gt 1 ] && echo DDP || echo Single) BATCH_SIZE=8 VAL_BATCH_SIZE=16 LR=1e-3 \
     WARMUP=$((DIFF_STEPS / 10)) WORKERS=0 LOG_INTERVAL=$((DIFF_STEPS / 30 + 1)) SAVE_INTERVAL=1000000 SEED=1 BF16=0 \
     bash scripts/train_oc20.sh --total_num_steps "$DIFF_STEPS"
-  done_
+  done_ 1
 fi
 
 step train_s2ef "S2EF model (tiny, $S2EF_STEPS steps) -> $RUN_DIR/s2ef/model.pt"
@@ -65,7 +72,7 @@ if [ -f "$RUN_DIR/s2ef/model.pt" ]; then skip "$RUN_DIR/s2ef/model.pt"; else
     STRATEGY=$([ "$NPROC" -gt 1 ] && echo DDP || echo Single) BATCH_SIZE=4 LR=1e-3 WARMUP=$((S2EF_STEPS / 15)) \
     LOG_INTERVAL=$((S2EF_STEPS / 30 + 1)) SAVE_INTERVAL=1000000 BF16=0 \
     bash scripts/train_s2ef.sh --total_num_steps "$S2EF_STEPS" --ema_decay 0.99
-  done_
+  done_ 1
 fi
 
 step eval_s2ef "S2EF model vs baselines on $DEMO_DIR/s2ef/val_id -> $RUN_DIR/s2ef/eval_s2ef_val_id.json"
@@ -73,13 +80,14 @@ if [ -f "$RUN_DIR/s2ef/eval_s2ef_val_id.json" ]; then skip "$RUN_DIR/s2ef/eval_s
   "$py" -m sfm.tasks.eval_s2ef --checkpoint "$RUN_DIR/s2ef/model.pt" --data_path "$DEMO_DIR/s2ef/val_id" \
     --data_kind s2ef --max_structures "$VAL_MAX" --json "$RUN_DIR/s2ef/eval_s2ef_val_id.json.tmp" --batch_size 16
   mv "$RUN_DIR/s2ef/eval_s2ef_val_id.json.tmp" "$RUN_DIR/s2ef/eval_s2ef_val_id.json"
-  done_
+  done_ 1
 fi
 
 val=$DEMO_DIR/is2re/val_id
 gen() {  # gen NAME flags...: one sampling run into RUN_DIR/gen/NAME (skipped when its metrics exist; resumes)
   local name=$1; shift
   if [ -f "$RUN_DIR/gen/$name/metrics.json" ]; then skip "$RUN_DIR/gen/$name"; return; fi
+  worked=1
   NPROC="$NPROC" bash scripts/gen_oc20.sh --save_dir "$RUN_DIR/gen/$name" --data_path "$val" --seed 0 \
     --batch_size 16 "$@"
 }
@@ -99,6 +107,7 @@ for name in inpaint_ode inpaint_initial inpaint_random csp_ode; do
   out=$RUN_DIR/score/$name
   if [ -f "$out/scores.json" ]; then skip "$out"; continue; fi
   echo "[quickstart] score $name"
+  worked=1
   CHECKPOINT="$RUN_DIR/s2ef/model.pt" SAMPLES="$RUN_DIR/gen/$name/samples" REFERENCE="$val" OUT="$out" \
     STEPS="$RELAX_STEPS" JUDGE=emt bash scripts/score_oc20.sh --k 1 "$NUM_SAMPLES" --exclude desorbed,slab_moved
 done
@@ -106,7 +115,7 @@ done_
 
 step report "report -> $RUN_DIR/report/report.md"
 "$py" -m sfm.tasks.report --run_dir "$RUN_DIR" --demo_dir "$DEMO_DIR" --val_max "$VAL_MAX"
-done_
+done_ 1
 echo
 echo "[quickstart] done. Everything is under $root/$RUN_DIR:"
 echo "  diffusion model  $RUN_DIR/diff/model.pt      S2EF model  $RUN_DIR/s2ef/model.pt"

@@ -121,11 +121,11 @@ def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int
                     continue
                 for pred, vals in _predictors(m).items():
                     rows.append([split, view, pred, _f(vals.get("energy_mae")), _f(vals.get("force_mae")),
-                                 _f(vals.get("force_cos"))])
+                                 _f(vals.get("force_cos")), _f(vals.get("efwt", vals.get("ewt"))), m.get("structures", "-")])
                     table[f"{split}/{view}/{pred}"] = vals
         rep.md.append("Model next to the training-mean and per-element linear-fit energy baselines (zero forces):")
         rep.md.append("")
-        rep.md.append(_md_table(["split", "view", "predictor", "E MAE (eV)", "F MAE (eV/A)", "F cos"], rows))
+        rep.md.append(_md_table(["split", "view", "predictor", "E MAE (eV)", "F MAE (eV/A)", "F cos", "EFwT/EwT", "n"], rows))
         rep.md.append("")
         out["eval"] = table
     else:
@@ -173,19 +173,8 @@ def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int
 
 
 def _predictors(m: dict) -> dict:
-    """view metrics -> {predictor: {energy_mae, force_mae, force_cos}} (model first, then baselines)."""
-    out = {}
-    flat = {k: v for k, v in m.items() if not isinstance(v, dict)}
-    if flat:
-        out["model"] = {k: v for k, v in flat.items() if _finite(v)}
-    for k, v in m.items():
-        if isinstance(v, dict):
-            if all(isinstance(x, dict) for x in v.values()) and v:
-                for kk, vv in v.items():
-                    out[kk] = {a: b for a, b in vv.items() if _finite(b)}
-            else:
-                out[k] = {a: b for a, b in v.items() if _finite(b)}
-    return out
+    """view metrics (s2ef_eval.view_metrics) -> {predictor: {metric: value}}: model first, then the baselines."""
+    return {who: {k: v for k, v in r.items() if _finite(v)} for who, r in m.items() if isinstance(r, dict)}
 
 
 def _diag(ax, x, y):
@@ -253,7 +242,7 @@ def scoring_section(rep: Report, run_dir: Path, demo_dir: Path | None, n_picture
                 out[path.parent.name]["samples"] = [
                     {k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
     rep.data["sections"]["scoring"] = {k: {"summary": v["summary"]} for k, v in out.items()}
-    histogram(rep, out)
+    histogram(rep, out, reference_energies(demo_dir))
     pictures(rep, run_dir, demo_dir, out, n_pictures)
 
 
@@ -264,36 +253,55 @@ def _num(v):
         return v
 
 
-def histogram(rep: Report, scored: dict):
+def histogram(rep: Report, scored: dict, refs: dict):
+    """One panel per scored run: its relaxed energies (EMT judge where available) over the reference relaxed
+    energies of the same systems; x clipped to the reference range + 10 eV (the rest counted in the title)."""
     rep.md.append("### Energies of relaxed generated structures vs the reference relaxed ones")
     rep.md.append("")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ref, stats = None, {}
+    stats, panels = {}, []
     for name, v in scored.items():
         rows = v.get("samples") or []
         e = [r["judge_energy"] if _finite(r.get("judge_energy")) else r.get("energy") for r in rows]
         e = [x for x in e if _finite(x)]
+        ref = [refs[s] for s in {str(int(r["sid"])) for r in rows if _finite(r.get("sid"))} if s in refs]
         if not e:
             continue
-        ax.hist(e, bins=20, alpha=0.45, label=f"{name} ({len(e)})")
-        stats[name] = {"n": len(e), "mean": sum(e) / len(e), "min": min(e), "max": max(e)}
-        r = {row["sid"]: row["ref_energy"] for row in rows if _finite(row.get("ref_energy"))}
-        if r and ref is None:
-            ref = list(r.values())
-    if ref:
-        ax.hist(ref, bins=20, histtype="step", lw=2, color="k", label=f"reference y_relaxed ({len(ref)})")
-        stats["reference"] = {"n": len(ref), "mean": sum(ref) / len(ref), "min": min(ref), "max": max(ref)}
-    if not stats:
-        plt.close(fig)
-        rep.missing("per-sample energies (samples.csv)")
+        stats[name] = {"n": len(e), "mean": sum(e) / len(e), "median": sorted(e)[len(e) // 2], "min": min(e),
+                       "max": max(e), "reference_n": len(ref),
+                       "reference_mean": sum(ref) / len(ref) if ref else None}
+        panels.append((name, e, ref))
+    if not panels:
+        rep.missing("per-sample energies (score/*/samples.csv)")
         return
-    ax.set_xlabel("energy after relaxation (eV; EMT judge where available)")
-    ax.set_ylabel("samples")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), squeeze=False)
+    for ax, (name, e, ref) in zip(axes[:, 0], panels):
+        lo = min(ref + [min(e)]) - 1.0
+        hi = (max(ref) if ref else min(e)) + 10.0
+        shown = [x for x in e if x <= hi]
+        bins = [lo + i * (hi - lo) / 40 for i in range(41)]
+        ax.hist(shown, bins=bins, alpha=0.6, label=f"{name} ({len(e)} samples)")
+        if ref:
+            ax.hist(ref, bins=bins, histtype="step", lw=2, color="k", label=f"reference y_relaxed ({len(ref)})")
+        ax.set_title(f"{name}: {len(e) - len(shown)} samples above {hi:.1f} eV not shown", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.set_ylabel("count")
+    axes[-1, 0].set_xlabel("energy after relaxation (eV; EMT judge where available)")
     rep.figure(fig, "energy_hist.png", "energy histograms")
-    rep.md.append(_md_table(["set", "n", "mean (eV)", "min", "max"],
-                            [[k, v["n"], _f(v["mean"]), _f(v["min"]), _f(v["max"])] for k, v in stats.items()]))
+    rep.md.append(_md_table(["run", "n", "mean (eV)", "median", "min", "max", "reference n", "reference mean"],
+                            [[k, v["n"], _f(v["mean"]), _f(v["median"]), _f(v["min"]), _f(v["max"]), v["reference_n"],
+                              _f(v["reference_mean"])] for k, v in stats.items()]))
     rep.data["sections"]["energy_histogram"] = stats
+
+
+def reference_energies(demo_dir: Path | None) -> dict:
+    """sid -> y_relaxed of the held-out split (demo_dir/is2re/val_id); {} when missing."""
+    path = demo_dir / "is2re" / "val_id" if demo_dir else None
+    if path is None or not path.exists():
+        return {}
+    from sfm.data import LmdbDataset
+
+    ds = LmdbDataset(str(path))
+    return {str(int(d.sid)): float(d.y_relaxed) for d in (ds[i] for i in range(len(ds))) if "y_relaxed" in d}
 
 
 def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n: int):
@@ -374,7 +382,7 @@ def timings(rep: Report, run_dir: Path):
     for line in path.read_text().splitlines():
         parts = line.replace("[quickstart]", "").replace(":", " ").split()
         if len(parts) >= 2 and parts[-1] == "s" and _finite(_num(parts[-2])):
-            t[parts[0]] = t.get(parts[0], 0.0) + float(parts[-2])
+            t[parts[0]] = float(parts[-2])  # a stage redone after a failure: its last time
     if t:
         rep.section("Stage times")
         rep.md.append(_md_table(["stage", "wall s"], [[k, _f(v, ".0f")] for k, v in t.items()]))
@@ -416,7 +424,7 @@ def main(argv=None) -> dict:
 
 
 def _guess_demo(run_dir: Path) -> Path | None:
-    path = run_dir / "s2ef" / "metrics.jsonl"
+    """The demo world the S2EF model was trained on (its checkpoint's train_data_path, two folders up)."""
     try:
         import torch
 
@@ -424,7 +432,7 @@ def _guess_demo(run_dir: Path) -> Path | None:
         train = meta.get("args", {}).get("train_data_path")
         return Path(train).parent.parent if train else None
     except Exception:
-        return None if not path.exists() else None
+        return None
 
 
 def _strict(x):

@@ -389,6 +389,28 @@ def timings(rep: Report, run_dir: Path):
         rep.data["sections"]["timings_s"] = t
 
 
+def at_a_glance(sec: dict) -> list[str]:
+    """A few lines with the headline numbers (all of them also in their sections)."""
+    lines = []
+    parity = sec.get("s2ef", {}).get("parity")
+    if parity:
+        lines.append(f"S2EF model on {parity['structures']} validation frames: energy MAE {_f(parity['energy_mae'])} eV, "
+                     f"force MAE {_f(parity.get('force_mae'))} eV/A")
+    for run, m in sec.get("sampling", {}).items():
+        met = m.get("metrics") or {}
+        k = met.get("k", 1)
+        hit = met.get(f"match@{k}") or {}
+        lines.append(f"sampling `{run}`: validity {_f(met.get('validity'))}, match@{k} {_f(hit.get('match_rate'))}, "
+                     f"ADwT@{k} {_f(met.get(f'adwt@{k}'))}")
+    for run, v in sec.get("scoring", {}).items():
+        s = v["summary"]
+        succ = [k for k in s if k.startswith("success@")]
+        if succ:
+            lines.append(f"placement `{run}`: " + ", ".join(f"{k} {_f(s[k])}" for k in sorted(succ, key=lambda k: int(k.split("@")[1])))
+                         + f" ({s.get('systems', '-')} systems, EMT judge)")
+    return lines
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run_dir", required=True, help="run folder (diff/, s2ef/, gen/, score/ as quickstart.sh writes)")
@@ -414,6 +436,8 @@ def main(argv=None) -> dict:
             fn()
         except Exception as err:  # one broken section must not hide the others
             rep.missing(f"{name} section failed: {type(err).__name__}: {err}")
+    glance = at_a_glance(rep.data["sections"])
+    rep.md[3:3] = ["", "## At a glance", "", *[f"- {line}" for line in glance]] if glance else []
     rep.data.update(run_dir=str(run_dir), demo_dir=str(demo_dir))
     (out / "report.md").write_text("\n".join(rep.md) + "\n")
     (out / "report.json").write_text(json.dumps(_strict(rep.data), indent=2) + "\n")

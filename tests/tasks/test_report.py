@@ -53,7 +53,7 @@ def test_report_has_every_section(run_dir, demo_world):
     assert sec["training"]["s2ef"]["last"]["train_loss"] == pytest.approx(3.0 / 20)
     parity = sec["s2ef"]["parity"]
     assert parity["structures"] == 4 and parity["energy_mae"] >= 0 and parity["force_mae"] >= 0
-    assert f"MAE {parity['energy_mae']:.3f} eV" not in md  # in the figure title, not the text ...
+    assert f"energy MAE {parity['energy_mae']:.3f} eV" in md  # the page shows the numbers of report.json
     assert "inpaint_random" in sec["sampling"] and "inpaint_random" in sec["scoring"]
     summary = sec["scoring"]["inpaint_random"]["summary"]
     assert summary["samples"] == 4 and "success@2" in summary

@@ -16,7 +16,14 @@ structure with the probabilities of ``mode_probs``; a structure drawn for ``inpa
 whose subset would leave nothing to generate (no adsorbate) is trained as
 ``lattice_given`` instead.
 
-Shapes: ``atom_given`` ``[N]`` bool, ``lattice_given`` ``[B]`` bool.
+The atoms' roles (OC20 ``tags``: 0 subsurface, 1 surface, 2 adsorbate) ride along as
+conditioning when the batch has them (``-1``: unknown). They are what tells the two
+faces of a slab apart: the initial slab is bulk-terminated on both sides, so without
+them an adsorbate is as likely generated under the slab as on it. Training hides them
+for a structure with probability ``tag_dropout``, so one checkpoint also samples
+structures given without tags (compositions).
+
+Shapes: ``atom_given`` ``[N]`` bool, ``lattice_given`` ``[B]`` bool, ``tags`` ``[N]`` long.
 """
 
 from __future__ import annotations
@@ -30,10 +37,16 @@ MODES = ("csp", "lattice_given", "inpaint")
 
 @dataclass
 class Masks:
-    """``atom_given`` ``[N]`` bool, ``lattice_given`` ``[B]`` bool."""
+    """``atom_given`` ``[N]`` bool, ``lattice_given`` ``[B]`` bool, ``tags`` ``[N]`` long (-1: unknown)."""
 
     atom_given: torch.Tensor
     lattice_given: torch.Tensor
+    tags: torch.Tensor
+
+
+def _tags(batch) -> torch.Tensor:
+    tags = getattr(batch, "tags", None)
+    return torch.full_like(batch.batch, -1) if tags is None else tags.long()
 
 
 def _tag_subset(batch, given_tags) -> torch.Tensor:
@@ -54,13 +67,14 @@ def mode_masks(batch, mode: str, given_tags=(0, 1), atom_given: torch.Tensor | N
     device = batch.batch.device
     lattice_given = torch.full((b,), mode != "csp", dtype=torch.bool, device=device)
     if mode != "inpaint":
-        return Masks(torch.zeros(n, dtype=torch.bool, device=device), lattice_given)
+        return Masks(torch.zeros(n, dtype=torch.bool, device=device), lattice_given, _tags(batch))
     given = atom_given.to(device=device, dtype=torch.bool) if atom_given is not None else _tag_subset(batch, given_tags)
-    return Masks(given, lattice_given)
+    return Masks(given, lattice_given, _tags(batch))
 
 
-def training_masks(batch, mode_probs: dict[str, float], given_tags=(0, 1), generator=None) -> Masks:
-    """A mode per structure drawn from ``mode_probs`` (``{mode: weight}``), as masks."""
+def training_masks(batch, mode_probs: dict[str, float], given_tags=(0, 1), tag_dropout: float = 0.0, generator=None) -> Masks:
+    """A mode per structure drawn from ``mode_probs`` (``{mode: weight}``), as masks; tags
+    hidden per structure with probability ``tag_dropout``."""
     unknown = set(mode_probs) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; modes are {MODES}")
@@ -73,4 +87,6 @@ def training_masks(batch, mode_probs: dict[str, float], given_tags=(0, 1), gener
     atom_given = inpaint[batch.batch] & _tag_subset(batch, given_tags) if inpaint.any() else torch.zeros_like(batch.batch, dtype=torch.bool)
     generated = torch.zeros(b, dtype=torch.long, device=device).index_add_(0, batch.batch, (~atom_given).long())
     atom_given = atom_given & (generated > 0)[batch.batch]  # nothing left to generate: lattice_given
-    return Masks(atom_given, mode != MODES.index("csp"))
+    hide = torch.rand(b, generator=generator).to(device) < tag_dropout
+    tags = torch.where(hide[batch.batch], torch.full_like(batch.batch, -1), _tags(batch))
+    return Masks(atom_given, mode != MODES.index("csp"), tags)

@@ -6,7 +6,7 @@ Reads as the diagram::
                                                            -> modulates every block
     (Z, noisy frac, lattice)  -> backbone -> x [N, (lmax+1)^2, C]
          x, graph -> attention layer -> l=1 vector v [N, 3] (Cartesian)
-                  + gates(scalars) . anchor vectors d [N, 2, 3] (to given / generated atoms)
+                  + gates(scalars) . anchor vectors d [N, 3, 3] (to given / generated / surface atoms)
                   -> coord score (normalised) = v . a_i / |a_i|    [N, 3], per lattice axis i
          x, lattice -> symmetric tensor T [B, 3, 3] (Cartesian, rotates as R T R^T)
                   -> lattice eps = Q T Q^T   (Q: polar rotation of the lattice)
@@ -25,13 +25,15 @@ invariant noise estimate ``eps``; in the frame of the input lattice it is ``eps 
 Conditioning: a sinusoidal embedding of ``t``, the per-axis fractional noise levels
 (``log sigma``), the lattice latent ``Z = encode(L)`` (6 invariant numbers, unit scale:
 the state the lattice noise is predicted from, which the raw cell shows only as strains
-of ``std``, 1 % on entries the data hardly vary) and two mask channels (this atom is
-given; this lattice is given) go through an MLP into the backbone's ``cond`` input, per
-atom, with the anchor displacements of ``anchors.py`` (where the given atoms and the
-other generated atoms are: in a mostly-vacuum OC20 cell a noisy adsorbate atom often has
-no neighbour within the cutoff, and only these tell it where the slab is). The same
-anchors, as Cartesian vectors, enter the score head gated by invariant per-atom
-features, so an isolated atom can be pointed toward the slab.
+of ``std``, 1 % on entries the data hardly vary), two mask channels (this atom is
+given; this lattice is given) and the atom's tag (one-hot; zeros when unknown, see
+``masks.py``) go through an MLP into the backbone's ``cond`` input, per atom, with the
+anchor displacements of ``anchors.py`` to three groups: the given atoms, the other
+generated atoms, and the surface atoms (tag 1). In a mostly-vacuum OC20 cell a noisy
+adsorbate atom often has no neighbour within the cutoff, and only these tell it where
+the slab is and which face is the top. The same anchors, as Cartesian vectors, enter the
+score head gated by invariant per-atom features, so an isolated atom can be pointed
+toward the surface.
 
 Training (:meth:`DiffusionModel.loss`): a mode per structure (``masks.py``), a time
 ``t ~ U(0, 1)`` per structure, then
@@ -66,6 +68,7 @@ from sfm.models.diffusion.lattice_noise import LatticeProcess, polar_rotation, u
 from sfm.models.diffusion.masks import MODES, Masks, training_masks
 
 DEFAULT_MODE_PROBS = {"csp": 0.25, "lattice_given": 0.25, "inpaint": 0.5}
+NUM_ANCHORS = 3  # given atoms, generated atoms, surface atoms (tag 1)
 
 
 def parse_mode_probs(spec) -> dict[str, float]:
@@ -96,7 +99,7 @@ class DiffusionModel(nn.Module):
 
     ``DiffusionModel(backbone_cfg, target="pos_relaxed", mode_probs=None, given_tags=(0, 1),
     sigma_min=0.01, coord_weight=1.0, lattice_weight=1.0, time_dim=64, lattice_channels=8,
-    pbc=(True, True, True))``; build it with ``build_model(model_type, head="diffusion",
+    tag_dropout=0.1, pbc=(True, True, True))``; build it with ``build_model(model_type, head="diffusion",
     **overrides)``. ``cond_dim`` of the backbone config is the conditioning width (0: use
     ``sphere_channels``). Call :meth:`fit_normalizer` on training data before training.
     """
@@ -112,6 +115,7 @@ class DiffusionModel(nn.Module):
         lattice_weight: float = 1.0,
         time_dim: int = 64,
         lattice_channels: int = 8,
+        tag_dropout: float = 0.1,
         pbc=(True, True, True),
     ):
         super().__init__()
@@ -122,16 +126,17 @@ class DiffusionModel(nn.Module):
         self.given_tags = tuple(int(t) for t in given_tags)
         self.coord_weight, self.lattice_weight = float(coord_weight), float(lattice_weight)
         self.time_dim, self.pbc = int(time_dim), tuple(bool(p) for p in pbc)
+        self.tag_dropout = float(tag_dropout)
         width = backbone_cfg.cond_dim or backbone_cfg.sphere_channels
         self.backbone = EquiformerV2(replace(backbone_cfg, cond_dim=width))
         channels = backbone_cfg.sphere_channels
         self.frac_process = FracProcess(sigma_min)
         self.lattice_process = LatticeProcess()
-        # conditioning: time embedding, 3 log-sigmas, 6 latent entries, 2 mask channels,
-        # 2 anchors x (3 fractional displacements, length, present)
-        self.cond_mlp = nn.Sequential(nn.Linear(self.time_dim + 21, width), nn.SiLU(), nn.Linear(width, width))
+        # conditioning: time embedding, 3 log-sigmas, 6 latent entries, 2 mask channels, 3 tag
+        # channels, 3 anchors x (3 fractional displacements, length, present)
+        self.cond_mlp = nn.Sequential(nn.Linear(self.time_dim + 29, width), nn.SiLU(), nn.Linear(width, width))
         self.coord_head = self.backbone.make_attention(1)
-        self.anchor_gates = nn.Linear(channels, 2)
+        self.anchor_gates = nn.Linear(channels, NUM_ANCHORS)
         # lattice head: invariant part (pooled scalars and conditioning, size, latent) and l=1 part
         self.lattice_mlp = nn.Sequential(nn.Linear(channels + width + 7, channels), nn.SiLU(), nn.Linear(channels, 6))
         self.lattice_vectors = nn.Linear(channels, 2 * lattice_channels, bias=False)
@@ -140,9 +145,10 @@ class DiffusionModel(nn.Module):
 
     def condition(self, t, sigma, latent, masks: Masks, batch, anchors) -> torch.Tensor:
         """Per-atom conditioning ``[N, W]`` from ``t`` ``[B]``, ``sigma`` ``[B, 3]``, ``latent``
-        ``[B, 6]``, the masks and ``anchors = (dfrac [N, 2, 3], dcart [N, 2, 3], count [N, 2])``."""
+        ``[B, 6]``, the masks and ``anchors = (dfrac [N, 3, 3], dcart [N, 3, 3], count [N, 3])``."""
         graph_feats = torch.cat([time_embedding(t, self.time_dim), sigma.log() / 4.0, latent], dim=-1)[batch]
-        flags = torch.stack([masks.atom_given, masks.lattice_given[batch]], dim=-1).to(t.dtype)
+        tags = torch.stack([masks.tags == k for k in range(3)], dim=-1)  # unknown (-1): all zero
+        flags = torch.cat([torch.stack([masks.atom_given, masks.lattice_given[batch]], dim=-1), tags], -1).to(t.dtype)
         dfrac, dcart, count = anchors
         anchor_feats = torch.cat([dfrac.flatten(1), dcart.norm(dim=-1) / 10.0, (count > 0).to(t.dtype)], dim=-1)
         return self.cond_mlp(torch.cat([graph_feats, flags, anchor_feats], dim=-1))
@@ -158,12 +164,13 @@ class DiffusionModel(nn.Module):
         in the input lattice's frame, rotating with it).
         """
         latent = upper_entries(self.lattice_process.encode(lattice)).clamp(-10, 10)
-        dfrac, count = anchor_displacements(frac, batch, torch.stack([masks.atom_given, ~masks.atom_given], -1))
-        dcart = dfrac @ lattice[batch]  # [N, 2, 3]
+        groups = torch.stack([masks.atom_given, ~masks.atom_given, masks.tags == 1], -1)
+        dfrac, count = anchor_displacements(frac, batch, groups)
+        dcart = dfrac @ lattice[batch]  # [N, 3, 3]
         cond = self.condition(t, sigma, latent, masks, batch, (dfrac, dcart, count))
         x, graph = self.backbone.encode(atomic_numbers, frac, lattice, batch, cond, self.pbc)
         unit = lattice / lattice.norm(dim=-1, keepdim=True)  # [B, 3, 3] unit rows
-        gates = self.anchor_gates(EquiformerV2.scalars(x))  # [N, 2] invariant
+        gates = self.anchor_gates(EquiformerV2.scalars(x))  # [N, 3] invariant
         v = self.coord_head(x, graph)[:, 1:4, 0] + (gates[:, :, None] * dcart / 10.0).sum(1)  # [N, 3] Cartesian
         coord = (unit[batch] @ v[:, :, None]).squeeze(-1)
         tensor = self.lattice_tensor(x, cond, latent, unit, batch)
@@ -205,7 +212,7 @@ class DiffusionModel(nn.Module):
         target_pos = getattr(batch, self.target, None)
         if target_pos is None:
             raise ValueError(f"the batch has no `{self.target}` (the diffusion target); pass target='pos' to train on initial structures")
-        masks = training_masks(batch, self.mode_probs, self.given_tags)
+        masks = training_masks(batch, self.mode_probs, self.given_tags, self.tag_dropout)
         x_init = wrap_frac(cart_to_frac(pos, cell[index]))
         x_target = wrap_frac(cart_to_frac(target_pos.to(pos.dtype), cell[index]))
         given = masks.atom_given[:, None]

@@ -28,6 +28,9 @@ def test_mode_masks():
     explicit = torch.zeros(12, dtype=torch.bool)
     explicit[0] = True
     assert mode_masks(b, "inpaint", atom_given=explicit).atom_given.tolist() == explicit.tolist()
+    assert torch.equal(m.tags, b.tags)
+    del b.tags
+    assert mode_masks(b, "csp").tags.tolist() == [-1] * 12
     with pytest.raises(ValueError, match="mode must be one of"):
         mode_masks(b, "bogus")
 
@@ -50,3 +53,16 @@ def test_training_mix_frequencies_and_fallback():
     assert ((counts / 600 - 0.5).abs() < 0.08).all()
     with pytest.raises(ValueError, match="unknown modes"):
         training_masks(b, {"cps": 1.0})
+
+
+def test_tag_dropout_hides_whole_structures():
+    b = make_batch()
+    g = torch.Generator().manual_seed(1)
+    hidden = 0
+    for _ in range(300):
+        m = training_masks(b, {"csp": 1.0}, tag_dropout=0.3, generator=g)
+        for lo, hi in [(0, 6), (6, 9), (9, 12)]:
+            t = m.tags[lo:hi]
+            assert (t == -1).all() or torch.equal(t, b.tags[lo:hi])
+            hidden += int((t == -1).all())
+    assert abs(hidden / 900 - 0.3) < 0.06

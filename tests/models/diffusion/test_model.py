@@ -65,7 +65,7 @@ def test_permutation_and_translation(model, batch):
         out = model(z, frac, cell, index, t, sigma, masks)
         # permute atoms within each structure (the batch vector stays sorted)
         perm = torch.cat([torch.randperm(10, generator=torch.Generator().manual_seed(1)), 10 + torch.randperm(7)])
-        out_p = model(z[perm], frac[perm], cell, index, t, sigma, Masks(masks.atom_given[perm], masks.lattice_given))
+        out_p = model(z[perm], frac[perm], cell, index, t, sigma, Masks(masks.atom_given[perm], masks.lattice_given, masks.tags[perm]))
         assert rel_close(out_p["coord"], out["coord"][perm])
         assert rel_close(out_p["lattice_eps"], out["lattice_eps"])
         # a common shift of every fractional coordinate of a structure changes nothing
@@ -75,12 +75,14 @@ def test_permutation_and_translation(model, batch):
     assert rel_close(out_s["lattice_eps"], out["lattice_eps"])
 
 
-def test_mask_channel_and_time_reach_the_network(model, batch):
+def test_mask_channel_tags_and_time_reach_the_network(model, batch):
     z, frac, cell, index, t, sigma, masks = inputs(with_collate_fields(batch))
     with torch.no_grad():
         out = model(z, frac, cell, index, t, sigma, masks)
-        flipped = Masks(~masks.atom_given, masks.lattice_given)
+        flipped = Masks(~masks.atom_given, masks.lattice_given, masks.tags)
         assert not rel_close(model(z, frac, cell, index, t, sigma, flipped)["coord"], out["coord"], 1e-3)
+        hidden = Masks(masks.atom_given, masks.lattice_given, torch.full_like(masks.tags, -1))
+        assert not rel_close(model(z, frac, cell, index, t, sigma, hidden)["coord"], out["coord"], 1e-3)
         assert not rel_close(model(z, frac, cell, index, t + 0.1, sigma, masks)["coord"], out["coord"], 1e-3)
 
 

@@ -21,10 +21,9 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from sfm.eval import figures
 
 SKIP_KEYS = {"split", "step", "time", "lr", "grad_norm", "structures_per_s", "atoms_per_s", "structures_per_cpu_s",
              "epoch", "peak_mem_gb", "structures", "nonfinite_batches", "nonfinite_losses", "nonfinite_steps"}
@@ -87,18 +86,7 @@ def training_section(rep: Report, run_dir: Path):
             rep.missing(f"{name}: no loss records in {path}")
             continue
         parts = sorted({k for _, k in series if k != "loss"})
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        for (split, k), pts in sorted(series.items()):
-            ax = axes[0] if k == "loss" else axes[1]
-            ax.plot(*zip(*pts), ("-" if split == "train" else "o--"), ms=3, label=f"{split} {k}")
-        for ax, title in zip(axes, ("loss", "loss parts")):
-            ax.set_xlabel("optimizer step")
-            ax.set_title(f"{name}: {title}")
-            if ax.lines:
-                ax.legend(fontsize=7)
-                if all(v > 0 for line in ax.lines for v in line.get_ydata()):
-                    ax.set_yscale("log")
-        rep.figure(fig, f"train_{sub}.png", f"{name} training curves")
+        rep.figure(figures.training_curves(name, series), f"train_{sub}.png", f"{name} training curves")
         last = {f"{split}_{k}": pts[-1][1] for (split, k), pts in series.items()}
         steps = max(p[0] for pts in series.values() for p in pts)
         out[name] = {"steps": steps, "last": last, "parts": parts}
@@ -148,23 +136,14 @@ def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int
     with torch.no_grad():
         p = predict(model, (labelled(ds[i], "frames") for i in range(n)), batch_size=16, progress=False)
     e, et = p.energy.numpy(), p.target_energy.numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    axes[0].scatter(et, e, s=8, alpha=0.6)
     pars = {"structures": n, "energy_mae": float(abs(e - et).mean())}
-    _diag(axes[0], et, e)
-    axes[0].set_xlabel("EMT energy (eV)")
-    axes[0].set_ylabel("model energy (eV)")
-    axes[0].set_title(f"energy, MAE {pars['energy_mae']:.3f} eV ({n} frames)")
+    f = ft = None
     if p.forces is not None:
         free = p.free.numpy()
         f, ft = p.forces.numpy()[free].ravel(), p.target_forces.numpy()[free].ravel()
         pars["force_mae"] = float(abs(f - ft).mean())
         pars["free_atoms"] = int(free.sum())
-        axes[1].scatter(ft, f, s=3, alpha=0.3)
-        _diag(axes[1], ft, f)
-        axes[1].set_xlabel("EMT force component (eV/A)")
-        axes[1].set_ylabel("model force component (eV/A)")
-        axes[1].set_title(f"forces (free atoms), MAE {pars['force_mae']:.3f} eV/A")
+    fig = figures.parity(et, e, ft, f)
     rep.md.append(f"Parity on the first {n} frames of `{val}` (EMT labels):")
     rep.md.append("")
     rep.figure(fig, "parity_s2ef.png", "energy and force parity")
@@ -175,11 +154,6 @@ def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int
 def _predictors(m: dict) -> dict:
     """view metrics (s2ef_eval.view_metrics) -> {predictor: {metric: value}}: model first, then the baselines."""
     return {who: {k: v for k, v in r.items() if _finite(v)} for who, r in m.items() if isinstance(r, dict)}
-
-
-def _diag(ax, x, y):
-    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -273,20 +247,7 @@ def histogram(rep: Report, scored: dict, refs: dict):
     if not panels:
         rep.missing("per-sample energies (score/*/samples.csv)")
         return
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), squeeze=False)
-    for ax, (name, e, ref) in zip(axes[:, 0], panels):
-        lo = min(ref + [min(e)]) - 1.0
-        hi = (max(ref) if ref else min(e)) + 10.0
-        shown = [x for x in e if x <= hi]
-        bins = [lo + i * (hi - lo) / 40 for i in range(41)]
-        ax.hist(shown, bins=bins, alpha=0.6, label=f"{name} ({len(e)} samples)")
-        if ref:
-            ax.hist(ref, bins=bins, histtype="step", lw=2, color="k", label=f"reference y_relaxed ({len(ref)})")
-        ax.set_title(f"{name}: {len(e) - len(shown)} samples above {hi:.1f} eV not shown", fontsize=8)
-        ax.legend(fontsize=7)
-        ax.set_ylabel("count")
-    axes[-1, 0].set_xlabel("energy after relaxation (eV; EMT judge where available)")
-    rep.figure(fig, "energy_hist.png", "energy histograms")
+    rep.figure(figures.energy_histograms(panels), "energy_hist.png", "energy histograms")
     rep.md.append(_md_table(["run", "n", "mean (eV)", "median", "min", "max", "reference n", "reference mean"],
                             [[k, v["n"], _f(v["mean"]), _f(v["median"]), _f(v["min"]), _f(v["max"]), v["reference_n"],
                               _f(v["reference_mean"])] for k, v in stats.items()]))
@@ -314,8 +275,6 @@ def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n:
         rep.missing(f"structure pictures (need score/inpaint_*/scored.lmdb and the reference {ref_path})")
         return
     from ase import Atoms
-    from ase.visualize.plot import plot_atoms
-
     from sfm.data import LmdbDataset
 
     refs = {}
@@ -352,22 +311,15 @@ def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n:
     def atoms(d, pos):
         return Atoms(numbers=d.atomic_numbers.numpy(), positions=pos.numpy(), cell=d.cell.reshape(3, 3).numpy(), pbc=True)
 
-    fig, axes = plt.subplots(len(chosen), 4, figsize=(12, 3.2 * len(chosen)), squeeze=False)
-    out = []
-    for row, (label, sid) in zip(axes, chosen):
+    out, rows = [], []
+    for label, sid in chosen:
         e, d = best[sid]
         ref = refs[sid]
         g = gap(sid)
-        views = [(atoms(d, d.pos), "-90x", "generated+relaxed, side"), (atoms(d, d.pos), "", "generated+relaxed, top"),
-                 (atoms(ref, ref.pos_relaxed), "-90x", "reference, side"), (atoms(ref, ref.pos_relaxed), "", "reference, top")]
-        for ax, (a, rot, title) in zip(row, views):
-            plot_atoms(a, ax, rotation=rot, radii=0.6)
-            ax.set_title(title, fontsize=8)
-            ax.set_axis_off()
-        row[0].text(0, 1.12, f"{label}: sid {sid}, {d.atomic_numbers.numel()} atoms, E - E_ref = {g:+.3f} eV",
-                    transform=row[0].transAxes, fontsize=9)
+        rows.append((f"{label}: sid {sid}, {d.atomic_numbers.numel()} atoms, E - E_ref = {g:+.3f} eV",
+                     atoms(d, d.pos), atoms(ref, ref.pos_relaxed)))
         out.append({"which": label, "sid": sid, "energy": e, "energy_above_reference": g})
-    rep.figure(fig, "structures.png", "generated (relaxed) structures next to their references")
+    rep.figure(figures.structure_rows(rows), "structures.png", "generated (relaxed) structures next to their references")
     rep.md.append(_md_table(["which", "sid", "energy (eV)", "E - E_ref (eV)"],
                             [[o["which"], o["sid"], _f(o["energy"]), _f(o["energy_above_reference"], "+.3f")] for o in out]))
     rep.data["sections"]["pictures"] = {"run": name, "structures": out}

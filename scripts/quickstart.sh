@@ -2,9 +2,12 @@
 # The main job on the embedded demo world, from a fresh clone, on CPU:
 #   install -> demo world -> train diffusion + S2EF -> sample (inpaint, csp; few-step ode)
 #   -> score and relax (S2EF model, EMT judge) -> report (RUN_DIR/report/report.md).
-#   bash scripts/quickstart.sh           # about 60 minutes on 2 idle cores, runs/quickstart
+#   bash scripts/quickstart.sh           # under 60 minutes on 2 idle cores, runs/quickstart
 #   bash scripts/quickstart.sh --fast    # a first look in under 10 minutes, runs/quickstart_fast
 # Re-running reuses what is done (each stage skips when its output exists; sampling resumes).
+# Cost (tiny models; trainer's structures per CPU-s): --fast about 7 CPU-minutes (measured: 12 min wall
+# on 2 cores shared with a load average of 6-8); the full one about 75 CPU-minutes (data 15-20, diffusion
+# 20, S2EF 19, sampling + scoring about 15), i.e. about 40 minutes on 2 idle cores.
 # Environment: RUN_DIR, DEMO_DIR, NPROC (2), DIFF_STEPS, S2EF_STEPS, MAX_INPUTS, NUM_SAMPLES,
 #   ODE_STEPS, CSP_INPUTS, RELAX_STEPS (defaults depend on --fast; see below).
 set -Eeuo pipefail
@@ -13,7 +16,7 @@ fast=0
 for arg in "$@"; do
   case "$arg" in
     --fast) fast=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "quickstart.sh: unknown argument '$arg' (use --fast or --help)" >&2; exit 2 ;;
   esac
 done

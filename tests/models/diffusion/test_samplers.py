@@ -111,3 +111,22 @@ def test_progress_callback_and_argument_checks():
     assert out.cell.shape == (1, 3, 3)
     with pytest.raises(ValueError, match="needs `cell`"):
         sample(model, nocell, "lattice_given", "ode", steps=3)
+
+
+@pytest.mark.parametrize("sampler,steps", [("pc", 50), ("ode", 12)])
+def test_refinement_from_the_input_keeps_data_distribution_and_stays_close(sampler, steps):
+    """t_start < 1 (SDEdit): inputs drawn from the data come back distributed as the data,
+    near where they started; given atoms and lattice held."""
+    model, batch = make_model(), make_batch(300)
+    g = torch.Generator().manual_seed(7)
+    mu = model.centres[batch.atomic_numbers].float()
+    frac_in = wn.sample(mu, torch.tensor(TAU), g)
+    batch.pos = (frac_in[:, None] @ batch.cell[batch.batch]).squeeze(1)
+    out = sample(model, batch, "inpaint", sampler, steps=steps, generator=g, t_start=0.3, corrector=0.0)
+    free = batch.tags == 2
+    check_distribution(model, out, free, 0.12)
+    moved = wn.wrap_delta(out.frac - frac_in)[free]
+    assert moved.std() < 0.8 * TAU  # correlated with its start, not a fresh draw (sqrt(2) TAU)
+    assert torch.equal(out.pos[~free], batch.pos[~free]) and torch.equal(out.cell, batch.cell)
+    with pytest.raises(ValueError, match="t_start"):
+        sample(model, batch, "inpaint", sampler, steps=2, t_start=0.0)

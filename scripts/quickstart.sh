@@ -42,6 +42,12 @@ trap 'echo "[quickstart] FAILED in stage \"$stage\" (see the messages above; rer
 step() { stage=$1; worked=0; SECONDS=0; echo; echo "[quickstart] ==== $1: $2"; }
 done_() { [ "${1:-$worked}" = 0 ] || echo "[quickstart] $stage: ${SECONDS} s" | tee -a "$log"; }  # only work done
 skip() { echo "[quickstart] $stage: reusing $1"; }
+loads() {  # loads CKPT: a reused checkpoint must load with this code (else: stale, made by an older version)
+  "$py" -c "import sys, sfm; sfm.load_checkpoint(sys.argv[1])" "$1" 2>/dev/null && return
+  echo "[quickstart] $1 does not load with this version of sfm (made by an older one?): delete $RUN_DIR" \
+       "(or RUN_DIR=another folder) and rerun" >&2
+  return 1
+}
 
 step setup "install what is missing"
 bash "$root/scripts/setup.sh"
@@ -59,7 +65,7 @@ if [ -f "$DEMO_DIR/summary.json" ]; then skip "$DEMO_DIR"; else
 fi
 
 step train_diff "diffusion model (tiny, $DIFF_STEPS steps, $NPROC processes) -> $RUN_DIR/diff/model.pt"
-if [ -f "$RUN_DIR/diff/model.pt" ]; then skip "$RUN_DIR/diff/model.pt"; else
+if [ -f "$RUN_DIR/diff/model.pt" ]; then loads "$RUN_DIR/diff/model.pt"; skip "$RUN_DIR/diff/model.pt"; else
   rm -rf "$RUN_DIR/diff"
   GPUS="$NPROC" TASK=diff DATA_DIR="$DEMO_DIR/is2re" SAVE_DIR="$RUN_DIR/diff" MODEL_TYPE=tiny \
     STRATEGY=$([ "$NPROC" -gt 1 ] && echo DDP || echo Single) BATCH_SIZE=8 VAL_BATCH_SIZE=16 LR=1e-3 \
@@ -69,7 +75,7 @@ if [ -f "$RUN_DIR/diff/model.pt" ]; then skip "$RUN_DIR/diff/model.pt"; else
 fi
 
 step train_s2ef "S2EF model (tiny, $S2EF_STEPS steps) -> $RUN_DIR/s2ef/model.pt"
-if [ -f "$RUN_DIR/s2ef/model.pt" ]; then skip "$RUN_DIR/s2ef/model.pt"; else
+if [ -f "$RUN_DIR/s2ef/model.pt" ]; then loads "$RUN_DIR/s2ef/model.pt"; skip "$RUN_DIR/s2ef/model.pt"; else
   rm -rf "$RUN_DIR/s2ef"
   NPROC="$NPROC" DEMO_DIR="$DEMO_DIR" DATA_DIR="$DEMO_DIR/s2ef" VALID_DATA= SAVE_DIR="$RUN_DIR/s2ef" MODEL_TYPE=tiny \
     STRATEGY=$([ "$NPROC" -gt 1 ] && echo DDP || echo Single) BATCH_SIZE=4 LR=1e-3 WARMUP=$((S2EF_STEPS / 15)) \

@@ -111,3 +111,8 @@ def test_s2ef_launcher_zero2_on_two_cpu_processes(demo_world, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     loaded = sfm.load_checkpoint(tmp_path / "run" / "model.pt")
     assert loaded.checkpoint["config"]["world_size"] == 2 and loaded.checkpoint["step"] == 2
+
+
+def test_diffusion_trains_under_bf16_autocast(demo_world, tmp_path):
+    out = train_diff.main(flags(demo_world, tmp_path / "run", "is2re", "--bf16", "--total_num_steps", "1"))
+    assert out["nonfinite_steps"] == 0 and torch.isfinite(torch.tensor(out["train"]["loss"]))

@@ -183,14 +183,15 @@ class DiffusionModel(nn.Module):
         num_graphs = unit.shape[0]
         count = torch.zeros(num_graphs, dtype=x.dtype, device=x.device).index_add_(0, batch, torch.ones_like(batch, dtype=x.dtype))
 
-        def pool(feats):  # mean over the atoms of each structure
+        def pool(feats):  # mean over the atoms of each structure (in x's dtype: under bf16 autocast, heads give bf16)
+            feats = feats.to(x.dtype)
             total = torch.zeros(num_graphs, *feats.shape[1:], dtype=x.dtype, device=x.device).index_add_(0, batch, feats)
             return total / count.view(-1, *[1] * (feats.dim() - 1))
 
         invariants = torch.cat([pool(EquiformerV2.scalars(x)), pool(cond), latent, count.log()[:, None]], -1)
         i, j = torch.triu_indices(3, 3, device=x.device)
         m = torch.zeros(num_graphs, 3, 3, dtype=x.dtype, device=x.device)
-        m[:, i, j] = self.lattice_mlp(invariants)
+        m[:, i, j] = self.lattice_mlp(invariants).to(x.dtype)
         m = m + torch.triu(m, 1).transpose(-1, -2)
         u, w = self.lattice_vectors(EquiformerV2.vectors(x)).chunk(2, dim=-1)  # [N, 3, K] each
         outer = pool(u @ w.transpose(-1, -2))  # [B, 3, 3]

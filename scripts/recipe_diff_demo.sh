@@ -17,6 +17,8 @@
 #          steps = 2*PC_STEPS calls; the reference, shortened from 1000 for CPU time),
 #          baseline_initial (pos: the placement the relaxation started from), baseline_random
 #          (uniform fractional coordinates; csp lattices drawn from the training cells).
+#          Inpaint also refines the initial placement (SDEdit: ode, REFINE_STEPS steps from
+#          t_start REFINE_T), the fair comparison with the initial placement, which knows the site.
 #          NUM_SAMPLES per system (metrics at 1 and at NUM_SAMPLES), except inpaint pc: PC_SAMPLES;
 #          csp uses the first CSP_INPUTS systems of val_id. Table: RUN_DIR/quality_bar.md.
 #          Sampling CPU cost (tiny): about 0.025 CPU-s per structure and network call.
@@ -24,7 +26,7 @@
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
 #   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)
 #   MAX_INPUTS (50)  NUM_SAMPLES (10)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  CSP_INPUTS (25)
-#   GEN_BATCH (25)
+#   REFINE_T (0.6)  REFINE_STEPS (10)  GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,6 +45,8 @@ ODE_STEPS=${ODE_STEPS:-25}
 PC_STEPS=${PC_STEPS:-100}
 PC_SAMPLES=${PC_SAMPLES:-1}
 CSP_INPUTS=${CSP_INPUTS:-25}
+REFINE_T=${REFINE_T:-0.6}
+REFINE_STEPS=${REFINE_STEPS:-10}
 GEN_BATCH=${GEN_BATCH:-25}
 SPLITS=${SPLITS:-val_id val_ood_ads val_ood_cat}
 mkdir -p "$RUN_DIR"
@@ -80,6 +84,8 @@ if has eval; then
     gen "inpaint_${split}_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler ode --steps "$ODE_STEPS"
     gen "inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc --steps "$PC_STEPS" \
       --num_samples "$PC_SAMPLES"
+    gen "inpaint_${split}_refine_ode${REFINE_STEPS}_t$REFINE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
+      --sampler ode --steps "$REFINE_STEPS" --t_start "$REFINE_T"
     gen "inpaint_${split}_initial" --data_path "$data" --mode inpaint --sampler baseline_initial --num_samples 1
     gen "inpaint_${split}_random" --data_path "$data" --mode inpaint --sampler baseline_random
   done

@@ -36,7 +36,7 @@ from sfm.data import LmdbWriter
 from sfm.data.lmdb_dataset import _reader
 
 SAMPLES_DIR = "samples"
-_INFO_FIELDS = ("sid", "sample_idx", "input_index", "mode", "sampler", "steps", "nfe", "seed", "formula")
+_INFO_FIELDS = ("sid", "sample_idx", "input_index", "mode", "sampler", "steps", "t_start", "nfe", "seed", "formula")
 
 
 def sample_key(data: Data) -> tuple:

@@ -23,6 +23,10 @@ so the same metrics evaluate them:
   a random cell of ``lattice_data`` (e.g. the training split), or else a draw from the
   checkpoint's lattice prior.
 
+With ``t_start < 1`` the model samplers refine instead of generate (SDEdit, see
+``samplers.sample``): the generated atoms start from the input's ``pos`` noised to level
+``t_start`` (in inpaint: from the initial placement, so the adsorption site is kept).
+
 Given atoms (``inpaint``: tags in ``given_tags``) sit at the input's ``pos`` (or
 ``pos_relaxed`` with ``given_positions="pos_relaxed"``) and are written bit for bit as
 given, as is a given lattice.
@@ -31,8 +35,8 @@ Output: ``save_dir/run.json`` (the settings that define the samples; a rerun wit
 settings in the same ``save_dir`` is refused) and ``save_dir/samples/`` (``sample_store.py``).
 Each sample entry holds ``pos``, ``cell [1,3,3]``, ``atomic_numbers``, ``natoms``, ``tags``,
 ``fixed``, ``sid``, ``sample_idx``, ``input_index``, ``generated [n]`` (bool: this atom was
-generated), ``mode``, ``sampler``, ``steps``, ``nfe`` (network calls of its trajectory),
-``seed``, and ``formula`` for composition inputs.
+generated), ``mode``, ``sampler``, ``steps``, ``t_start``, ``nfe`` (network calls of its
+trajectory), ``seed``, and ``formula`` for composition inputs.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ BASELINES = ("baseline_initial", "baseline_random")
 SAMPLERS = MODEL_SAMPLERS + BASELINES
 # settings that define the samples: a rerun into the same save_dir must keep them
 _DEFINING = ("checkpoint", "data_path", "compositions", "num_atoms", "formula_units", "mode", "given_tags",
-             "given_positions", "sampler", "steps", "corrector", "batch_size", "seed", "lattice_data")  # fmt: skip
+             "given_positions", "sampler", "steps", "corrector", "t_start", "batch_size", "seed", "lattice_data")  # fmt: skip
 
 
 @dataclass
@@ -82,6 +86,7 @@ class GenConfig:
     sampler: str = "ode"
     steps: int | None = None  # None: the sampler's default (pc 1000, ode 25)
     corrector: float = 0.4
+    t_start: float = 1.0  # < 1: refine the input structure from this noise level (SDEdit), model samplers only
     batch_size: int = 16
     seed: int = 0
     max_inputs: int | None = None
@@ -130,6 +135,11 @@ def check_config(cfg: GenConfig) -> None:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
     if cfg.max_inputs is not None and cfg.max_inputs < 1:
         raise ValueError(f"max_inputs must be >= 1, got {cfg.max_inputs}")
+    if not 0.0 < cfg.t_start <= 1.0:
+        raise ValueError(f"t_start must be in (0, 1], got {cfg.t_start}")
+    if cfg.t_start < 1.0 and (cfg.sampler not in MODEL_SAMPLERS or cfg.compositions is not None):
+        raise ValueError("t_start < 1 refines each input's pos and cell with a model sampler (pc, ode): "
+                         "it needs data_path and sampler pc or ode")  # fmt: skip
     if cfg.given_positions not in ("pos", "pos_relaxed"):
         raise ValueError(f"given_positions must be 'pos' or 'pos_relaxed', got {cfg.given_positions!r}")
     if needs_model(cfg) and cfg.checkpoint is None:
@@ -225,7 +235,8 @@ def generate(batch: Batch, cfg: GenConfig, model, generator, pool=None) -> tuple
     """``(pos [N, 3], cell [B, 3, 3])`` of one batch with ``cfg.sampler``."""
     if cfg.sampler in MODEL_SAMPLERS:
         out = sample(model, batch, cfg.mode, cfg.sampler, cfg.steps, generator=generator,
-                     atom_given=batch.given if cfg.mode == "inpaint" else None, corrector=cfg.corrector)  # fmt: skip
+                     atom_given=batch.given if cfg.mode == "inpaint" else None, corrector=cfg.corrector,
+                     t_start=cfg.t_start)  # fmt: skip
         return out.pos, out.cell
     if cfg.sampler == "baseline_initial":
         return batch.pos, batch.cell
@@ -252,7 +263,7 @@ def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfi
                       natoms=int(data.natoms), tags=data.tags.long(), fixed=batch.fixed[sl].bool().cpu()
                       if "fixed" in batch else data.fixed.bool(), sid=data.sid, sample_idx=s, input_index=i,
                       generated=~batch.given[sl].cpu(), mode=cfg.mode, sampler=cfg.sampler, steps=int(cfg.steps),
-                      nfe=int(nfe), seed=int(cfg.seed))  # fmt: skip
+                      nfe=int(nfe), seed=int(cfg.seed), t_start=float(cfg.t_start))  # fmt: skip
         if "formula" in data:
             record.formula = data.formula
         out.append(record)
@@ -364,7 +375,7 @@ def _summarise(stats: dict, elapsed: float, num_inputs: int, cfg: GenConfig, dis
     made = out["written"] + out["non_finite"]
     wall_s = float(wall.item())
     return {
-        "mode": cfg.mode, "sampler": cfg.sampler, "steps": cfg.steps, "inputs": num_inputs,
+        "mode": cfg.mode, "sampler": cfg.sampler, "steps": cfg.steps, "t_start": cfg.t_start, "inputs": num_inputs,
         "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "world_size": dist.world_size,
         "device": str(device), "samples_written_this_run": out["written"], "non_finite_skipped": out["non_finite"],
         "network_calls_per_sample": (out["nfe_samples"] / made) if made else None,

@@ -141,6 +141,14 @@ def test_seed_determines_samples(world, tmp_path):
     assert not any(torch.equal(a[k].pos, c[k].pos) for k in a)
 
 
+def test_refine_from_the_input_stays_near_it(world, tmp_path):
+    inputs = LmdbDataset(world[1])
+    for (sid, _), d in sampled(config(world, tmp_path / "refine", t_start=0.05, num_samples=1)).items():
+        ref = inputs[sid - 100]
+        moved = (d.pos - ref.pos).norm(dim=-1)
+        assert d.t_start == 0.05 and moved[ref.tags != 2].max() == 0 and 0 < moved.max() < 0.3
+
+
 def test_baselines_need_no_model(world, tmp_path):
     _, data = world
     inputs = LmdbDataset(data)
@@ -201,6 +209,8 @@ def test_cli_compositions_and_metrics(world, tmp_path):
         (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--given_tags", "a"], "comma-separated integers"),
         (["--data_path", "{data}", "--sampler", "pc"], "needs a checkpoint"),
         (["--data_path", "{data}", "--mode", "fold"], "invalid choice: 'fold'"),
+        (["--data_path", "{data}", "--sampler", "baseline_initial", "--t_start", "0.5"], "needs data_path and sampler pc or ode"),
+        (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--t_start", "0"], "t_start must be in (0, 1]"),
     ],
 )
 def test_cli_rejects_bad_input(world, tmp_path, capsys, flags, message):

@@ -24,7 +24,7 @@
 #          Sampling CPU cost (tiny): about 0.025 CPU-s per structure and network call.
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
-#   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)
+#   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)  EMA_DECAY (0.995)
 #   MAX_INPUTS (50)  NUM_SAMPLES (10)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  CSP_INPUTS (25)
 #   REFINE_T (0.6)  REFINE_STEPS (10)  GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
@@ -69,7 +69,7 @@ if has train; then
   timed train env GPUS="$NPROC" TASK=diff DATA_DIR="$DEMO_DIR/is2re" SAVE_DIR="$RUN_DIR/train" \
     MODEL_TYPE="$MODEL_TYPE" STRATEGY=DDP BATCH_SIZE="${BATCH_SIZE:-8}" VAL_BATCH_SIZE=16 LR="${LR:-1e-3}" \
     WARMUP="${WARMUP:-100}" WORKERS=0 LOG_INTERVAL=50 SAVE_INTERVAL=500 SEED="${SEED:-1}" BF16=0 \
-    bash "$root/scripts/train_oc20.sh" --total_num_steps "$STEPS"
+    bash "$root/scripts/train_oc20.sh" --total_num_steps "$STEPS" --ema_decay "${EMA_DECAY:-0.995}"
 fi
 
 if has eval; then

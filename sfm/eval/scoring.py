@@ -223,6 +223,8 @@ def _relax(model_or_fn, samples: list[Data], cfg: ScoreConfig, desc: str, pos: l
             def first(frame):
                 if frame.step == 0:
                     initial[frame.index.cpu()] = frame.energy.detach().double().cpu()
+                if cfg.progress and frame.step % 10 == 0:
+                    bar.set_postfix(step=frame.step, relaxing=len(frame.index), refresh=False)
 
             res = relax_batch(model_or_fn, batch, cfg.optimizer, cfg.fmax, cfg.steps, callback=first,
                               max_atoms=cfg.max_atoms)  # fmt: skip

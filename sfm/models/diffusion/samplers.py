@@ -96,6 +96,7 @@ def sample(
     corrector: float = 0.4,
     callback: Callable[[int, int], None] | None = None,
     t_start: float = 1.0,
+    renoise: bool = True,
 ):
     """Generate structures for ``batch`` (a PyG ``Batch``); returns a copy with ``pos``, ``cell``, ``frac``.
 
@@ -114,7 +115,9 @@ def sample(
     the initial adsorbate as input this keeps the adsorption site and moves the atoms
     toward the model's relaxed structure; 1 (default) starts from the prior. Use it with
     ``ode`` or ``corrector=0``: the Langevin corrector mixes over each noise level and,
-    over many steps, forgets where it started.
+    over many steps, forgets where it started. ``renoise=False`` skips the added noise: the
+    input itself is taken as the noisy state at ``t_start`` (deterministic with ``ode``; a
+    placement ~``sigma(t_start)`` from the relaxed one is denoised toward it).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -129,20 +132,24 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        return _sample(model, batch, masks, sampler, steps, generator, corrector, callback, t_start)
+        return _sample(model, batch, masks, sampler, steps, generator, corrector, callback, t_start, renoise)
     finally:
         model.train(was_training)
 
 
-def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, callback, t_start):
+def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, callback, t_start, renoise=True):
     run = _Run(model, batch, masks)
     device, dtype = run.batch.device, run.dtype
     lat = model.lattice_process
 
     if t_start < 1.0:
         x_input = wrap_frac(cart_to_frac(batch.pos.to(dtype), run.cell[run.batch]))
-        x = torch.where(run.free, wrapped_normal.sample(x_input, run.sigma(t_start), generator), x_input)
-        z = lat.add_noise(lat.encode(run.cell), run.times(t_start), generator)[0]
+        z = lat.encode(run.cell)
+        if renoise:
+            x = torch.where(run.free, wrapped_normal.sample(x_input, run.sigma(t_start), generator), x_input)
+            z = lat.add_noise(z, run.times(t_start), generator)[0]
+        else:
+            x, z = x_input, z * lat.alpha_bar(run.times(t_start))[:, None, None].sqrt()
     else:
         x = torch.rand(len(run.numbers), 3, generator=generator, dtype=dtype, device=device)
         if masks.atom_given.any():

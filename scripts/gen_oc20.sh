@@ -16,19 +16,5 @@
 # not on NPROC / NNODES.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${SFM_VENV:-$root/.venv}/bin
-
-NPROC=${NPROC:-1}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-if [ "$NNODES" = 1 ] && [ -z "${MASTER_PORT:-}" ]; then
-  rdzv=(--standalone)  # one node: a free local port, so that several runs can share a machine
-else
-  rdzv=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}")
-fi
-
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per process: the processes share the cores
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-cmd=("$bin/torchrun" "${rdzv[@]}" --nproc_per_node "$NPROC" "$root/sfm/tasks/gen.py" "$@")
-echo "[gen_oc20] ${cmd[*]}" >&2
-exec "${cmd[@]}"
+source "$root/scripts/_torchrun.sh"
+launch gen_oc20 "${NPROC:-1}" "$root/sfm/tasks/gen.py" "$@"

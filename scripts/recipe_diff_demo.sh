@@ -17,16 +17,19 @@
 #          steps = 2*PC_STEPS calls; the reference, shortened from 1000 for CPU time),
 #          baseline_initial (pos: the placement the relaxation started from), baseline_random
 #          (uniform fractional coordinates; csp lattices drawn from the training cells).
-#          Inpaint also refines the initial placement (SDEdit: ode, REFINE_STEPS steps from
-#          t_start REFINE_T), the fair comparison with the initial placement, which knows the site.
-#          NUM_SAMPLES per system (metrics at 1 and at NUM_SAMPLES), except inpaint pc: PC_SAMPLES;
-#          csp uses the first CSP_INPUTS systems of val_id. Table: RUN_DIR/quality_bar.md.
+#          Inpaint also starts from the initial placement (the fair comparison with it: it knows
+#          the site), two ways: "denoise" takes the placement itself as the noisy state at
+#          DENOISE_T (--no_renoise; deterministic, 1 sample) and runs REFINE_STEPS ode steps;
+#          "refine" noises it to REFINE_T first (SDEdit), NUM_SAMPLES samples.
+#          NUM_SAMPLES per system (metrics at 1 and at NUM_SAMPLES); pc (PC_SAMPLES per system)
+#          only on the splits in PC_SPLITS. csp: the first CSP_INPUTS systems of val_id, CSP_SAMPLES
+#          per system (pc: PC_SAMPLES). Table: RUN_DIR/quality_bar.md.
 #          Sampling CPU cost (tiny): about 0.025 CPU-s per structure and network call.
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
 #   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)  EMA_DECAY (0.995)
-#   MAX_INPUTS (50)  NUM_SAMPLES (10)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  CSP_INPUTS (25)
-#   REFINE_T (0.6)  REFINE_STEPS (10)  GEN_BATCH (25)
+#   MAX_INPUTS (50)  NUM_SAMPLES (5)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  PC_SPLITS (val_id)
+#   CSP_INPUTS (25)  CSP_SAMPLES (10)  DENOISE_T (0.5)  REFINE_T (0.5)  REFINE_STEPS (10)  GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,12 +43,15 @@ MODEL_TYPE=${MODEL_TYPE:-tiny}
 NPROC=${NPROC:-2}
 STEPS=${STEPS:-1800}
 MAX_INPUTS=${MAX_INPUTS:-50}
-NUM_SAMPLES=${NUM_SAMPLES:-10}
+NUM_SAMPLES=${NUM_SAMPLES:-5}
 ODE_STEPS=${ODE_STEPS:-25}
 PC_STEPS=${PC_STEPS:-100}
 PC_SAMPLES=${PC_SAMPLES:-1}
+PC_SPLITS=${PC_SPLITS:-val_id}
 CSP_INPUTS=${CSP_INPUTS:-25}
-REFINE_T=${REFINE_T:-0.6}
+CSP_SAMPLES=${CSP_SAMPLES:-10}
+DENOISE_T=${DENOISE_T:-0.5}
+REFINE_T=${REFINE_T:-0.5}
 REFINE_STEPS=${REFINE_STEPS:-10}
 GEN_BATCH=${GEN_BATCH:-25}
 SPLITS=${SPLITS:-val_id val_ood_ads val_ood_cat}
@@ -82,16 +88,20 @@ if has eval; then
   for split in $SPLITS; do
     data=$DEMO_DIR/is2re/$split
     gen "inpaint_${split}_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler ode --steps "$ODE_STEPS"
-    gen "inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc --steps "$PC_STEPS" \
-      --num_samples "$PC_SAMPLES"
+    if [[ " $PC_SPLITS " == *" $split "* ]]; then
+      gen "inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc \
+        --steps "$PC_STEPS" --num_samples "$PC_SAMPLES"
+    fi
+    gen "inpaint_${split}_denoise_ode${REFINE_STEPS}_t$DENOISE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
+      --sampler ode --steps "$REFINE_STEPS" --t_start "$DENOISE_T" --no_renoise --num_samples 1
     gen "inpaint_${split}_refine_ode${REFINE_STEPS}_t$REFINE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
       --sampler ode --steps "$REFINE_STEPS" --t_start "$REFINE_T"
     gen "inpaint_${split}_initial" --data_path "$data" --mode inpaint --sampler baseline_initial --num_samples 1
     gen "inpaint_${split}_random" --data_path "$data" --mode inpaint --sampler baseline_random
   done
-  csp=(--data_path "$DEMO_DIR/is2re/val_id" --mode csp --max_inputs "$CSP_INPUTS")
+  csp=(--data_path "$DEMO_DIR/is2re/val_id" --mode csp --max_inputs "$CSP_INPUTS" --num_samples "$CSP_SAMPLES")
   gen "csp_val_id_ode$ODE_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler ode --steps "$ODE_STEPS"
-  gen "csp_val_id_pc$PC_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler pc --steps "$PC_STEPS"
+  gen "csp_val_id_pc$PC_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler pc --steps "$PC_STEPS" --num_samples "$PC_SAMPLES"
   gen "csp_val_id_random" "${csp[@]}" --sampler baseline_random --lattice_data "$DEMO_DIR/is2re/train"
   "$py" -m sfm.tasks.gen_table "$RUN_DIR"/eval/*/metrics.json --out "$RUN_DIR/quality_bar.md"
 fi

@@ -16,8 +16,6 @@
 # Flags after the script name go to the entry point and win over these (e.g. --resume, --target pos).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${SFM_VENV:-$root/.venv}/bin
-
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 if nvidia-smi -L >/dev/null 2>&1; then has_gpu=1; else has_gpu=0; fi
@@ -54,14 +52,5 @@ args=(
 [ -n "$VALID_DATA" ] && args+=(--valid_data_path "$VALID_DATA")
 [ "$BF16" = 1 ] && args+=(--bf16)
 
-if [ "$NNODES" = 1 ] && [ -z "${MASTER_PORT:-}" ]; then
-  rdzv=(--standalone)  # one node: a free local port, so that several runs can share a machine
-else
-  rdzv=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}")
-fi
-
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per process: the processes share the cores
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-cmd=("$bin/torchrun" "${rdzv[@]}" --nproc_per_node "$GPUS" "$root/sfm/tasks/train_$TASK.py" "${args[@]}" "$@")
-echo "[train_oc20] ${cmd[*]}"
-exec "${cmd[@]}"
+source "$root/scripts/_torchrun.sh"
+launch train_oc20 "$GPUS" "$root/sfm/tasks/train_$TASK.py" "${args[@]}" "$@"

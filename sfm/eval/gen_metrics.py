@@ -103,6 +103,7 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
            "validity": float(np.mean(valid)), "composition_kept": float(np.mean(kept)),
            "match@1": match_at_k(rms, 1), f"match@{K}": match_at_k(rms, K),
            "adwt@1": adwt(dist[:, 0]), f"adwt@{K}": adwt(best_dist), "adwt_atoms": adwt_atoms,
+           "distance@1": median(dist[:, 0]), f"distance@{K}": median(best_dist),
            "uniqueness": float(np.mean(unique)) if unique else float("nan"),
            "lattice": lattice_stats(torch.stack(cells), torch.stack([r.cell.reshape(3, 3) for r in refs.values()]))}
     if energy_key is not None:
@@ -110,6 +111,13 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
         out["success@1"] = success_at_k(energy, ref_e, 1)
         out[f"success@{K}"] = success_at_k(energy, ref_e, K)
     return out
+
+
+def median(dist: np.ndarray) -> float | None:
+    """Median over systems of the mean atom distance to the reference (A; a missing one counts
+    as infinitely far); None without any."""
+    d = np.where(np.isnan(dist), np.inf, dist)
+    return float(np.median(d)) if len(d) and np.isfinite(d).any() else None
 
 
 def format_table(m: dict) -> str:
@@ -122,6 +130,8 @@ def format_table(m: dict) -> str:
         match = m[f"match@{k}"]
         rows.append((f"match rate @{k}  (rmse)", f"{match['match_rate']:.3f}  ({match['rmse']:.4f})"))
         rows.append((f"ADwT @{k}  ({m['adwt_atoms']} atoms)", f"{m[f'adwt@{k}']:.3f}"))
+        if m.get(f"distance@{k}") is not None:
+            rows.append((f"median distance @{k}  (A)", f"{m[f'distance@{k}']:.3f}"))
         if f"success@{k}" in m:
             rows.append((f"placement success @{k}", f"{m[f'success@{k}']:.3f}"))
     rows.append(("uniqueness", f"{m['uniqueness']:.3f}"))

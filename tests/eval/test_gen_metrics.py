@@ -66,6 +66,8 @@ def test_gen_metrics_cli(lmdbs, capsys):
     # ADwT (adsorbate atoms vs pos_relaxed): per system, sample 0 of systems 0 and 2 sits at
     # 0 A, the clashing sample of system 1 at > 0.5 A (no threshold), the swapped one is a miss
     assert m["adwt@1"] == pytest.approx(2 / 3) and m["adwt@2"] == pytest.approx(2 / 3)
+    # median over systems of those distances: (0, > 0.5, 0) -> 0; at 2 the best of each system
+    assert m["distance@1"] == pytest.approx(0.0, abs=1e-6) and "median distance @1" in table
     # uniqueness (stol 0.1): system 0 has 2 distinct, system 1 one valid, system 2 two equal
     assert m["uniqueness"] == pytest.approx((1.0 + 1.0 + 0.5) / 3)
     assert m["lattice"]["a"]["wasserstein"] == pytest.approx(0.0, abs=1e-5)

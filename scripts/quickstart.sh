@@ -9,14 +9,16 @@
 # on 2 cores shared with a load average of 6-8); the full one about 75 CPU-minutes (data 15-20, diffusion
 # 20, S2EF 19, sampling + scoring about 15), i.e. about 40 minutes on 2 idle cores.
 # Environment: RUN_DIR, DEMO_DIR, NPROC (2), DIFF_STEPS, S2EF_STEPS, MAX_INPUTS, NUM_SAMPLES,
-#   ODE_STEPS, CSP_INPUTS, RELAX_STEPS (defaults depend on --fast; see below).
+#   ODE_STEPS, DENOISE_STEPS, CSP_INPUTS, RELAX_STEPS (defaults depend on --fast; see below).
+# Inpaint runs two ways: from noise (inpaint_ode) and from the initial placement taken as a noisy
+# structure at t=0.55 (inpaint_denoise: --t_start 0.55 --no_renoise, see scripts/recipe_diff_demo.sh).
 set -Eeuo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 fast=0
 for arg in "$@"; do
   case "$arg" in
     --fast) fast=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "quickstart.sh: unknown argument '$arg' (use --fast or --help)" >&2; exit 2 ;;
   esac
 done
@@ -28,12 +30,12 @@ if [ "$fast" = 1 ]; then
   RUN_DIR=${RUN_DIR:-runs/quickstart_fast}; DEMO_DIR=${DEMO_DIR:-data/demo_small}; size=(--small)
   DIFF_STEPS=${DIFF_STEPS:-150}; S2EF_STEPS=${S2EF_STEPS:-150}; MAX_INPUTS=${MAX_INPUTS:-6}
   NUM_SAMPLES=${NUM_SAMPLES:-2}; ODE_STEPS=${ODE_STEPS:-10}; CSP_INPUTS=${CSP_INPUTS:-3}
-  RELAX_STEPS=${RELAX_STEPS:-60}; VAL_MAX=${VAL_MAX:-64}
+  RELAX_STEPS=${RELAX_STEPS:-60}; VAL_MAX=${VAL_MAX:-64}; DENOISE_STEPS=${DENOISE_STEPS:-5}
 else
   RUN_DIR=${RUN_DIR:-runs/quickstart}; DEMO_DIR=${DEMO_DIR:-data/demo}; size=()
   DIFF_STEPS=${DIFF_STEPS:-900}; S2EF_STEPS=${S2EF_STEPS:-1500}; MAX_INPUTS=${MAX_INPUTS:-25}
   NUM_SAMPLES=${NUM_SAMPLES:-5}; ODE_STEPS=${ODE_STEPS:-25}; CSP_INPUTS=${CSP_INPUTS:-10}
-  RELAX_STEPS=${RELAX_STEPS:-150}; VAL_MAX=${VAL_MAX:-300}
+  RELAX_STEPS=${RELAX_STEPS:-150}; VAL_MAX=${VAL_MAX:-300}; DENOISE_STEPS=${DENOISE_STEPS:-10}
 fi
 mkdir -p "$RUN_DIR"
 log="$RUN_DIR/timings.txt"
@@ -103,6 +105,8 @@ gen() {  # gen NAME flags...: one sampling run into RUN_DIR/gen/NAME (skipped wh
 step gen "sample the held-out split $val (ode $ODE_STEPS steps, $NUM_SAMPLES samples per system; baselines)"
 ck=(--checkpoint "$RUN_DIR/diff/model.pt")
 gen inpaint_ode "${ck[@]}" --mode inpaint --sampler ode --steps "$ODE_STEPS" --max_inputs "$MAX_INPUTS" --num_samples "$NUM_SAMPLES"
+gen inpaint_denoise "${ck[@]}" --mode inpaint --sampler ode --steps "$DENOISE_STEPS" --t_start 0.55 --no_renoise \
+  --max_inputs "$MAX_INPUTS" --num_samples 1
 gen inpaint_initial --mode inpaint --sampler baseline_initial --max_inputs "$MAX_INPUTS" --num_samples 1
 gen inpaint_random --mode inpaint --sampler baseline_random --max_inputs "$MAX_INPUTS" --num_samples "$NUM_SAMPLES"
 gen csp_ode "${ck[@]}" --mode csp --sampler ode --steps "$ODE_STEPS" --max_inputs "$CSP_INPUTS" --num_samples "$NUM_SAMPLES"
@@ -112,7 +116,7 @@ gen csp_random --mode csp --sampler baseline_random --lattice_data "$DEMO_DIR/is
 done_
 
 step score "relax and score with the S2EF model ($RELAX_STEPS FIRE steps), EMT judge"
-for name in inpaint_ode inpaint_initial inpaint_random csp_ode; do
+for name in inpaint_ode inpaint_denoise inpaint_initial inpaint_random csp_ode; do
   out=$RUN_DIR/score/$name
   if [ -f "$out/scores.json" ]; then skip "$out"; continue; fi
   echo "[quickstart] score $name"

@@ -174,7 +174,9 @@ def sampling_section(rep: Report, run_dir: Path):
                                      "metrics": m.get("metrics")}
         except (KeyError, ValueError) as err:
             rep.missing(f"{path}: unreadable ({err})")
-    rep.md.append("`*_ode`: the trained model, few-step ODE sampler; `*_initial`: the relaxation's starting placement; "
+    rep.md.append("`*_ode`: the trained model, few-step ODE sampler from noise; `*_denoise`: the same model started "
+                  "from the initial placement, taken as a noisy structure (`--t_start --no_renoise`); "
+                  "`*_initial`: the relaxation's starting placement; "
                   "`*_random`: uniform random positions. Reference: the relaxed structures (pos_relaxed).")
     rep.md.append("")
     rep.md.append(_md_table(COLUMNS, rows))

@@ -15,10 +15,11 @@
 #          the training-mean / per-element linear-fit baselines (zero forces): RUN_DIR/eval_*.json
 #   place  the first PLACE_SYSTEMS systems of DEMO_DIR/is2re/val_id: the initial placement (pos, k=1),
 #          PLACE_K random placements (sfm.tasks.place_random) and, if GEN_SAMPLES is set, the first
-#          PLACE_K generated inpaint samples of each system (e.g. GEN_SAMPLES=runs/recipe_diff_demo/
-#          eval/inpaint_val_id_ode25/samples of scripts/recipe_diff_demo.sh, whose MAX_INPUTS should be
-#          >= PLACE_SYSTEMS), each relaxed by the model and judged by EMT (score_oc20.sh --judge emt):
-#          RUN_DIR/place/{pos,random,generated}/scores.json
+#          PLACE_K generated inpaint samples of each system (GEN_SAMPLES: one or more sample folders,
+#          space-separated, e.g. runs/recipe_diff_demo/eval/inpaint_val_id_ode25/samples of
+#          scripts/recipe_diff_demo.sh, whose MAX_INPUTS should be >= PLACE_SYSTEMS), each relaxed by the
+#          model and judged by EMT (score_oc20.sh --judge emt):
+#          RUN_DIR/place/{pos,random,generated_<sample run>}/scores.json
 # The demo world is built first if DEMO_DIR has none (python -m sfm.data.demo; not counted in the
 # budget: about 15-20 CPU-minutes for the default size).
 #
@@ -84,17 +85,19 @@ if [[ " $STAGES " == *" place "* ]]; then
   place="$RUN_DIR/place"
   ref="$place/inputs.lmdb"  # the first PLACE_SYSTEMS systems of val_id: scored samples of other sids are dropped
   mkdir -p "$place"
-  score() {  # score NAME SAMPLES: model relaxation, EMT judge, success@1 and @PLACE_K
+  score() {  # score NAME SAMPLES: model relaxation, EMT judge, success@1 and @PLACE_K (kept if already scored)
+    if [ -f "$place/$1/scores.json" ]; then echo "[recipe] reusing $place/$1 (delete it to score again)"; return; fi
     timed "place_$1" env CHECKPOINT="$ckpt" SAMPLES="$2" REFERENCE="$ref" OUT="$place/$1" STEPS="$RELAX_STEPS" \
       JUDGE=emt bash scripts/score_oc20.sh --k 1 "$PLACE_K" --samples_per_system "$PLACE_K" --exclude "$EXCLUDE" \
       --drop_unmatched --no_progress
   }
-  "$py" -c "import sys; from sfm.data import LmdbDataset, write_lmdb; d = LmdbDataset(sys.argv[1]); \
+  [ -f "$ref" ] || "$py" -c "import sys; from sfm.data import LmdbDataset, write_lmdb; d = LmdbDataset(sys.argv[1]); \
 write_lmdb(sys.argv[2], (d[i] for i in range(min(int(sys.argv[3]), len(d)))))" "$DEMO_DIR/is2re/val_id" "$ref" \
     "$PLACE_SYSTEMS"
   score pos "$place/inputs.lmdb"
-  "$py" -m sfm.tasks.place_random --data_path "$place/inputs.lmdb" --k "$PLACE_K" --out "$place/random_samples.lmdb"
+  [ -f "$place/random_samples.lmdb" ] ||
+    "$py" -m sfm.tasks.place_random --data_path "$place/inputs.lmdb" --k "$PLACE_K" --out "$place/random_samples.lmdb"
   score random "$place/random_samples.lmdb"
-  if [ -n "${GEN_SAMPLES:-}" ]; then score generated "$GEN_SAMPLES"; fi
+  for samples in ${GEN_SAMPLES:-}; do score "generated_$(basename "$(dirname "$samples")")" "$samples"; done
 fi
 echo "[recipe] done: $RUN_DIR (timings in $log)"

@@ -67,7 +67,7 @@ BASELINES = ("baseline_initial", "baseline_random")
 SAMPLERS = MODEL_SAMPLERS + BASELINES
 # settings that define the samples: a rerun into the same save_dir must keep them
 _DEFINING = ("checkpoint", "data_path", "compositions", "num_atoms", "formula_units", "mode", "given_tags",
-             "given_positions", "sampler", "steps", "corrector", "t_start", "renoise", "batch_size", "seed", "lattice_data")  # fmt: skip
+             "given_positions", "sampler", "steps", "corrector", "t_start", "renoise", "churn", "batch_size", "seed", "lattice_data")  # fmt: skip
 
 
 @dataclass
@@ -89,6 +89,7 @@ class GenConfig:
     corrector: float = 0.4
     t_start: float = 1.0  # < 1: refine the input structure from this noise level (SDEdit), model samplers only
     renoise: bool = True  # t_start < 1: noise the input to t_start first (False: take it as the noisy state)
+    churn: float = 0.0  # ode: noise added before each step (EDM stochastic Heun), 0: deterministic
     batch_size: int = 16
     seed: int = 0
     max_inputs: int | None = None
@@ -142,6 +143,8 @@ def check_config(cfg: GenConfig) -> None:
     if cfg.t_start < 1.0 and (cfg.sampler not in MODEL_SAMPLERS or cfg.compositions is not None):
         raise ValueError("t_start < 1 refines each input's pos and cell with a model sampler (pc, ode): "
                          "it needs data_path and sampler pc or ode")  # fmt: skip
+    if cfg.churn < 0 or (cfg.churn > 0 and cfg.sampler != "ode"):
+        raise ValueError(f"churn must be >= 0 and is a setting of the ode sampler, got {cfg.churn} for {cfg.sampler!r}")
     if not cfg.renoise and cfg.t_start >= 1.0:
         raise ValueError("renoise=False (--no_renoise) refines the input as it is: it needs t_start < 1")
     if cfg.given_positions not in ("pos", "pos_relaxed"):
@@ -240,7 +243,7 @@ def generate(batch: Batch, cfg: GenConfig, model, generator, pool=None) -> tuple
     if cfg.sampler in MODEL_SAMPLERS:
         out = sample(model, batch, cfg.mode, cfg.sampler, cfg.steps, generator=generator,
                      atom_given=batch.given if cfg.mode == "inpaint" else None, corrector=cfg.corrector,
-                     t_start=cfg.t_start, renoise=cfg.renoise)  # fmt: skip
+                     t_start=cfg.t_start, renoise=cfg.renoise, churn=cfg.churn)  # fmt: skip
         return out.pos, out.cell
     if cfg.sampler == "baseline_initial":
         return batch.pos, batch.cell
@@ -379,7 +382,7 @@ def _summarise(stats: dict, elapsed: float, num_inputs: int, cfg: GenConfig, dis
     made = out["written"] + out["non_finite"]
     wall_s = float(wall.item())
     return {
-        "mode": cfg.mode, "sampler": cfg.sampler, "steps": cfg.steps, "t_start": cfg.t_start, "renoise": cfg.renoise,
+        "mode": cfg.mode, "sampler": cfg.sampler, "steps": cfg.steps, "t_start": cfg.t_start, "renoise": cfg.renoise, "churn": cfg.churn,
         "inputs": num_inputs, "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "world_size": dist.world_size,
         "device": str(device), "samples_written_this_run": out["written"], "non_finite_skipped": out["non_finite"],
         "network_calls_per_sample": (out["nfe_samples"] / made) if made else None,

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--corrector", type=float, default=0.4, help="pc: Langevin corrector step factor (0: none)")
     g.add_argument("--t_start", type=float, default=1.0,
                    help="< 1: refine each input's pos from this noise level (SDEdit; inpaint keeps the adsorption site)")
+    g.add_argument("--churn", type=float, default=0.0,
+                   help="ode: re-noise before each step by this fraction of the step (EDM stochastic Heun; 0: deterministic)")
     g.add_argument("--no_renoise", action="store_true",
                    help="with --t_start: take the input as the noisy state at t_start instead of noising it first "
                         "(deterministic with ode: one sample per input is enough)")
@@ -88,7 +90,7 @@ def config_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GenC
         save_dir=args.save_dir, checkpoint=args.checkpoint, data_path=args.data_path, compositions=args.compositions,
         num_atoms=args.num_atoms, formula_units=args.formula_units, mode=args.mode, given_tags=given_tags,
         given_positions=args.given_positions, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
-        corrector=args.corrector, t_start=args.t_start, renoise=not args.no_renoise, batch_size=args.batch_size, seed=args.seed, max_inputs=args.max_inputs,
+        corrector=args.corrector, t_start=args.t_start, renoise=not args.no_renoise, churn=args.churn, batch_size=args.batch_size, seed=args.seed, max_inputs=args.max_inputs,
         lattice_data=args.lattice_data, device=args.device, progress=not args.no_progress,
     )  # fmt: skip
     try:

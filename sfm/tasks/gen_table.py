@@ -35,6 +35,7 @@ def row(path: Path) -> list[str]:
     calls = run.get("network_calls_per_sample")
     steps = str(run["steps"]) + (f" from t={run['t_start']}" if run.get("t_start", 1.0) < 1 else "")
     steps += "" if run.get("renoise", True) else " (no noise)"
+    steps += f", churn {run['churn']}" if run.get("churn") else ""
     return [Path(path).parent.name, run["mode"], run["sampler"], steps, _num(calls, ".0f"),
             f"{m.get('systems', m.get('samples', '-'))} x {k}", _num(m.get("validity")), _match(m, "match@1"),
             _match(m, f"match@{k}"), _num(m.get("adwt@1")), _num(m.get(f"adwt@{k}")),

@@ -212,6 +212,7 @@ def test_cli_compositions_and_metrics(world, tmp_path):
         (["--data_path", "{data}", "--sampler", "baseline_initial", "--t_start", "0.5"], "needs data_path and sampler pc or ode"),
         (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--t_start", "0"], "t_start must be in (0, 1]"),
         (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--no_renoise"], "it needs t_start < 1"),
+        (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--sampler", "pc", "--churn", "1"], "setting of the ode sampler"),
     ],
 )
 def test_cli_rejects_bad_input(world, tmp_path, capsys, flags, message):

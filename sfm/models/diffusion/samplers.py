@@ -12,6 +12,10 @@ Two samplers over the same trained model:
   noise variable, where its ODE is nearly linear: coordinates in their per-axis
   ``sigma`` (``dx/dsigma = -sigma * score``), the lattice in ``Zbar = Z / sqrt(ab)``
   against ``sqrt((1 - ab) / ab)`` (``dZbar = eps``; its Euler step is DDIM).
+  ``churn > 0`` makes it EDM's stochastic Heun sampler: before each step but the last,
+  the state is noised from ``t`` up to ``t + churn * (t - s)`` (fresh noise of the
+  process, so the marginal is kept), which corrects errors of the learned score that a
+  deterministic flow carries to the end; same number of network calls.
 
 The lattice noise estimate is sanitised by clipping the clean latent it implies
 (``LatticeProcess.clip_eps``). Both samplers hold given atoms and given lattices
@@ -33,7 +37,7 @@ import torch
 
 from sfm.data.lattice import cart_to_frac, frac_to_cart, wrap_frac
 from sfm.models.diffusion import wrapped_normal
-from sfm.models.diffusion.lattice_noise import canonical
+from sfm.models.diffusion.lattice_noise import canonical, sym_noise
 from sfm.models.diffusion.masks import Masks, mode_masks
 
 SAMPLERS = ("pc", "ode")
@@ -97,6 +101,7 @@ def sample(
     callback: Callable[[int, int], None] | None = None,
     t_start: float = 1.0,
     renoise: bool = True,
+    churn: float = 0.0,
 ):
     """Generate structures for ``batch`` (a PyG ``Batch``); returns a copy with ``pos``, ``cell``, ``frac``.
 
@@ -122,6 +127,8 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    if churn < 0 or (churn > 0 and sampler != "ode"):
+        raise ValueError(f"churn must be >= 0 and is a setting of the ode sampler, got {churn} for {sampler!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0.0 < t_start <= 1.0:
@@ -132,12 +139,12 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        return _sample(model, batch, masks, sampler, steps, generator, corrector, callback, t_start, renoise)
+        return _sample(model, batch, masks, sampler, steps, generator, corrector, callback, t_start, renoise, churn)
     finally:
         model.train(was_training)
 
 
-def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, callback, t_start, renoise=True):
+def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, callback, t_start, renoise, churn):
     run = _Run(model, batch, masks)
     device, dtype = run.batch.device, run.dtype
     lat = model.lattice_process
@@ -163,7 +170,12 @@ def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, ca
         if sampler == "pc":
             x, z = _pc_step(run, x, z, t, s, corrector, generator)
         else:
-            x, z = _heun_step(run, x, z, t, s, last=i == steps - 1)
+            last = i == steps - 1
+            if churn > 0 and not last:
+                t_hat = min(1.0, t + churn * (t - s))
+                x, z = _churn(run, x, z, t, t_hat, generator)
+                t = t_hat
+            x, z = _heun_step(run, x, z, t, s, last=last)
         if callback is not None:
             callback(i + 1, steps)
 
@@ -192,6 +204,17 @@ def _pc_step(run: _Run, x, z, t: float, s: float, corrector: float, generator):
     x = run.move(x, dvar * score + (dvar * sig_s**2 / sig_t**2).sqrt() * _noise(x, generator))
     lat = run.model.lattice_process
     z = run.hold(z, lat.ancestral_step(z, eps, run.times(t), run.times(s), generator))
+    return x, z
+
+
+def _churn(run: _Run, x, z, t: float, t_hat: float, generator):
+    """The state at ``t`` noised forward to ``t_hat >= t`` with the process's own noise."""
+    dvar = (run.sigma(t_hat) ** 2 - run.sigma(t) ** 2).clamp(min=0)
+    x = run.move(x, dvar.sqrt() * _noise(x, generator))
+    lat = run.model.lattice_process
+    ratio = (lat.alpha_bar(run.times(t_hat)) / lat.alpha_bar(run.times(t)))[:, None, None]
+    eps = sym_noise(len(z), generator, z.dtype, z.device)
+    z = run.hold(z, ratio.sqrt() * z + (1 - ratio).clamp(min=0).sqrt() * eps)
     return x, z
 
 

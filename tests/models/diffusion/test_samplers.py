@@ -59,9 +59,10 @@ def test_pc_sampler_recovers_target_and_lattice():
 
 
 @pytest.mark.parametrize("mode", ["csp", "inpaint"])
-def test_few_step_ode_hits_target_within_50_calls(mode):
+@pytest.mark.parametrize("churn", [0.0, 0.5])
+def test_few_step_ode_hits_target_within_50_calls(mode, churn):
     model, batch = make_model(), make_batch(300)
-    out = sample(model, batch, mode, "ode", steps=25, generator=torch.Generator().manual_seed(2))
+    out = sample(model, batch, mode, "ode", steps=25, generator=torch.Generator().manual_seed(2), churn=churn)
     assert model.calls == 49
     generated = torch.ones(len(out.frac), dtype=torch.bool) if mode == "csp" else batch.tags == 2
     check_distribution(model, out, generated, 0.1)
@@ -104,6 +105,8 @@ def test_progress_callback_and_argument_checks():
     assert seen == [(1, 3), (2, 3), (3, 3)]
     with pytest.raises(ValueError, match="sampler must be"):
         sample(model, batch, "csp", "euler")
+    with pytest.raises(ValueError, match="churn must be >= 0"):
+        sample(model, batch, "csp", "pc", steps=3, churn=0.5)
     with pytest.raises(ValueError, match="mode must be"):
         sample(model, batch, "bogus")
     nocell = Batch.from_data_list([Data(atomic_numbers=torch.tensor([1, 2]), num_nodes=2)])

@@ -8,7 +8,8 @@
 #
 # Environment: DEMO_DIR (data/demo_small; built if missing), DIFF_CKPT (diffusion checkpoint for
 # the sampler benchmark; default runs/quickstart/diff/model.pt, skipped if absent),
-# S2EF_MODEL (checkpoint or preset for the relaxation benchmark; default: small, untrained),
+# S2EF_MODEL (checkpoint or preset for the relaxation benchmark; default: tiny, untrained; 5 FIRE
+# steps per structure with fmax 0, so both paths do the same work),
 # DEVICE (cpu; cuda on a GPU machine), MODELS (tiny small eqv2_31m).
 # Every figure is measured by this run; nothing is copied in.
 set -euo pipefail
@@ -43,7 +44,7 @@ if [ -f "$diff_ckpt" ]; then
     set -- $sampler
     rm -rf "$out/sample_$1"
     "$py" -m sfm.tasks.gen --checkpoint "$diff_ckpt" --data_path "$demo/is2re/val_id" --mode inpaint \
-      --sampler "$1" --steps "$2" --num_samples 4 --batch_size 8 --device "$device" --no_progress \
+      --sampler "$1" --steps "$2" --num_samples 4 --batch_size 8 --max_inputs 8 --device "$device" --no_progress \
       --save_dir "$out/sample_$1"
     inputs+=("sampling, inpaint, $1 $2 steps=$out/sample_$1/metrics.json#run")
   done
@@ -52,8 +53,8 @@ else
 fi
 
 echo "[benchmark] relaxation"
-"$py" -m sfm.relax.bench --model "${S2EF_MODEL:-small}" --n 32 128 --device "$device" --data "$demo/is2re/val_id" \
-  --steps 50 --json "$out/relax.json"
+"$py" -m sfm.relax.bench --model "${S2EF_MODEL:-tiny}" --n 32 128 --device "$device" --data "$demo/is2re/val_id" \
+  --steps 5 --fmax 0 --json "$out/relax.json"
 inputs+=("relaxation (structures/s, batched relax_batch vs ASE FIRE loop)=$out/relax.json")
 
 "$py" -m sfm.tasks.benchmark_report --out "$out" "${inputs[@]}"

@@ -16,9 +16,11 @@ Samplers: `pc` (reference predictor-corrector, default 1000 steps, 2 network cal
 step), `ode` (few-step Heun probability-flow ODE, default 25 steps = 49 calls), and the
 baselines `baseline_initial` (the input's pos and cell) and `baseline_random` (uniform
 fractional coordinates; csp lattices from `--lattice_data` or the checkpoint's prior),
-written the same way so the same metrics score them. `--t_start` < 1 refines each input's
-pos instead (SDEdit: from the input noised to that level; in inpaint the adsorbate starts
-at its initial placement, so the site is kept).
+written the same way so the same metrics score them. `--churn` makes `ode` stochastic (EDM's
+stochastic Heun: re-noise before each step, same calls). `--t_start` < 1 refines each
+input's pos instead (SDEdit: from the input noised to that level; in inpaint the adsorbate
+starts at its initial placement, so the site is kept); with `--no_renoise` the input itself
+is the noisy state at `--t_start` (the best inpaint setting on the demo world: README).
 
 Each rank samples its share and streams it to save_dir/samples/rank_*.lmdb and .extxyz;
 rerunning the same command resumes (finished samples are kept, not redone). Samples depend

@@ -5,9 +5,9 @@
 #   bash scripts/quickstart.sh           # under 60 minutes on 2 idle cores, runs/quickstart
 #   bash scripts/quickstart.sh --fast    # a first look in under 10 minutes, runs/quickstart_fast
 # Re-running reuses what is done (each stage skips when its output exists; sampling resumes).
-# Cost (tiny models; trainer's structures per CPU-s): --fast about 7 CPU-minutes (measured: 12 min wall
-# on 2 cores shared with a load average of 6-8); the full one about 75 CPU-minutes (data 15-20, diffusion
-# 20, S2EF 19, sampling + scoring about 15), i.e. about 40 minutes on 2 idle cores.
+# Measured from a fresh clone on 2 idle CPU cores (pip cache warm): the full one 33 min (setup 0.7,
+# data 5.8, diffusion 11.1, S2EF 7.5, S2EF eval 0.3, sampling 2.1, scoring 5.5, report 0.2);
+# --fast about 7 CPU-minutes (12 min wall on 2 cores shared with a load average of 6-8).
 # Environment: RUN_DIR, DEMO_DIR, NPROC (2), DIFF_STEPS, S2EF_STEPS, MAX_INPUTS, NUM_SAMPLES,
 #   ODE_STEPS, DENOISE_STEPS, CSP_INPUTS, RELAX_STEPS (defaults depend on --fast; see below).
 # Inpaint runs two ways: from noise (inpaint_ode) and from the initial placement taken as a noisy

@@ -5,6 +5,7 @@
 #   sampler network calls/s and samples/s (ode and pc), batched vs looped relaxation.
 #
 #   bash scripts/benchmark.sh [OUT_DIR]        (default runs/benchmark)
+#   README=README.md bash scripts/benchmark.sh (also rewrites the README's performance tables)
 #
 # Environment: DEMO_DIR (data/demo_small; built if missing), DIFF_CKPT (diffusion checkpoint for
 # the sampler benchmark; default runs/quickstart/diff/model.pt, skipped if absent),
@@ -28,16 +29,20 @@ inputs=()
 
 echo "[benchmark] loader"
 "$py" -m sfm.data.bench_loader --data "$demo/is2re/train" --workers 0 1 2 --repeat 3 --json "$out/loader.json"
-inputs+=("loader (structures/s: read + cart->frac + 12 A graph)=$out/loader.json")
+inputs+=("loader, demo --small is2re/train (structures/s: read + cart->frac + 12 A graph)=$out/loader.json@workers,structures_per_s,edges_per_structure")
 
 echo "[benchmark] backbone"
 "$py" -m sfm.models.bench --device "$device" --models ${MODELS:-tiny small eqv2_31m} --repeats 1 --json "$out/backbone.json"
-inputs+=("backbone (4 slabs x 80 atoms, 12 A / 20 neighbours)=$out/backbone.json")
+"$py" -m sfm.models.bench --device "$device" --models "${CKPT_MODEL:-eqv2_31m}" --repeats 1 --checkpoint \
+  --json "$out/backbone_checkpointing.json"
+cols=model,params,checkpoint,forward_s,forward_cpu_s,train_step_s,train_step_cpu_s,peak_mb_forward,peak_mb_train_step
+inputs+=("backbone, S2EF head, 4 slabs x 80 atoms, 12 A / 20 neighbours (s; MB above model and batch)=$out/backbone.json@$cols")
+inputs+=("backbone with activation checkpointing=$out/backbone_checkpointing.json@$cols")
 
 echo "[benchmark] training"
 "$py" -m sfm.pipeline.bench --data "$demo" --task diff --models tiny small --setups Single:1:1 Zero1:2:1 \
   --steps 12 --json "$out/training.json"
-inputs+=("training throughput (diffusion, demo data)=$out/training.json")
+inputs+=("training throughput, diffusion, demo --small, 4 structures per process and step=$out/training.json@model,strategy,processes,structures_per_s,structures_per_cpu_s,peak_mem_gb_rank0")
 
 if [ -f "$diff_ckpt" ]; then
   for sampler in "ode 25" "pc 100"; do
@@ -46,7 +51,7 @@ if [ -f "$diff_ckpt" ]; then
     "$py" -m sfm.tasks.gen --checkpoint "$diff_ckpt" --data_path "$demo/is2re/val_id" --mode inpaint \
       --sampler "$1" --steps "$2" --num_samples 4 --batch_size 8 --max_inputs 8 --device "$device" --no_progress \
       --save_dir "$out/sample_$1"
-    inputs+=("sampling, inpaint, $1 $2 steps=$out/sample_$1/metrics.json#run")
+    inputs+=("sampling, inpaint, $1 $2 steps, one process=$out/sample_$1/metrics.json#run@sampler,steps,samples_written_this_run,network_calls_per_sample,sampling_wall_s,samples_per_s")
   done
 else
   echo "[benchmark] sampling skipped: no diffusion checkpoint at $diff_ckpt (run scripts/quickstart.sh or set DIFF_CKPT)"
@@ -55,6 +60,6 @@ fi
 echo "[benchmark] relaxation"
 "$py" -m sfm.relax.bench --model "${S2EF_MODEL:-tiny}" --n 32 128 --device "$device" --data "$demo/is2re/val_id" \
   --steps 5 --fmax 0 --json "$out/relax.json"
-inputs+=("relaxation (structures/s, batched relax_batch vs ASE FIRE loop)=$out/relax.json")
+inputs+=("relaxation, structures/s, batched relax_batch vs ASE FIRE looping over SFMCalculator=$out/relax.json@n,model,atoms_mean,steps_batched,batched_per_s,ase_per_s,ratio,max_dE_per_atom")
 
-"$py" -m sfm.tasks.benchmark_report --out "$out" "${inputs[@]}"
+"$py" -m sfm.tasks.benchmark_report --out "$out" ${README:+--readme "$README"} "${inputs[@]}"

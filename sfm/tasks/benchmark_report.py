@@ -1,10 +1,13 @@
 """Collect the benchmark JSONs of one `scripts/benchmark.sh` run into one JSON and one Markdown page.
 
-    python -m sfm.tasks.benchmark_report --out DIR name=path.json[#key] [...]
+    python -m sfm.tasks.benchmark_report --out DIR [--readme README.md] name=path.json[#key][@col,col] [...]
 
 Each input is what a benchmark command wrote with ``--json``: a list of rows, a dict
-whose ``rows`` / ``results`` entry is that list, or one flat dict (one row). The page gets the machine description
+whose ``rows`` / ``results`` entry is that list, or one flat dict (one row); ``@col,col``
+picks the table's columns (default: every scalar field). The page gets the machine description
 (CPU, cores, load, torch, accelerator) and one table per benchmark, numbers as measured.
+``--readme`` also puts the page, one heading level down, between the lines
+``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->`` of that file.
 """
 
 import argparse
@@ -55,20 +58,34 @@ def _cell(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Rows as a Markdown table over their scalar fields (union of keys, first-seen order)."""
-    keys: list[str] = []
-    for row in rows:
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows as a Markdown table over ``columns``, or their scalar fields (union of keys, first-seen order)."""
+    keys: list[str] = list(columns or [])
+    for row in rows if columns is None else []:
         keys += [k for k, v in row.items() if k not in keys and not isinstance(v, (dict, list))]
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     lines += ["| " + " | ".join(_cell(row.get(k, "")) for k in keys) + " |" for row in rows]
     return "\n".join(lines)
 
 
+MARKERS = ("<!-- benchmark:start -->", "<!-- benchmark:end -->")
+
+
+def put_in_readme(path: Path, lines: list[str]) -> None:
+    """Replace what lies between the benchmark markers of ``path`` by ``lines``."""
+    text = path.read_text()
+    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: no '{MARKERS[0]}' ... '{MARKERS[1]}' block to write the benchmarks into")
+    head = text[: start + len(MARKERS[0])]
+    path.write_text(head + "\n" + "\n".join(lines).strip() + "\n" + text[end:])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for benchmark.json and benchmark.md")
-    parser.add_argument("inputs", nargs="+", help="name=path.json[#key], one per benchmark")
+    parser.add_argument("--readme", help="also write the page into this file, between the benchmark markers")
+    parser.add_argument("inputs", nargs="+", help="name=path.json[#key][@col,col], one per benchmark")
     args = parser.parse_args(argv)
     report = {"machine": machine(), "benchmarks": {}}
     page = ["# sfm benchmarks", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in report["machine"].items()), ""]
@@ -76,11 +93,14 @@ def main(argv=None) -> None:
         name, sep, path = item.partition("=")
         if not sep:
             parser.error(f"input '{item}' is not name=path.json")
+        path, _, columns = path.partition("@")
         path, _, key = path.partition("#")  # path.json#key: that entry of the file
         result = json.loads(Path(path).read_text())
         result = result[key] if key else result
         report["benchmarks"][name] = result
-        page += [f"## {name}", "", markdown_table(rows_of(result)), ""]
+        page += [f"## {name}", "", markdown_table(rows_of(result), columns.split(",") if columns else None), ""]
+    if args.readme:
+        put_in_readme(Path(args.readme), ["#" + line if line.startswith("#") else line for line in page[2:]])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(report, indent=1))

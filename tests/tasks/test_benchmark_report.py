@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from sfm.tasks.benchmark_report import main, markdown_table, rows_of
 
 
@@ -28,3 +30,24 @@ def test_report_writes_json_and_markdown(tmp_path):
     assert report["benchmarks"]["sampling"] == {"samples_per_s": 2.5}
     page = (tmp_path / "out" / "benchmark.md").read_text()
     assert "## loader" in page and "| 0 | 10 |" in page
+
+
+def test_columns_pick_and_readme_block_is_replaced(tmp_path):
+    rows = [{"model": "tiny", "s": 0.5, "device": "cpu"}]
+    assert markdown_table(rows, ["model", "s"]).splitlines()[0] == "| model | s |"
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n<!-- benchmark:start -->\nold table\n<!-- benchmark:end -->\nafter\n")
+    main(["--out", str(tmp_path / "out"), "--readme", str(readme), f"backbone={tmp_path / 'a.json'}@model,s"])
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    assert "### backbone" in text and "| tiny | 0.5 |" in text and "device" not in text.split("start -->")[1]
+
+
+def test_readme_without_markers_is_refused_and_left_as_is(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"a": 1}]))
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no '<!-- benchmark:start -->'"):
+        main(["--out", str(tmp_path / "out"), "--readme", str(readme), f"x={tmp_path / 'a.json'}"])
+    assert readme.read_text() == "no markers\n"

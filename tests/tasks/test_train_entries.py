@@ -100,7 +100,7 @@ def test_local_launcher_on_cpu(demo_world, tmp_path):
     r = subprocess.run(["bash", str(ROOT / "scripts" / "train_oc20_local.sh"), "--total_num_steps", "1"],
                        env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "--strategy Single" in r.stdout and (tmp_path / "run" / "model.pt").is_file()
+    assert "--strategy Single" in r.stderr and (tmp_path / "run" / "model.pt").is_file()
 
 
 def test_s2ef_launcher_zero2_on_two_cpu_processes(demo_world, tmp_path):

@@ -7,7 +7,7 @@
 # Re-running reuses what is done (each stage skips when its output exists; sampling resumes).
 # Measured from a fresh clone on 2 idle CPU cores (pip cache warm): the full one 33 min (setup 0.7,
 # data 5.8, diffusion 11.1, S2EF 7.5, S2EF eval 0.3, sampling 2.1, scoring 5.5, report 0.2);
-# --fast about 7 CPU-minutes (12 min wall on 2 cores shared with a load average of 6-8).
+# --fast: 3.9 min (setup 0.7, data 0.2, diffusion 1.0, S2EF 0.75, sampling 0.5, scoring 0.45, report 0.1).
 # Environment: RUN_DIR, DEMO_DIR, NPROC (2), DIFF_STEPS, S2EF_STEPS, MAX_INPUTS, NUM_SAMPLES,
 #   ODE_STEPS, DENOISE_STEPS, CSP_INPUTS, RELAX_STEPS (defaults depend on --fast; see below).
 # Inpaint runs two ways: from noise (inpaint_ode) and from the initial placement taken as a noisy

@@ -57,7 +57,7 @@ from sfm.data import Dictionary, LmdbDataset, collate
 from sfm.data.lattice import frac_to_cart
 from sfm.models.diffusion.lattice_noise import canonical
 from sfm.models.diffusion.masks import MODES
-from sfm.models.diffusion.samplers import DEFAULT_STEPS, sample
+from sfm.models.diffusion.samplers import DEFAULT_STEPS, check_options, sample
 from sfm.pipeline.distributed import all_reduce_sum, barrier, setup_distributed, teardown_distributed
 from sfm.pipeline.sample_inputs import CompositionInputs, LmdbInputs, parse_compositions
 from sfm.pipeline.sample_store import SampleStore, done_keys
@@ -134,19 +134,12 @@ def check_config(cfg: GenConfig) -> None:
     for name in ("num_samples", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.sampler in MODEL_SAMPLERS and cfg.steps < 1:
-        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    check_options(cfg.sampler, cfg.steps if cfg.sampler in MODEL_SAMPLERS else None, cfg.t_start, cfg.renoise, cfg.churn)
     if cfg.max_inputs is not None and cfg.max_inputs < 1:
         raise ValueError(f"max_inputs must be >= 1, got {cfg.max_inputs}")
-    if not 0.0 < cfg.t_start <= 1.0:
-        raise ValueError(f"t_start must be in (0, 1], got {cfg.t_start}")
     if cfg.t_start < 1.0 and (cfg.sampler not in MODEL_SAMPLERS or cfg.compositions is not None):
         raise ValueError("t_start < 1 refines each input's pos and cell with a model sampler (pc, ode): "
                          "it needs data_path and sampler pc or ode")  # fmt: skip
-    if cfg.churn < 0 or (cfg.churn > 0 and cfg.sampler != "ode"):
-        raise ValueError(f"churn must be >= 0 and is a setting of the ode sampler, got {cfg.churn} for {cfg.sampler!r}")
-    if not cfg.renoise and cfg.t_start >= 1.0:
-        raise ValueError("renoise=False (--no_renoise) refines the input as it is: it needs t_start < 1")
     if cfg.given_positions not in ("pos", "pos_relaxed"):
         raise ValueError(f"given_positions must be 'pos' or 'pos_relaxed', got {cfg.given_positions!r}")
     if needs_model(cfg) and cfg.checkpoint is None:

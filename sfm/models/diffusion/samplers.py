@@ -127,12 +127,7 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
-    if churn < 0 or (churn > 0 and sampler != "ode"):
-        raise ValueError(f"churn must be >= 0 and is a setting of the ode sampler, got {churn} for {sampler!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not 0.0 < t_start <= 1.0:
-        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    check_options(sampler, steps, t_start, renoise, churn)
     if t_start < 1.0 and (getattr(batch, "pos", None) is None or getattr(batch, "cell", None) is None):
         raise ValueError("t_start < 1 refines the input structure: the batch needs `pos` and `cell`")
     masks = mode_masks(batch, mode, model.given_tags, atom_given)
@@ -142,6 +137,18 @@ def sample(
         return _sample(model, batch, masks, sampler, steps, generator, corrector, callback, t_start, renoise, churn)
     finally:
         model.train(was_training)
+
+
+def check_options(sampler: str, steps: int | None, t_start: float, renoise: bool, churn: float) -> None:
+    """ValueError naming the first bad setting of :func:`sample` (``steps`` None: not checked)."""
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    if not renoise and t_start >= 1.0:
+        raise ValueError("renoise=False (--no_renoise) refines the input as it is: it needs t_start < 1")
+    if churn < 0 or (churn > 0 and sampler != "ode"):
+        raise ValueError(f"churn must be >= 0 and is a setting of the ode sampler, got {churn} for {sampler!r}")
 
 
 def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, callback, t_start, renoise, churn):

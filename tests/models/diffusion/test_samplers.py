@@ -107,6 +107,8 @@ def test_progress_callback_and_argument_checks():
         sample(model, batch, "csp", "euler")
     with pytest.raises(ValueError, match="churn must be >= 0"):
         sample(model, batch, "csp", "pc", steps=3, churn=0.5)
+    with pytest.raises(ValueError, match="it needs t_start < 1"):
+        sample(model, batch, "csp", "ode", steps=3, renoise=False)
     with pytest.raises(ValueError, match="mode must be"):
         sample(model, batch, "bogus")
     nocell = Batch.from_data_list([Data(atomic_numbers=torch.tensor([1, 2]), num_nodes=2)])

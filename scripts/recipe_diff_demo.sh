@@ -10,6 +10,9 @@
 #          steps of BATCH_SIZE structures per process, on DEMO_DIR/is2re/train (validation on val_id).
 #          Default budget: tiny, 2 x 8 structures, 1800 steps: about 0.8 CPU-s per step and process,
 #          i.e. under 30 minutes on 2 idle cores (timings.txt records wall and CPU time).
+#   tune   (optional) DENOISE_T on test_id: 0.45 / 0.55 / 0.65 next to the initial placement, RUN_DIR/tune.md
+#   samplers (optional) few-step vs reference, inpaint from noise on all of val_id, 1 sample, seed 1:
+#          ode 25 steps (churn 0, 0.5, 1), pc 25 and pc 100 steps, RUN_DIR/samplers.md
 #   eval   sfm/tasks/gen.py on RUN_DIR/train/model.pt, first MAX_INPUTS systems of each split:
 #          inpaint (slab = tags 0,1 given at its initial pos, adsorbate generated) on val_id,
 #          val_ood_ads, val_ood_cat; csp (lattice and all atoms generated) on val_id. Samplers:
@@ -81,30 +84,49 @@ if has train; then
     --mode_probs "${MODE_PROBS:-csp=0.25,lattice_given=0.25,inpaint=0.5}"
 fi
 
+ckpt=$RUN_DIR/train/model.pt
+gen() {  # gen DIR/NAME flags...: one sampling run into RUN_DIR/DIR/NAME (resumes; later flags win)
+  local name=$1; shift
+  timed "gen_${name//\//_}" env NPROC="$NPROC" bash "$root/scripts/gen_oc20.sh" --save_dir "$RUN_DIR/$name" \
+    --max_inputs "$MAX_INPUTS" --num_samples "$NUM_SAMPLES" --batch_size "$GEN_BATCH" --seed 0 --no_progress "$@"
+}
+
+if has tune; then  # DENOISE_T on test_id (not a reported split)
+  for t in 0.45 0.55 0.65; do
+    gen "tune/denoise_t$t" --checkpoint "$ckpt" --data_path "$DEMO_DIR/is2re/test_id" --mode inpaint --sampler ode \
+      --steps "$REFINE_STEPS" --t_start "$t" --no_renoise --num_samples 1
+  done
+  gen tune/initial --data_path "$DEMO_DIR/is2re/test_id" --mode inpaint --sampler baseline_initial --num_samples 1
+  "$py" -m sfm.tasks.gen_table "$RUN_DIR"/tune/*/metrics.json --out "$RUN_DIR/tune.md"
+fi
+
+if has samplers; then  # few-step vs reference, inpaint from noise: every val_id system, 1 sample, seed 1
+  for spec in "ode 25 0" "ode 25 0.5" "ode 25 1.0" "pc 25 0" "pc 100 0"; do
+    set -- $spec
+    gen "samplers/$1$2_churn$3" --checkpoint "$ckpt" --data_path "$DEMO_DIR/is2re/val_id" --mode inpaint --sampler "$1" \
+      --steps "$2" --churn "$3" --max_inputs 100 --num_samples 1 --seed 1
+  done
+  "$py" -m sfm.tasks.gen_table "$RUN_DIR"/samplers/*/metrics.json --out "$RUN_DIR/samplers.md"
+fi
+
 if has eval; then
-  ckpt=$RUN_DIR/train/model.pt
-  gen() {  # gen NAME flags...: one sampling run into RUN_DIR/eval/NAME (resumes if interrupted)
-    local name=$1; shift
-    timed "gen_$name" env NPROC="$NPROC" bash "$root/scripts/gen_oc20.sh" --save_dir "$RUN_DIR/eval/$name" \
-      --max_inputs "$MAX_INPUTS" --num_samples "$NUM_SAMPLES" --batch_size "$GEN_BATCH" --seed 0 --no_progress "$@"
-  }
   for split in $SPLITS; do
     data=$DEMO_DIR/is2re/$split
-    gen "inpaint_${split}_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler ode --steps "$ODE_STEPS"
+    gen "eval/inpaint_${split}_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler ode --steps "$ODE_STEPS"
     if [[ " $PC_SPLITS " == *" $split "* ]]; then
-      gen "inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc \
+      gen "eval/inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc \
         --steps "$PC_STEPS" --num_samples "$PC_SAMPLES"
     fi
-    gen "inpaint_${split}_denoise_ode${REFINE_STEPS}_t$DENOISE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
+    gen "eval/inpaint_${split}_denoise_ode${REFINE_STEPS}_t$DENOISE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
       --sampler ode --steps "$REFINE_STEPS" --t_start "$DENOISE_T" --no_renoise --num_samples 1
-    gen "inpaint_${split}_refine_ode${REFINE_STEPS}_t$REFINE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
+    gen "eval/inpaint_${split}_refine_ode${REFINE_STEPS}_t$REFINE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
       --sampler ode --steps "$REFINE_STEPS" --t_start "$REFINE_T"
-    gen "inpaint_${split}_initial" --data_path "$data" --mode inpaint --sampler baseline_initial --num_samples 1
-    gen "inpaint_${split}_random" --data_path "$data" --mode inpaint --sampler baseline_random
+    gen "eval/inpaint_${split}_initial" --data_path "$data" --mode inpaint --sampler baseline_initial --num_samples 1
+    gen "eval/inpaint_${split}_random" --data_path "$data" --mode inpaint --sampler baseline_random
   done
   csp=(--data_path "$DEMO_DIR/is2re/val_id" --mode csp --max_inputs "$CSP_INPUTS" --num_samples "$CSP_SAMPLES")
-  gen "csp_val_id_ode$ODE_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler ode --steps "$ODE_STEPS"
-  gen "csp_val_id_pc$PC_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler pc --steps "$PC_STEPS" --num_samples "$PC_SAMPLES"
-  gen "csp_val_id_random" "${csp[@]}" --sampler baseline_random --lattice_data "$DEMO_DIR/is2re/train"
+  gen "eval/csp_val_id_ode$ODE_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler ode --steps "$ODE_STEPS"
+  gen "eval/csp_val_id_pc$PC_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler pc --steps "$PC_STEPS" --num_samples "$PC_SAMPLES"
+  gen "eval/csp_val_id_random" "${csp[@]}" --sampler baseline_random --lattice_data "$DEMO_DIR/is2re/train"
   "$py" -m sfm.tasks.gen_table "$RUN_DIR"/eval/*/metrics.json --out "$RUN_DIR/quality_bar.md"
 fi

@@ -33,6 +33,7 @@
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
 #   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)  EMA_DECAY (0.995)
 #   MODE_PROBS (csp=0.25,lattice_given=0.25,inpaint=0.5: the training mix of conditioning modes)
+#   PLACEMENT_PROB (0.5: inpaint structures trained from their initial placement at DENOISE_T)
 #   MAX_INPUTS (50)  NUM_SAMPLES (5)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  PC_SPLITS (val_id)
 #   CSP_INPUTS (25)  CSP_SAMPLES (10)  DENOISE_T (0.55)  REFINE_T (0.5)  REFINE_STEPS (10)  GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
@@ -56,6 +57,7 @@ PC_SPLITS=${PC_SPLITS:-val_id}
 CSP_INPUTS=${CSP_INPUTS:-25}
 CSP_SAMPLES=${CSP_SAMPLES:-10}
 DENOISE_T=${DENOISE_T:-0.55}
+PLACEMENT_PROB=${PLACEMENT_PROB:-0.5}
 REFINE_T=${REFINE_T:-0.5}
 REFINE_STEPS=${REFINE_STEPS:-10}
 GEN_BATCH=${GEN_BATCH:-25}
@@ -81,7 +83,8 @@ if has train; then
     MODEL_TYPE="$MODEL_TYPE" STRATEGY=DDP BATCH_SIZE="${BATCH_SIZE:-8}" VAL_BATCH_SIZE=16 LR="${LR:-1e-3}" \
     WARMUP="${WARMUP:-100}" WORKERS=0 LOG_INTERVAL=50 SAVE_INTERVAL=500 SEED="${SEED:-1}" BF16=0 \
     bash "$root/scripts/train_oc20.sh" --total_num_steps "$STEPS" --ema_decay "${EMA_DECAY:-0.995}" \
-    --mode_probs "${MODE_PROBS:-csp=0.25,lattice_given=0.25,inpaint=0.5}"
+    --mode_probs "${MODE_PROBS:-csp=0.25,lattice_given=0.25,inpaint=0.5}" --placement_prob "$PLACEMENT_PROB" \
+    --placement_t "$DENOISE_T"
 fi
 
 ckpt=$RUN_DIR/train/model.pt

@@ -8,7 +8,9 @@
 `--target pos_relaxed` (default) generates relaxed structures, `--target pos` initial ones.
 `--mode_probs` is the training mix of conditioning modes (csp: types given; lattice_given;
 inpaint: lattice and the atoms with tags in `--given_tags` given, the rest generated); one
-checkpoint serves all three. The lattice prior and reference axis lengths are fitted on at
+checkpoint serves all three. `--placement_prob` trains that fraction of the inpaint
+structures from their initial placement as the noisy state at `--placement_t` (see
+sfm/models/diffusion/model.py), for `gen.py --t_start PLACEMENT_T --no_renoise`. The lattice prior and reference axis lengths are fitted on at
 most `--normalizer_structures` training cells at the start of a fresh run; they live in the
 model's buffers, so checkpoints carry them and a resumed run keeps them.
 """
@@ -28,6 +30,10 @@ def main(argv=None) -> dict:
     g.add_argument("--mode_probs", default="csp=0.25,lattice_given=0.25,inpaint=0.5",
                    help="training mix of conditioning modes (csp, lattice_given, inpaint)")
     g.add_argument("--given_tags", default="0,1", help="tags of the atoms given in inpaint mode (0,1: the slab)")
+    g.add_argument("--placement_prob", type=float, default=0.0,
+                   help="fraction of inpaint structures trained from their initial placement `pos` as the noisy "
+                        "state at --placement_t (sample them with gen.py --t_start PLACEMENT_T --no_renoise)")
+    g.add_argument("--placement_t", type=float, default=0.55, help="the time a placement is taken to be at")
     g.add_argument("--normalizer_structures", type=int_at_least(0), default=10000,
                    help="training structures the lattice prior is fitted on (0: all)")
     args = parse_args(parser, argv)
@@ -44,8 +50,9 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)  # same initial weights on every rank
     try:
         model = build_model(args.model_type, head="diffusion", target=args.target, mode_probs=args.mode_probs,
-                            given_tags=given_tags, checkpoint=args.activation_checkpointing)  # fmt: skip
-    except ValueError as err:  # a bad --mode_probs / --target reaches the user as a flag error
+                            given_tags=given_tags, placement_prob=args.placement_prob, placement_t=args.placement_t,
+                            checkpoint=args.activation_checkpointing)  # fmt: skip
+    except ValueError as err:  # a bad --mode_probs / --target / --placement_* reaches the user as a flag error
         parser.error(str(err))
     meta = {"task": "diffusion", "dictionary": dictionary.tokens, "args": vars(args)}
     if resolve_resume(cfg) is None:

@@ -68,6 +68,9 @@ def test_gen_metrics_cli(lmdbs, capsys):
     assert m["adwt@1"] == pytest.approx(2 / 3) and m["adwt@2"] == pytest.approx(2 / 3)
     # median over systems of those distances: (0, > 0.5, 0) -> 0; at 2 the best of each system
     assert m["distance@1"] == pytest.approx(0.0, abs=1e-6) and "median distance @1" in table
+    # every sample as its own draw: the exact ones (system 0 #0, system 2 #0 and #1) of 6
+    assert m["per_sample"] == {"match_rate": pytest.approx(3 / 6), "adwt": pytest.approx(3 / 6)}
+    assert "every sample: match rate / ADwT  0.500 / 0.500" in table
     # uniqueness (stol 0.1): system 0 has 2 distinct, system 1 one valid, system 2 two equal
     assert m["uniqueness"] == pytest.approx((1.0 + 1.0 + 0.5) / 3)
     assert m["lattice"]["a"]["wasserstein"] == pytest.approx(0.0, abs=1e-5)

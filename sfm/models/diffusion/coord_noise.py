@@ -72,5 +72,9 @@ class FracProcess(nn.Module):
         ``target`` is the exact wrapped score of ``x_t`` divided by ``score_norm(sigma)``.
         """
         xt = wrapped_normal.sample(x0, sigma, generator)
-        target = wrapped_normal.score(xt, x0, sigma) / wrapped_normal.score_norm(sigma)
-        return xt, target
+        return xt, self.score_target(xt, x0, sigma)
+
+    @staticmethod
+    def score_target(xt: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The training target at state ``xt`` ``[N, 3]``: wrapped score toward ``x0`` over ``score_norm(sigma)``."""
+        return wrapped_normal.score(xt, x0, sigma) / wrapped_normal.score_norm(sigma)

@@ -50,6 +50,16 @@ Training (:meth:`DiffusionModel.loss`): a mode per structure (``masks.py``), a t
 - lattice: DDPM noise on the latent of generated lattices (``csp``); given lattices are
   clean; loss = mean squared error of ``eps`` over the 6 independent entries of the
   generated lattices (part ``lattice``).
+
+Placement training (``placement_prob > 0``): in that fraction of the ``inpaint``
+structures the noisy state of the generated atoms is not Gaussian noise but their
+initial placement ``pos`` (the heuristic a relaxation starts from), at the fixed time
+``placement_t``; the target is the same exact wrapped score toward ``pos_relaxed`` at
+``sigma(placement_t)``. A real placement is then a state the network was trained on:
+sampling with ``t_start=placement_t, renoise=False`` (``gen.py --no_renoise``) denoises
+it toward the relaxed structure, and one Euler step from there is the network's estimate
+of ``E[relaxed | placement]``. The Gaussian states stay the rest of the mix, so the same
+checkpoint still generates from noise.
 """
 
 from __future__ import annotations
@@ -99,7 +109,7 @@ class DiffusionModel(nn.Module):
 
     ``DiffusionModel(backbone_cfg, target="pos_relaxed", mode_probs=None, given_tags=(0, 1),
     sigma_min=0.01, coord_weight=1.0, lattice_weight=1.0, time_dim=64, lattice_channels=8,
-    tag_dropout=0.1, pbc=(True, True, True))``; build it with ``build_model(model_type, head="diffusion",
+    tag_dropout=0.1, pbc=(True, True, True), placement_prob=0.0, placement_t=0.55)``; build it with ``build_model(model_type, head="diffusion",
     **overrides)``. ``cond_dim`` of the backbone config is the conditioning width (0: use
     ``sphere_channels``). Call :meth:`fit_normalizer` on training data before training.
     """
@@ -117,10 +127,17 @@ class DiffusionModel(nn.Module):
         lattice_channels: int = 8,
         tag_dropout: float = 0.1,
         pbc=(True, True, True),
+        placement_prob: float = 0.0,
+        placement_t: float = 0.55,
     ):
         super().__init__()
         if target not in ("pos_relaxed", "pos"):
             raise ValueError(f"target must be 'pos_relaxed' or 'pos', got {target!r}")
+        if not 0.0 <= placement_prob <= 1.0 or not 0.0 < placement_t < 1.0:
+            raise ValueError(f"placement_prob must be in [0, 1] and placement_t in (0, 1), got {placement_prob}, {placement_t}")
+        if placement_prob > 0 and target != "pos_relaxed":
+            raise ValueError("placement training denoises `pos` toward `pos_relaxed`: it needs target='pos_relaxed'")
+        self.placement_prob, self.placement_t = float(placement_prob), float(placement_t)
         self.target = target
         self.mode_probs = parse_mode_probs(mode_probs)
         self.given_tags = tuple(int(t) for t in given_tags)
@@ -220,8 +237,14 @@ class DiffusionModel(nn.Module):
         x0 = torch.where(given, x_init, x_target)
 
         t = torch.rand(batch.num_graphs, dtype=pos.dtype, device=pos.device)
+        placed = self.placement_structures(masks, index)
+        t = torch.where(placed, torch.full_like(t, self.placement_t), t)
         sigma = self.frac_process.sigma(t, self.frac_process.axis_lengths(cell, masks.lattice_given))
         xt, coord_target = self.frac_process.add_noise(x0, sigma[index])
+        if placed.any():  # the initial placement as the noisy state (module doc)
+            at_init = placed[index][:, None]
+            xt = torch.where(at_init, x_init, xt)
+            coord_target = torch.where(at_init, self.frac_process.score_target(x_init, x0, sigma[index]), coord_target)
         xt = torch.where(given, x0, xt)
         zt, eps = self.lattice_process.add_noise(self.lattice_process.encode(cell), t)
         lattice_in = torch.where(masks.lattice_given[:, None, None], cell, self.lattice_process.decode(zt))
@@ -234,6 +257,15 @@ class DiffusionModel(nn.Module):
         lattice_loss = (lat_err * gen).sum() / gen.sum().clamp(min=1)
         loss = self.coord_weight * coord_loss + self.lattice_weight * lattice_loss
         return loss, {"coord": coord_loss.detach(), "lattice": lattice_loss.detach(), "loss": loss.detach()}
+
+    def placement_structures(self, masks: Masks, index) -> torch.Tensor:
+        """``[B]`` bool: the inpaint structures trained from their initial placement (``placement_prob``)."""
+        num_graphs = masks.lattice_given.shape[0]
+        inpaint = torch.zeros(num_graphs, dtype=torch.bool, device=index.device)
+        if self.placement_prob == 0:
+            return inpaint
+        inpaint.index_fill_(0, index[masks.atom_given], True)
+        return inpaint & (torch.rand(num_graphs, device=index.device) < self.placement_prob)
 
     @torch.no_grad()
     def fit_normalizer(self, dataset_or_batches) -> dict:

@@ -107,6 +107,47 @@ def test_loss_parts_backward_and_targets(batch):
     build_model("tiny", head="diffusion", target="pos").loss(batch)
 
 
+def test_placement_training_starts_from_the_initial_placement(batch):
+    """placement_prob=1: generated atoms enter at their initial pos, at placement_t, with the
+    exact score toward pos_relaxed as target; placement_prob=0: Gaussian states."""
+    from sfm.data.lattice import cart_to_frac
+    from sfm.models.diffusion import wrapped_normal
+
+    batch.tags = torch.cat([torch.tensor([0, 1, 1, 2, 2, 0, 1, 2, 1, 1]), torch.tensor([0, 1, 2, 2, 1, 0, 1])])
+    cell = batch.cell.reshape(-1, 3, 3)
+    x_init = wrap_frac(cart_to_frac(batch.pos, cell[batch.batch]))
+    x_relaxed = wrap_frac(cart_to_frac(batch.pos_relaxed, cell[batch.batch]))
+    free = batch.tags == 2
+    for prob in (1.0, 0.0):
+        torch.manual_seed(0)
+        m = build_model("tiny", head="diffusion", mode_probs="inpaint=1", tag_dropout=0.0, placement_prob=prob,
+                        placement_t=0.4, num_layers=1)  # fmt: skip
+        m.fit_normalizer([batch])
+        seen = {}
+        forward = m.forward
+
+        def spy(numbers, frac, lattice, index, t, sigma, masks):
+            out = forward(numbers, frac, lattice, index, t, sigma, masks)
+            seen.update(frac=frac, t=t, sigma=sigma, coord=out["coord"].detach(), given=masks.atom_given)
+            return out
+
+        m.forward = spy
+        loss, parts = m.loss(batch)
+        assert torch.equal(seen["given"], ~free)
+        if prob == 1.0:
+            assert torch.allclose(seen["t"], torch.full_like(seen["t"], 0.4))
+            assert torch.allclose(seen["frac"], x_init, atol=1e-6)
+            sigma = seen["sigma"][batch.batch][free]
+            target = wrapped_normal.score(x_init[free], x_relaxed[free], sigma) / wrapped_normal.score_norm(sigma)
+            assert torch.allclose(parts["coord"], ((seen["coord"][free] - target) ** 2).mean(), rtol=1e-4)
+        else:
+            assert (seen["frac"][free] - x_init[free]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="target='pos_relaxed'"):
+        build_model("tiny", head="diffusion", target="pos", placement_prob=0.5)
+    with pytest.raises(ValueError, match="placement_prob"):
+        build_model("tiny", head="diffusion", placement_prob=1.5)
+
+
 def test_build_kwargs_rebuild_and_normalisers_in_state_dict(batch):
     m = build_model("tiny", head="diffusion", mode_probs="csp=0.5,inpaint=0.5", sigma_min=0.02, num_layers=1)
     fitted = m.fit_normalizer([batch])

@@ -11,15 +11,19 @@
 #          Default budget: tiny, 2 x 8 structures, 1800 steps: about 0.8 CPU-s per step and process,
 #          i.e. under 30 minutes on 2 idle cores (timings.txt records wall and CPU time).
 #   tune   (optional) DENOISE_T on test_id: 0.45 / 0.55 / 0.65 next to the initial placement, RUN_DIR/tune.md
-#   samplers (optional) few-step vs reference, inpaint from noise on all of val_id, 1 sample, seed 1:
-#          ode 25 steps (churn 0, 0.5, 1), pc 25 and pc 100 steps, RUN_DIR/samplers.md
+#   samplers (optional) few-step vs reference, inpaint on the first SAMPLER_INPUTS val_id systems,
+#          SAMPLER_SAMPLES samples each, seed 1, RUN_DIR/samplers.md. From noise: pc PC_STEPS steps
+#          (the reference), pc 25 steps, ancestral 50 steps (pc without corrector), ode 25 steps.
+#          From the placement (--t_start DENOISE_T --no_renoise): pc at the reference's step size
+#          (PC_STEPS * DENOISE_T steps), ode REFINE_STEPS steps, ode 1 step (one network call).
 #   eval   sfm/tasks/gen.py on RUN_DIR/train/model.pt, first MAX_INPUTS systems of each split:
 #          inpaint (slab = tags 0,1 given at its initial pos, adsorbate generated) on val_id,
 #          val_ood_ads, val_ood_cat; csp (lattice and all atoms generated) on val_id. Samplers:
 #          ode (ODE_STEPS Heun steps = 2*ODE_STEPS-1 network calls), pc (PC_STEPS predictor-corrector
 #          steps = 2*PC_STEPS calls; the reference, shortened from 1000 for CPU time),
 #          baseline_initial (pos: the placement the relaxation started from), baseline_random
-#          (uniform fractional coordinates; csp lattices drawn from the training cells).
+#          (uniform fractional coordinates; csp lattices drawn from the training cells); the
+#          denoise / initial / random runs (the inpaint bar, cheap) take the first BAR_INPUTS systems.
 #          Inpaint also starts from the initial placement (the fair comparison with it: it knows
 #          the site), two ways: "denoise" takes the placement itself as the noisy state at
 #          DENOISE_T (--no_renoise; deterministic, 1 sample) and runs REFINE_STEPS ode steps;
@@ -34,8 +38,8 @@
 #   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)  EMA_DECAY (0.995)
 #   MODE_PROBS (csp=0.25,lattice_given=0.25,inpaint=0.5: the training mix of conditioning modes)
 #   PLACEMENT_PROB (0.5: inpaint structures trained from their initial placement at DENOISE_T)
-#   MAX_INPUTS (50)  NUM_SAMPLES (5)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  PC_SPLITS (val_id)
-#   CSP_INPUTS (25)  CSP_SAMPLES (10)  DENOISE_T (0.55)  REFINE_T (0.5)  REFINE_STEPS (10)  GEN_BATCH (25)
+#   MAX_INPUTS (50)  BAR_INPUTS (100)  NUM_SAMPLES (5)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  PC_SPLITS (val_id)
+#   SAMPLER_INPUTS (100)  SAMPLER_SAMPLES (4)  CSP_INPUTS (25)  CSP_SAMPLES (10)  DENOISE_T (0.55)  REFINE_T (0.5)  REFINE_STEPS (10)  GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,6 +53,9 @@ MODEL_TYPE=${MODEL_TYPE:-tiny}
 NPROC=${NPROC:-2}
 STEPS=${STEPS:-1800}
 MAX_INPUTS=${MAX_INPUTS:-50}
+BAR_INPUTS=${BAR_INPUTS:-100}
+SAMPLER_INPUTS=${SAMPLER_INPUTS:-100}
+SAMPLER_SAMPLES=${SAMPLER_SAMPLES:-4}
 NUM_SAMPLES=${NUM_SAMPLES:-5}
 ODE_STEPS=${ODE_STEPS:-25}
 PC_STEPS=${PC_STEPS:-100}
@@ -103,11 +110,17 @@ if has tune; then  # DENOISE_T on test_id (not a reported split)
   "$py" -m sfm.tasks.gen_table "$RUN_DIR"/tune/*/metrics.json --out "$RUN_DIR/tune.md"
 fi
 
-if has samplers; then  # few-step vs reference, inpaint from noise: every val_id system, 1 sample, seed 1
-  for spec in "ode 25 0" "ode 25 0.5" "ode 25 1.0" "pc 25 0" "pc 100 0"; do
-    set -- $spec
-    gen "samplers/$1$2_churn$3" --checkpoint "$ckpt" --data_path "$DEMO_DIR/is2re/val_id" --mode inpaint --sampler "$1" \
-      --steps "$2" --churn "$3" --max_inputs 100 --num_samples 1 --seed 1
+if has samplers; then  # few-step vs reference on val_id: SAMPLER_INPUTS systems x SAMPLER_SAMPLES, seed 1
+  from_pos="--t_start $DENOISE_T --no_renoise"
+  pos_ref=$(printf '%.0f' "$(echo "$PC_STEPS * $DENOISE_T" | bc)")  # the reference's step size, from DENOISE_T down
+  specs=("noise_pc${PC_STEPS}|--sampler pc --steps $PC_STEPS" "noise_pc25|--sampler pc --steps 25"
+         "noise_ancestral50|--sampler pc --steps 50 --corrector 0" "noise_ode25|--sampler ode --steps 25"
+         "pos_pc$pos_ref|--sampler pc --steps $pos_ref $from_pos"
+         "pos_ode$REFINE_STEPS|--sampler ode --steps $REFINE_STEPS $from_pos --num_samples 1"
+         "pos_ode1|--sampler ode --steps 1 $from_pos --num_samples 1")  # ode from pos: deterministic
+  for spec in "${specs[@]}"; do
+    gen "samplers/${spec%%|*}" --checkpoint "$ckpt" --data_path "$DEMO_DIR/is2re/val_id" --mode inpaint \
+      --max_inputs "$SAMPLER_INPUTS" --num_samples "$SAMPLER_SAMPLES" --seed 1 ${spec#*|}
   done
   "$py" -m sfm.tasks.gen_table "$RUN_DIR"/samplers/*/metrics.json --out "$RUN_DIR/samplers.md"
 fi
@@ -120,12 +133,14 @@ if has eval; then
       gen "eval/inpaint_${split}_pc$PC_STEPS" --checkpoint "$ckpt" --data_path "$data" --mode inpaint --sampler pc \
         --steps "$PC_STEPS" --num_samples "$PC_SAMPLES"
     fi
-    gen "eval/inpaint_${split}_denoise_ode${REFINE_STEPS}_t$DENOISE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
-      --sampler ode --steps "$REFINE_STEPS" --t_start "$DENOISE_T" --no_renoise --num_samples 1
     gen "eval/inpaint_${split}_refine_ode${REFINE_STEPS}_t$REFINE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
       --sampler ode --steps "$REFINE_STEPS" --t_start "$REFINE_T"
-    gen "eval/inpaint_${split}_initial" --data_path "$data" --mode inpaint --sampler baseline_initial --num_samples 1
-    gen "eval/inpaint_${split}_random" --data_path "$data" --mode inpaint --sampler baseline_random
+    # the bar: denoised placement vs the placement itself vs random, on BAR_INPUTS systems
+    gen "eval/inpaint_${split}_denoise_ode${REFINE_STEPS}_t$DENOISE_T" --checkpoint "$ckpt" --data_path "$data" --mode inpaint \
+      --sampler ode --steps "$REFINE_STEPS" --t_start "$DENOISE_T" --no_renoise --num_samples 1 --max_inputs "$BAR_INPUTS"
+    gen "eval/inpaint_${split}_initial" --data_path "$data" --mode inpaint --sampler baseline_initial --num_samples 1 \
+      --max_inputs "$BAR_INPUTS"
+    gen "eval/inpaint_${split}_random" --data_path "$data" --mode inpaint --sampler baseline_random --max_inputs "$BAR_INPUTS"
   done
   csp=(--data_path "$DEMO_DIR/is2re/val_id" --mode csp --max_inputs "$CSP_INPUTS" --num_samples "$CSP_SAMPLES")
   gen "eval/csp_val_id_ode$ODE_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler ode --steps "$ODE_STEPS"

@@ -303,6 +303,10 @@ def run_sampling(cfg: GenConfig) -> dict:
     dist = setup_distributed("DDP" if multi else "Single")
     device = _device(cfg, dist.local_rank)
     model = load_model(cfg.checkpoint, device) if needs_model(cfg) else None
+    placement_t = getattr(model, "placement_t", None) if getattr(model, "placement_prob", 0) > 0 else None
+    if dist.is_main and placement_t is not None and not cfg.renoise and abs(cfg.t_start - placement_t) > 1e-6:
+        print(f"warning: this checkpoint was trained to denoise placements at t = {placement_t}; "
+              f"--t_start {cfg.t_start} --no_renoise treats them as noisier/cleaner than that", file=sys.stderr)
     dictionary = Dictionary(model.checkpoint["dictionary"], source=str(cfg.checkpoint)) if model is not None \
         and model.checkpoint.get("dictionary") else None  # fmt: skip
     inputs = load_inputs(cfg, dictionary)

@@ -20,7 +20,9 @@ written the same way so the same metrics score them. `--churn` makes `ode` stoch
 stochastic Heun: re-noise before each step, same calls). `--t_start` < 1 refines each
 input's pos instead (SDEdit: from the input noised to that level; in inpaint the adsorbate
 starts at its initial placement, so the site is kept); with `--no_renoise` the input itself
-is the noisy state at `--t_start` (the best inpaint setting on the demo world: README).
+is the noisy state at `--t_start` (the best inpaint setting on the demo world: README; a
+checkpoint trained with `train_diff.py --placement_prob` learned exactly that state at its
+`--placement_t`, which `--t_start` should then equal: a warning says when it does not).
 
 Each rank samples its share and streams it to save_dir/samples/rank_*.lmdb and .extxyz;
 rerunning the same command resumes (finished samples are kept, not redone). Samples depend

@@ -149,6 +149,20 @@ def test_refine_from_the_input_stays_near_it(world, tmp_path):
         assert d.t_start == 0.05 and moved[ref.tags != 2].max() == 0 and 0 < moved.max() < 0.3
 
 
+def test_denoising_away_from_the_trained_placement_time_warns(world, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = build_model("tiny", head="diffusion", placement_prob=0.5, placement_t=0.4)
+    model.fit_normalizer(list(LmdbDataset(world[1])))
+    ckpt = tmp_path / "placed.pt"
+    save_consolidated(ckpt, state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
+                      meta={"task": "diffusion", "dictionary": Dictionary.load().tokens})  # fmt: skip
+    for t_start, warned in ((0.3, True), (0.4, False)):
+        run_sampling(config(world, tmp_path / f"t{t_start}", checkpoint=str(ckpt), t_start=t_start, renoise=False,
+                            num_samples=1, max_inputs=2))  # fmt: skip
+        err = capsys.readouterr().err
+        assert ("trained to denoise placements at t = 0.4" in err) == warned, err
+
+
 def test_baselines_need_no_model(world, tmp_path):
     _, data = world
     inputs = LmdbDataset(data)

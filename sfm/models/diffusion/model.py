@@ -52,14 +52,20 @@ Training (:meth:`DiffusionModel.loss`): a mode per structure (``masks.py``), a t
   generated lattices (part ``lattice``).
 
 Placement training (``placement_prob > 0``): in that fraction of the ``inpaint``
-structures the noisy state of the generated atoms is not Gaussian noise but their
-initial placement ``pos`` (the heuristic a relaxation starts from), at the fixed time
-``placement_t``; the target is the same exact wrapped score toward ``pos_relaxed`` at
-``sigma(placement_t)``. A real placement is then a state the network was trained on:
-sampling with ``t_start=placement_t, renoise=False`` (``gen.py --no_renoise``) denoises
-it toward the relaxed structure, and one Euler step from there is the network's estimate
-of ``E[relaxed | placement]``. The Gaussian states stay the rest of the mix, so the same
-checkpoint still generates from noise.
+structures the noisy state of the generated atoms is not Gaussian noise but a point of
+the straight path from their initial placement ``pos`` (the heuristic a relaxation
+starts from), taken to be at the time ``T = placement_t``, to ``pos_relaxed`` at 0:
+
+    t ~ U(0, T),   x_t = x_0 + (sigma(t) / sigma(T)) * wrap(pos - x_0)      (per axis)
+
+with the same target as everywhere, the exact wrapped score toward ``x_0`` at
+``sigma(t)``. Along that path the score is ``-(x_t - x_0) / sigma^2``, so the
+probability-flow ODE (``dx/dsigma = -sigma * score``) started from the placement at
+``T`` follows exactly this path: sampling with ``t_start=placement_t, renoise=False``
+(``gen.py --no_renoise``) moves a real placement along states the network was trained
+on, toward the relaxed structure (a bridge from placements to relaxed structures, in the
+score parametrisation of the noise process). The Gaussian states stay the rest of the
+mix, so the same checkpoint still generates from noise.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ from sfm.models.diffusion.anchors import anchor_displacements
 from sfm.models.diffusion.coord_noise import FracProcess
 from sfm.models.diffusion.lattice_noise import LatticeProcess, polar_rotation, upper_entries
 from sfm.models.diffusion.masks import MODES, Masks, training_masks
+from sfm.models.diffusion.wrapped_normal import wrap_delta
 
 DEFAULT_MODE_PROBS = {"csp": 0.25, "lattice_given": 0.25, "inpaint": 0.5}
 NUM_ANCHORS = 3  # given atoms, generated atoms, surface atoms (tag 1)
@@ -238,13 +245,16 @@ class DiffusionModel(nn.Module):
 
         t = torch.rand(batch.num_graphs, dtype=pos.dtype, device=pos.device)
         placed = self.placement_structures(masks, index)
-        t = torch.where(placed, torch.full_like(t, self.placement_t), t)
-        sigma = self.frac_process.sigma(t, self.frac_process.axis_lengths(cell, masks.lattice_given))
+        t = torch.where(placed, t * self.placement_t, t)
+        lengths = self.frac_process.axis_lengths(cell, masks.lattice_given)
+        sigma = self.frac_process.sigma(t, lengths)
         xt, coord_target = self.frac_process.add_noise(x0, sigma[index])
-        if placed.any():  # the initial placement as the noisy state (module doc)
-            at_init = placed[index][:, None]
-            xt = torch.where(at_init, x_init, xt)
-            coord_target = torch.where(at_init, self.frac_process.score_target(x_init, x0, sigma[index]), coord_target)
+        if placed.any():  # a point of the path from the placement to x0 (module doc)
+            ratio = (sigma / self.frac_process.sigma(torch.full_like(t, self.placement_t), lengths))[index]
+            on_path = wrap_frac(x0 + ratio * wrap_delta(x_init - x0))
+            at = placed[index][:, None]
+            xt = torch.where(at, on_path, xt)
+            coord_target = torch.where(at, self.frac_process.score_target(on_path, x0, sigma[index]), coord_target)
         xt = torch.where(given, x0, xt)
         zt, eps = self.lattice_process.add_noise(self.lattice_process.encode(cell), t)
         lattice_in = torch.where(masks.lattice_given[:, None, None], cell, self.lattice_process.decode(zt))

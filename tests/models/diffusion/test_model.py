@@ -108,8 +108,9 @@ def test_loss_parts_backward_and_targets(batch):
 
 
 def test_placement_training_starts_from_the_initial_placement(batch):
-    """placement_prob=1: generated atoms enter at their initial pos, at placement_t, with the
-    exact score toward pos_relaxed as target; placement_prob=0: Gaussian states."""
+    """placement_prob=1: generated atoms enter on the straight path from their initial pos (at
+    placement_t) to pos_relaxed (at 0), with the exact score toward pos_relaxed as target;
+    placement_prob=0: Gaussian states."""
     from sfm.data.lattice import cart_to_frac
     from sfm.models.diffusion import wrapped_normal
 
@@ -135,10 +136,14 @@ def test_placement_training_starts_from_the_initial_placement(batch):
         loss, parts = m.loss(batch)
         assert torch.equal(seen["given"], ~free)
         if prob == 1.0:
-            assert torch.allclose(seen["t"], torch.full_like(seen["t"], 0.4))
-            assert torch.allclose(seen["frac"], x_init, atol=1e-6)
+            assert (seen["t"] <= 0.4).all()
+            lengths = m.frac_process.axis_lengths(cell, torch.ones(2, dtype=torch.bool))
+            ratio = (seen["sigma"] / m.frac_process.sigma(torch.full((2,), 0.4), lengths))[batch.batch]
+            assert ((ratio > 0) & (ratio <= 1)).all()
+            delta = wrapped_normal.wrap_delta(x_init - x_relaxed)
+            assert torch.allclose(wrapped_normal.wrap_delta(seen["frac"] - x_relaxed)[free], (ratio * delta)[free], atol=1e-5)
             sigma = seen["sigma"][batch.batch][free]
-            target = wrapped_normal.score(x_init[free], x_relaxed[free], sigma) / wrapped_normal.score_norm(sigma)
+            target = wrapped_normal.score(seen["frac"][free], x_relaxed[free], sigma) / wrapped_normal.score_norm(sigma)
             assert torch.allclose(parts["coord"], ((seen["coord"][free] - target) ** 2).mean(), rtol=1e-4)
         else:
             assert (seen["frac"][free] - x_init[free]).abs().max() > 1e-3

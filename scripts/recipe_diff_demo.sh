@@ -10,7 +10,8 @@
 #          steps of BATCH_SIZE structures per process, on DEMO_DIR/is2re/train (validation on val_id).
 #          Default budget: tiny, 2 x 8 structures, 1800 steps: about 0.8 CPU-s per step and process,
 #          i.e. under 30 minutes on 2 idle cores (timings.txt records wall and CPU time).
-#   tune   (optional) DENOISE_T on test_id: 0.45 / 0.55 / 0.65 next to the initial placement, RUN_DIR/tune.md
+#   tune   (optional) REFINE_STEPS on test_id: the denoise ODE with 1, 2, 3, 5, 10, 20 steps next to the
+#          initial placement, RUN_DIR/tune.md
 #   samplers (optional) few-step vs reference, inpaint on the first SAMPLER_INPUTS val_id systems,
 #          SAMPLER_SAMPLES samples each, seed 1, RUN_DIR/samplers.md. From noise: pc PC_STEPS steps
 #          (the reference), pc 25 steps, ancestral 50 steps (pc without corrector), ode 25 steps.
@@ -26,9 +27,9 @@
 #          denoise / initial / random runs (the inpaint bar, cheap) take the first BAR_INPUTS systems.
 #          Inpaint also starts from the initial placement (the fair comparison with it: it knows
 #          the site), two ways: "denoise" takes the placement itself as the noisy state at
-#          DENOISE_T (--no_renoise; deterministic, 1 sample) and runs REFINE_STEPS ode steps;
-#          "refine" noises it to REFINE_T first (SDEdit), NUM_SAMPLES samples. DENOISE_T was chosen
-#          on test_id (not a reported split): 0.45 / 0.55 / 0.65 gave ADwT 0.226 / 0.231 / 0.230.
+#          DENOISE_T (--no_renoise; deterministic, 1 sample; the state the model was trained on,
+#          PLACEMENT_PROB) and runs REFINE_STEPS ode steps; "refine" noises it to REFINE_T first
+#          (SDEdit), NUM_SAMPLES samples.
 #          NUM_SAMPLES per system (metrics at 1 and at NUM_SAMPLES); pc (PC_SAMPLES per system)
 #          only on the splits in PC_SPLITS. csp: the first CSP_INPUTS systems of val_id, CSP_SAMPLES
 #          per system (pc: PC_SAMPLES). Table: RUN_DIR/quality_bar.md.
@@ -36,10 +37,10 @@
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
 #   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)  EMA_DECAY (0.995)
-#   MODE_PROBS (csp=0.25,lattice_given=0.25,inpaint=0.5: the training mix of conditioning modes)
-#   PLACEMENT_PROB (0.5: inpaint structures trained from their initial placement at DENOISE_T)
+#   MODE_PROBS (csp=0.15,lattice_given=0.15,inpaint=0.7: the training mix of conditioning modes)
+#   PLACEMENT_PROB (0.5: inpaint structures trained on the path from their placement, at DENOISE_T, to pos_relaxed)
 #   MAX_INPUTS (50)  BAR_INPUTS (100)  NUM_SAMPLES (5)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  PC_SPLITS (val_id)
-#   SAMPLER_INPUTS (100)  SAMPLER_SAMPLES (4)  CSP_INPUTS (25)  CSP_SAMPLES (10)  DENOISE_T (0.55)  REFINE_T (0.5)  REFINE_STEPS (10)  GEN_BATCH (25)
+#   SAMPLER_INPUTS (100)  SAMPLER_SAMPLES (3)  CSP_INPUTS (25)  CSP_SAMPLES (10)  DENOISE_T (0.55)  REFINE_T (0.5)  REFINE_STEPS (10)  GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,7 +56,7 @@ STEPS=${STEPS:-1800}
 MAX_INPUTS=${MAX_INPUTS:-50}
 BAR_INPUTS=${BAR_INPUTS:-100}
 SAMPLER_INPUTS=${SAMPLER_INPUTS:-100}
-SAMPLER_SAMPLES=${SAMPLER_SAMPLES:-4}
+SAMPLER_SAMPLES=${SAMPLER_SAMPLES:-3}
 NUM_SAMPLES=${NUM_SAMPLES:-5}
 ODE_STEPS=${ODE_STEPS:-25}
 PC_STEPS=${PC_STEPS:-100}
@@ -90,7 +91,7 @@ if has train; then
     MODEL_TYPE="$MODEL_TYPE" STRATEGY=DDP BATCH_SIZE="${BATCH_SIZE:-8}" VAL_BATCH_SIZE=16 LR="${LR:-1e-3}" \
     WARMUP="${WARMUP:-100}" WORKERS=0 LOG_INTERVAL=50 SAVE_INTERVAL=500 SEED="${SEED:-1}" BF16=0 \
     bash "$root/scripts/train_oc20.sh" --total_num_steps "$STEPS" --ema_decay "${EMA_DECAY:-0.995}" \
-    --mode_probs "${MODE_PROBS:-csp=0.25,lattice_given=0.25,inpaint=0.5}" --placement_prob "$PLACEMENT_PROB" \
+    --mode_probs "${MODE_PROBS:-csp=0.15,lattice_given=0.15,inpaint=0.7}" --placement_prob "$PLACEMENT_PROB" \
     --placement_t "$DENOISE_T"
 fi
 
@@ -101,12 +102,13 @@ gen() {  # gen DIR/NAME flags...: one sampling run into RUN_DIR/DIR/NAME (resume
     --max_inputs "$MAX_INPUTS" --num_samples "$NUM_SAMPLES" --batch_size "$GEN_BATCH" --seed 0 --no_progress "$@"
 }
 
-if has tune; then  # DENOISE_T on test_id (not a reported split)
-  for t in 0.45 0.55 0.65; do
-    gen "tune/denoise_t$t" --checkpoint "$ckpt" --data_path "$DEMO_DIR/is2re/test_id" --mode inpaint --sampler ode \
-      --steps "$REFINE_STEPS" --t_start "$t" --no_renoise --num_samples 1
+if has tune; then  # steps of the denoise ODE, on test_id (not a reported split)
+  for n in 1 2 3 5 10 20; do
+    gen "tune/denoise_ode$n" --checkpoint "$ckpt" --data_path "$DEMO_DIR/is2re/test_id" --mode inpaint --sampler ode \
+      --steps "$n" --t_start "$DENOISE_T" --no_renoise --num_samples 1 --max_inputs "$BAR_INPUTS"
   done
-  gen tune/initial --data_path "$DEMO_DIR/is2re/test_id" --mode inpaint --sampler baseline_initial --num_samples 1
+  gen tune/initial --data_path "$DEMO_DIR/is2re/test_id" --mode inpaint --sampler baseline_initial --num_samples 1 \
+    --max_inputs "$BAR_INPUTS"
   "$py" -m sfm.tasks.gen_table "$RUN_DIR"/tune/*/metrics.json --out "$RUN_DIR/tune.md"
 fi
 

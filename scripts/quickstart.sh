@@ -11,7 +11,8 @@
 # Environment: RUN_DIR, DEMO_DIR, NPROC (2), DIFF_STEPS, S2EF_STEPS, MAX_INPUTS, NUM_SAMPLES,
 #   ODE_STEPS, DENOISE_STEPS, CSP_INPUTS, RELAX_STEPS (defaults depend on --fast; see below).
 # Inpaint runs two ways: from noise (inpaint_ode) and from the initial placement taken as a noisy
-# structure at t=0.55 (inpaint_denoise: --t_start 0.55 --no_renoise, see scripts/recipe_diff_demo.sh).
+# structure at t=0.55, the state the model learns it at (inpaint_denoise: --t_start 0.55 --no_renoise;
+# training --placement_prob 0.5 --placement_t 0.55, see scripts/recipe_diff_demo.sh).
 set -Eeuo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 fast=0
@@ -72,7 +73,8 @@ if [ -f "$RUN_DIR/diff/model.pt" ]; then loads "$RUN_DIR/diff/model.pt"; skip "$
   GPUS="$NPROC" TASK=diff DATA_DIR="$DEMO_DIR/is2re" SAVE_DIR="$RUN_DIR/diff" MODEL_TYPE=tiny \
     STRATEGY=$([ "$NPROC" -gt 1 ] && echo DDP || echo Single) BATCH_SIZE=8 VAL_BATCH_SIZE=16 LR=1e-3 \
     WARMUP=$((DIFF_STEPS / 10)) WORKERS=0 LOG_INTERVAL=$((DIFF_STEPS / 30 + 1)) SAVE_INTERVAL=1000000 SEED=1 BF16=0 \
-    bash scripts/train_oc20.sh --total_num_steps "$DIFF_STEPS"
+    bash scripts/train_oc20.sh --total_num_steps "$DIFF_STEPS" --mode_probs csp=0.15,lattice_given=0.15,inpaint=0.7 \
+    --placement_prob 0.5 --placement_t 0.55
   done_ 1
 fi
 

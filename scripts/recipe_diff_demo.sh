@@ -32,7 +32,8 @@
 #          (SDEdit), NUM_SAMPLES samples.
 #          NUM_SAMPLES per system (metrics at 1 and at NUM_SAMPLES); pc (PC_SAMPLES per system)
 #          only on the splits in PC_SPLITS. csp: the first CSP_INPUTS systems of val_id, CSP_SAMPLES
-#          per system (pc: PC_SAMPLES). Table: RUN_DIR/quality_bar.md.
+#          per system (pc: PC_SAMPLES). Table: RUN_DIR/quality_bar.md; denoise vs initial, paired
+#          per system with a bootstrap interval (python -m sfm.eval.paired): RUN_DIR/paired.md.
 #          Sampling CPU cost (tiny): about 0.025 CPU-s per structure and network call.
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
@@ -149,4 +150,9 @@ if has eval; then
   gen "eval/csp_val_id_pc$PC_STEPS" --checkpoint "$ckpt" "${csp[@]}" --sampler pc --steps "$PC_STEPS" --num_samples "$PC_SAMPLES"
   gen "eval/csp_val_id_random" "${csp[@]}" --sampler baseline_random --lattice_data "$DEMO_DIR/is2re/train"
   "$py" -m sfm.tasks.gen_table "$RUN_DIR"/eval/*/metrics.json --out "$RUN_DIR/quality_bar.md"
+  for split in $SPLITS; do  # is the denoised placement closer than the placement? paired, per system
+    echo "$split: $("$py" -m sfm.eval.paired --reference "$DEMO_DIR/is2re/$split" --json "$RUN_DIR/eval/paired_$split.json" \
+      --samples "$RUN_DIR/eval/inpaint_${split}_denoise_ode${REFINE_STEPS}_t$DENOISE_T/samples" \
+      --baseline "$RUN_DIR/eval/inpaint_${split}_initial/samples")"
+  done | tee "$RUN_DIR/paired.md"
 fi

@@ -61,6 +61,17 @@ def adwt_mask(sample, ref, atoms: str) -> torch.Tensor:
     return torch.ones(int(ref.natoms), dtype=torch.bool)
 
 
+def sample_distance(sample, ref, atoms: str = "generated") -> float:
+    """Mean minimum-image distance (A) of the scored atoms (`adwt_mask`) to the reference's
+    `pos_relaxed` (else `pos`); nan when the atoms are not the reference's, in its order."""
+    if not torch.equal(sample.atomic_numbers.long(), ref.atomic_numbers.long()):
+        return float("nan")
+    ref_pos = (ref.pos_relaxed if "pos_relaxed" in ref else ref.pos).double()
+    index = torch.zeros(len(ref_pos), dtype=torch.long)
+    return mean_distance(sample.pos.double(), ref_pos, ref.cell.reshape(1, 3, 3).double(), index,
+                         adwt_mask(sample, ref, atoms)).item()
+
+
 def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="generated",
              energy_key=None) -> dict:
     """Metrics of `samples` (iterable of Data with sid) against `references` (iterable of Data)."""
@@ -92,10 +103,7 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
             struct = to_structure(d.atomic_numbers, pos, cell) if ok else None
             structs += [struct] if ok else []
             rms[s, k] = match_rms(struct, ref_struct, matcher) if kept[-1] else np.nan
-            if torch.equal(d.atomic_numbers.long(), ref.atomic_numbers.long()):
-                mask = adwt_mask(d, ref, adwt_atoms)
-                dist[s, k] = mean_distance(pos, ref_pos, ref_cell[None], torch.zeros(len(pos), dtype=torch.long),
-                                           mask).item()
+            dist[s, k] = sample_distance(d, ref, adwt_atoms)
             if energy_key is not None and energy_key in d:
                 energy[s, k] = float(d[energy_key])
         if len(group) > 1:

@@ -119,6 +119,9 @@ def score(args, cfg: GenConfig, stats: dict) -> dict:
     from sfm.eval.generation import is_valid
 
     samples = LmdbDataset(Path(cfg.save_dir) / "samples")
+    if stats["network_calls_per_sample"] is None:  # a resume with nothing left to make: as the samples record it
+        nfe = [float(d.nfe) for d in samples if "nfe" in d]
+        stats = {**stats, "network_calls_per_sample": sum(nfe) / len(nfe) if nfe else None}
     if cfg.data_path is not None:
         metrics = evaluate(samples, LmdbDataset(cfg.data_path), args.stol, args.ltol, args.angle_tol, adwt_atoms(args, cfg))
         table = format_table(metrics)

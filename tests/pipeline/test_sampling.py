@@ -209,6 +209,10 @@ def test_cli_compositions_and_metrics(world, tmp_path):
     assert (tmp_path / "i" / "metrics.json").exists() and "network calls per sample" in (tmp_path / "i" / "metrics.txt").read_text()
     lines = gen_table.main([str(tmp_path / name / "metrics.json") for name in ("c", "i")]).splitlines()
     assert len(lines) == 4 and lines[3].startswith("| i | inpaint | ode | 2 | 3 | 5 x 2 |")
+    again = gen.main([*common, "--data_path", str(data), "--mode", "inpaint", "--num_samples", "2",
+                      "--save_dir", str(tmp_path / "i")])  # fmt: skip  # a resume with nothing left to make
+    assert again["run"]["samples_written_this_run"] == 0 and again["run"]["network_calls_per_sample"] == 3
+    assert all(again["metrics"][key] == m[key] for key in ("validity", "adwt@1", "adwt@2", "distance@2"))
 
 
 @pytest.mark.parametrize(

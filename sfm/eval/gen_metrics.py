@@ -8,7 +8,8 @@ lattice statistics (definitions in sfm/eval/generation.py and oc20.py).
 Samples are matched to reference entries by `sid`; the samples of one sid are ordered by
 their `sample_idx` (else by position in the file), so "@1" is each system's first sample and
 "@k" its first k; "per_sample" scores every sample as its own draw (match rate and ADwT over
-all samples: the @1 figures averaged over the k draws, a steadier estimate of them). The reference structure is `pos_relaxed` where stored, else `pos`.
+all samples: the @1 figures averaged over the k draws, a steadier estimate of them). The
+reference structure is `pos_relaxed` where stored, else `pos`.
 ADwT scores the generated atoms (the samples' `generated` mask, as sfm.pipeline.sampling
 writes it; else the adsorbate, tags 2) and needs the sample's atoms in the reference's order
 (same atomic_numbers sequence, as the samplers write them); other samples count as misses.

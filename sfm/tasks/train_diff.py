@@ -9,9 +9,10 @@
 `--mode_probs` is the training mix of conditioning modes (csp: types given; lattice_given;
 inpaint: lattice and the atoms with tags in `--given_tags` given, the rest generated); one
 checkpoint serves all three. `--placement_prob` trains that fraction of the inpaint
-structures from their initial placement as the noisy state at `--placement_t` (see
-sfm/models/diffusion/model.py), for `gen.py --t_start PLACEMENT_T --no_renoise`. The lattice prior and reference axis lengths are fitted on at
-most `--normalizer_structures` training cells at the start of a fresh run; they live in the
+structures on the path from their initial placement (the noisy state at `--placement_t`)
+to `pos_relaxed` (sfm/models/diffusion/model.py), for `gen.py --t_start PLACEMENT_T
+--no_renoise`. The lattice prior and reference axis lengths are fitted on at most
+`--normalizer_structures` training cells at the start of a fresh run; they live in the
 model's buffers, so checkpoints carry them and a resumed run keeps them.
 """
 
@@ -31,8 +32,9 @@ def main(argv=None) -> dict:
                    help="training mix of conditioning modes (csp, lattice_given, inpaint)")
     g.add_argument("--given_tags", default="0,1", help="tags of the atoms given in inpaint mode (0,1: the slab)")
     g.add_argument("--placement_prob", type=float, default=0.0,
-                   help="fraction of inpaint structures trained from their initial placement `pos` as the noisy "
-                        "state at --placement_t (sample them with gen.py --t_start PLACEMENT_T --no_renoise)")
+                   help="fraction of inpaint structures trained on the path from their initial placement `pos` "
+                        "(the noisy state at --placement_t) to pos_relaxed; sample with gen.py --t_start PLACEMENT_T "
+                        "--no_renoise")
     g.add_argument("--placement_t", type=float, default=0.55, help="the time a placement is taken to be at")
     g.add_argument("--normalizer_structures", type=int_at_least(0), default=10000,
                    help="training structures the lattice prior is fitted on (0: all)")

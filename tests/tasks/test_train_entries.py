@@ -84,6 +84,8 @@ def test_diffusion_trains_resumes_and_reloads(demo_world, tmp_path):
         (train_s2ef, ["--forces", "conservative", "--strategy", "Zero3"], "use Zero2, Zero1 or DDP"),
         (train_diff, ["--train_data_path", "/no/such/lmdb"], "--train_data_path /no/such/lmdb: no such file"),
         (train_diff, ["--mode_probs", "csp=0.5,dream=0.5"], "unknown modes ['dream']"),
+        (train_diff, ["--placement_prob", "2"], "placement_prob must be in [0, 1]"),
+        (train_diff, ["--target", "pos", "--placement_prob", "0.5"], "it needs target='pos_relaxed'"),
         (train_diff, ["--given_tags", "slab"], "--given_tags must be comma-separated integers"),
         (train_diff, ["--target", "pos_init"], "invalid choice: 'pos_init'"),
     ],

@@ -116,8 +116,8 @@ class DiffusionModel(nn.Module):
 
     ``DiffusionModel(backbone_cfg, target="pos_relaxed", mode_probs=None, given_tags=(0, 1),
     sigma_min=0.01, coord_weight=1.0, lattice_weight=1.0, time_dim=64, lattice_channels=8,
-    tag_dropout=0.1, pbc=(True, True, True), placement_prob=0.0, placement_t=0.55)``; build it with ``build_model(model_type, head="diffusion",
-    **overrides)``. ``cond_dim`` of the backbone config is the conditioning width (0: use
+    tag_dropout=0.1, pbc=(True, True, True), placement_prob=0.0, placement_t=0.55)``; build it
+    with ``build_model(model_type, head="diffusion", **overrides)``. ``cond_dim`` of the backbone config is the conditioning width (0: use
     ``sphere_channels``). Call :meth:`fit_normalizer` on training data before training.
     """
 
@@ -269,7 +269,7 @@ class DiffusionModel(nn.Module):
         return loss, {"coord": coord_loss.detach(), "lattice": lattice_loss.detach(), "loss": loss.detach()}
 
     def placement_structures(self, masks: Masks, index) -> torch.Tensor:
-        """``[B]`` bool: the inpaint structures trained from their initial placement (``placement_prob``)."""
+        """``[B]`` bool: the inpaint structures trained on the path from their placement (``placement_prob``)."""
         num_graphs = masks.lattice_given.shape[0]
         inpaint = torch.zeros(num_graphs, dtype=torch.bool, device=index.device)
         if self.placement_prob == 0:

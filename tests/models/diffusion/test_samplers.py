@@ -156,3 +156,23 @@ def test_refinement_without_renoise_denoises_the_input_deterministically():
     before = wn.wrap_delta(x_in - x0)[free].norm(dim=-1).mean()
     after = wn.wrap_delta(runs[0].frac - x0)[free].norm(dim=-1).mean()
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+def test_ode_from_a_placement_follows_the_straight_path(steps):
+    """The path placement training uses (model.py): with the exact score of a point mass at
+    x0, the probability-flow ODE from x0 + delta at t_start ends at x0 + delta * sigma(0) /
+    sigma(t_start), for any number of Heun steps (the path is what the ODE integrates)."""
+    point = make_model()
+    point.tau = 0.0  # data: every atom exactly at its centre
+    batch = make_batch(6, seed=3)
+    x0 = point.centres[batch.atomic_numbers].float()
+    delta = 0.02 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    batch.pos = (wn.wrap_delta(x0 + delta)[:, None] @ batch.cell[batch.batch]).squeeze(1)
+    t_start = 0.55
+    out = sample(point, batch, "inpaint", "ode", steps=steps, t_start=t_start, renoise=False)
+    lengths = batch.cell.norm(dim=-1)
+    ratio = point.frac_process.sigma(torch.zeros(6), lengths) / point.frac_process.sigma(torch.full((6,), t_start), lengths)
+    free = batch.tags == 2
+    expected = delta * ratio[batch.batch]
+    assert torch.allclose(wn.wrap_delta(out.frac - x0)[free], expected[free], atol=1e-5)

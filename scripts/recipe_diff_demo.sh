@@ -8,7 +8,7 @@
 #   data   build the demo world at DEMO_DIR if missing (python -m sfm.data.demo --out DEMO_DIR)
 #   train  torchrun, NPROC processes (DDP, OMP_NUM_THREADS=1 each), model MODEL_TYPE, STEPS optimizer
 #          steps of BATCH_SIZE structures per process, on DEMO_DIR/is2re/train (validation on val_id).
-#          Default budget: tiny, 2 x 8 structures, 1800 steps: about 0.8 CPU-s per step and process,
+#          Default budget: tiny, 2 x 8 structures, 1800 steps: about 0.55 CPU-s per step and process,
 #          i.e. under 30 minutes on 2 idle cores (timings.txt records wall and CPU time).
 #   tune   (optional) REFINE_STEPS on test_id: the denoise ODE with 1, 2, 3, 5, 10, 20 steps next to the
 #          initial placement, RUN_DIR/tune.md

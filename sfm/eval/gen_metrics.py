@@ -9,7 +9,8 @@ Samples are matched to reference entries by `sid`; the samples of one sid are or
 their `sample_idx` (else by position in the file), so "@1" is each system's first sample and
 "@k" its first k; "per_sample" scores every sample as its own draw (match rate and ADwT over
 all samples: the @1 figures averaged over the k draws, a steadier estimate of them). The
-reference structure is `pos_relaxed` where stored, else `pos`.
+reference structure is `pos_relaxed`: with a reference that has none (a test split), match rate,
+ADwT and distances are skipped, with the reason in the output's "skipped" and in the table.
 ADwT scores the generated atoms (the samples' `generated` mask, as sfm.pipeline.sampling
 writes it; else the adsorbate, tags 2) and needs the sample's atoms in the reference's order
 (same atomic_numbers sequence, as the samplers write them); other samples count as misses.
@@ -64,24 +65,51 @@ def adwt_mask(sample, ref, atoms: str) -> torch.Tensor:
 
 def sample_distance(sample, ref, atoms: str = "generated") -> float:
     """Mean minimum-image distance (A) of the scored atoms (`adwt_mask`) to the reference's
-    `pos_relaxed` (else `pos`); nan when the atoms are not the reference's, in its order."""
+    `pos_relaxed`; nan when the atoms are not the reference's, in its order. ValueError naming
+    the sid if the reference has no `pos_relaxed`."""
+    if "pos_relaxed" not in ref:
+        raise ValueError(f"reference sid {sid_key(ref)} has no pos_relaxed (a test split?): "
+                         "no distance to the relaxed structure")
     if not torch.equal(sample.atomic_numbers.long(), ref.atomic_numbers.long()):
         return float("nan")
-    ref_pos = (ref.pos_relaxed if "pos_relaxed" in ref else ref.pos).double()
+    ref_pos = ref.pos_relaxed.double()
     index = torch.zeros(len(ref_pos), dtype=torch.long)
     return mean_distance(sample.pos.double(), ref_pos, ref.cell.reshape(1, 3, 3).double(), index,
                          adwt_mask(sample, ref, atoms)).item()
 
 
+def needs_field(refs: dict, sids, field: str, metrics: str) -> str | None:
+    """Why `metrics` are skipped (None: every reference of `sids` has `field`); ValueError naming
+    the sids when only some have it (a reference mixing splits is damaged, not a test split)."""
+    lacking = [sid for sid in sids if field not in refs[sid]]
+    if not lacking:
+        return None
+    if len(lacking) < len(sids):
+        raise ValueError(f"{len(lacking)} of {len(sids)} reference entries have no {field}, e.g. sid(s) "
+                         f"{lacking[:5]}: {metrics} need it for every system")
+    return f"the reference has no {field} (a test split?); {metrics} need it"
+
+
 def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="generated",
              energy_key=None) -> dict:
-    """Metrics of `samples` (iterable of Data with sid) against `references` (iterable of Data)."""
+    """Metrics of `samples` (iterable of Data with sid) against `references` (iterable of Data).
+
+    Metrics that need the reference's `pos_relaxed` (match, ADwT, distance) or `y_relaxed`
+    (success) are left out when it has none, and `out["skipped"]` says which and why."""
     refs = {sid_key(r): r for r in references}
     groups = group_samples(samples)
     missing = [sid for sid in groups if sid not in refs]
     groups = {sid: g for sid, g in groups.items() if sid in refs}
     if not groups:
         raise ValueError(f"no sample sid is in the reference ({len(missing)} sids unmatched)")
+    skipped = {}
+    no_relaxed = needs_field(refs, list(groups), "pos_relaxed", "match rate, ADwT and distances")
+    if no_relaxed:
+        skipped["match, ADwT, distance"] = no_relaxed
+    if energy_key is not None:
+        no_energy = needs_field(refs, list(groups), "y_relaxed", "placement success")
+        if no_energy:
+            skipped["success"] = no_energy
     K = max(len(g) for g in groups.values())
     S = len(groups)
     matcher = structure_matcher(stol, ltol, angle_tol)
@@ -90,9 +118,8 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
     valid, kept, unique, cells = [], [], [], []
     for s, (sid, group) in enumerate(groups.items()):
         ref = refs[sid]
-        ref_pos = (ref.pos_relaxed if "pos_relaxed" in ref else ref.pos).double()
         ref_cell = ref.cell.reshape(3, 3).double()
-        ref_struct = to_structure(ref.atomic_numbers, ref_pos, ref_cell)
+        ref_struct = None if no_relaxed else to_structure(ref.atomic_numbers, ref.pos_relaxed.double(), ref_cell)
         structs = []
         for k, d in enumerate(group):
             present[s, k] = True
@@ -103,8 +130,9 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
             kept.append(composition_kept(d.atomic_numbers, ref.atomic_numbers))
             struct = to_structure(d.atomic_numbers, pos, cell) if ok else None
             structs += [struct] if ok else []
-            rms[s, k] = match_rms(struct, ref_struct, matcher) if kept[-1] else np.nan
-            dist[s, k] = sample_distance(d, ref, adwt_atoms)
+            if not no_relaxed:
+                rms[s, k] = match_rms(struct, ref_struct, matcher) if kept[-1] else np.nan
+                dist[s, k] = sample_distance(d, ref, adwt_atoms)
             if energy_key is not None and energy_key in d:
                 energy[s, k] = float(d[energy_key])
         if len(group) > 1:
@@ -113,13 +141,16 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
     out = {"systems": S, "samples": len(valid), "k": K, "unmatched_sids": len(missing),
            "tolerances": {"stol": stol, "ltol": ltol, "angle_tol": angle_tol},
            "validity": float(np.mean(valid)), "composition_kept": float(np.mean(kept)),
-           "match@1": match_at_k(rms, 1), f"match@{K}": match_at_k(rms, K),
-           "adwt@1": adwt(dist[:, 0]), f"adwt@{K}": adwt(best_dist), "adwt_atoms": adwt_atoms,
-           "distance@1": median(dist[:, 0]), f"distance@{K}": median(best_dist),
-           "per_sample": {"match_rate": float(np.isfinite(rms[present]).mean()), "adwt": adwt(dist[present])},
            "uniqueness": float(np.mean(unique)) if unique else float("nan"),
-           "lattice": lattice_stats(torch.stack(cells), torch.stack([r.cell.reshape(3, 3) for r in refs.values()]))}
-    if energy_key is not None:
+           "lattice": lattice_stats(torch.stack(cells), torch.stack([r.cell.reshape(3, 3) for r in refs.values()])),
+           "skipped": skipped}
+    if not no_relaxed:
+        out.update({"match@1": match_at_k(rms, 1), f"match@{K}": match_at_k(rms, K),
+                    "adwt@1": adwt(dist[:, 0]), f"adwt@{K}": adwt(best_dist), "adwt_atoms": adwt_atoms,
+                    "distance@1": median(dist[:, 0]), f"distance@{K}": median(best_dist),
+                    "per_sample": {"match_rate": float(np.isfinite(rms[present]).mean()),
+                                   "adwt": adwt(dist[present])}})
+    if energy_key is not None and "success" not in skipped:
         ref_e = np.array([float(refs[sid].y_relaxed) if "y_relaxed" in refs[sid] else np.nan for sid in groups])
         out["success@1"] = success_at_k(energy, ref_e, 1)
         out[f"success@{K}"] = success_at_k(energy, ref_e, K)
@@ -140,17 +171,19 @@ def format_table(m: dict) -> str:
             ("sample sids not in reference", str(m["unmatched_sids"])),
             ("validity", f"{m['validity']:.3f}"), ("composition kept", f"{m['composition_kept']:.3f}")]
     for k in sorted({1, K}):
-        match = m[f"match@{k}"]
-        rows.append((f"match rate @{k}  (rmse)", f"{match['match_rate']:.3f}  ({match['rmse']:.4f})"))
-        rows.append((f"ADwT @{k}  ({m['adwt_atoms']} atoms)", f"{m[f'adwt@{k}']:.3f}"))
+        if f"match@{k}" in m:
+            match = m[f"match@{k}"]
+            rows.append((f"match rate @{k}  (rmse)", f"{match['match_rate']:.3f}  ({match['rmse']:.4f})"))
+            rows.append((f"ADwT @{k}  ({m['adwt_atoms']} atoms)", f"{m[f'adwt@{k}']:.3f}"))
         if m.get(f"distance@{k}") is not None:
             rows.append((f"median distance @{k}  (A)", f"{m[f'distance@{k}']:.3f}"))
         if f"success@{k}" in m:
             rows.append((f"placement success @{k}", f"{m[f'success@{k}']:.3f}"))
-    if K > 1:
+    if K > 1 and "per_sample" in m:
         per = m["per_sample"]
         rows.append(("every sample: match rate / ADwT", f"{per['match_rate']:.3f} / {per['adwt']:.3f}"))
     rows.append(("uniqueness", f"{m['uniqueness']:.3f}"))
+    rows += [(f"skipped: {what}", why) for what, why in m.get("skipped", {}).items()]
     tol = m["tolerances"]
     rows.append(("matcher stol / ltol / angle_tol", f"{tol['stol']} / {tol['ltol']} / {tol['angle_tol']}"))
     width = max(len(r[0]) for r in rows)

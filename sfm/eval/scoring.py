@@ -350,6 +350,10 @@ def score(model, samples: list[Data], cfg: ScoreConfig, references: dict | None 
             "anomalies": {k: sum(info[i][k] for i in members) for k in ANOMALIES},
         })  # fmt: skip
     summary = summarize(rows, systems, cfg)
+    without = summary["systems"] - summary["systems_with_reference"]
+    if without:  # said, not left to a missing line: a test split as reference has no y_relaxed
+        why = "their reference entry has no y_relaxed (a test split?)" if references else "no reference given"
+        summary["success_skipped"] = f"{without} of {summary['systems']} systems: {why}"
     return Scored(records, rows, systems, summary)
 
 
@@ -446,4 +450,6 @@ def format_summary(summary: dict) -> str:
         lines.append(f"placement success ({s['success_energy']} energy within {s['success_threshold_eV']} eV of "
                      f"y_relaxed, {s['systems_with_reference']} systems): "
                      + "  ".join(f"{k} {s[k]:.3f}" for k in sorted(succ, key=lambda k: int(k.split('@')[1]))))  # fmt: skip
+    if "success_skipped" in s:
+        lines.append(f"placement success skipped for {s['success_skipped']}")
     return "\n".join(lines)

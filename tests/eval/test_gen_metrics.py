@@ -91,3 +91,28 @@ def test_adwt_mask_choices():
     assert adwt_mask(sample, ref, "generated").all()
     assert torch.equal(adwt_mask(sample, ref, "free"), ~ref.fixed)
     assert adwt_mask(sample, ref, "all").all() and torch.equal(adwt_mask(sample, ref, "adsorbate"), ref.tags == 2)
+
+
+def test_reference_without_relaxed_fields_skips_with_reason(lmdbs, tmp_path, capsys):
+    """A test split (no pos_relaxed / y_relaxed) as reference: match, ADwT and success are
+    skipped with the reason, never scored against `pos`; a reference lacking them only in some
+    entries is refused, naming the sids."""
+    from sfm.data import LmdbDataset
+
+    refs = list(LmdbDataset(lmdbs / "ref.lmdb"))
+    for d in refs:
+        del d.pos_relaxed, d.y_relaxed
+    write_lmdb(tmp_path / "test_split.lmdb", refs)
+    m = main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(tmp_path / "test_split.lmdb"),
+              "--energy_key", "energy"])  # fmt: skip
+    table = capsys.readouterr().out
+    assert not any(k.startswith(("match@", "adwt@", "distance@", "success@")) for k in m)
+    assert "no pos_relaxed (a test split?)" in m["skipped"]["match, ADwT, distance"]
+    assert "no y_relaxed" in m["skipped"]["success"]
+    assert "skipped: match, ADwT, distance" in table and "match rate @1" not in table
+    assert m["validity"] == pytest.approx(5 / 6)  # what needs no relaxed structure is still scored
+    mixed = list(LmdbDataset(lmdbs / "ref.lmdb"))
+    del mixed[1].pos_relaxed
+    write_lmdb(tmp_path / "mixed.lmdb", mixed)
+    with pytest.raises(ValueError, match=r"1 of 3 reference entries have no pos_relaxed, e.g. sid\(s\) \[1\]"):
+        main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(tmp_path / "mixed.lmdb")])

@@ -273,3 +273,18 @@ def test_torchrun_two_processes_shard_without_overlap(world, tmp_path):
     for key, d in one.items():  # the same samples whatever the number of processes
         assert torch.allclose(two[key].pos, d.pos, atol=1e-4), key
     assert "validity" in proc.stdout and (tmp_path / "two" / "metrics.json").exists()
+
+
+def test_test_split_scores_no_relaxed_metrics(world, tmp_path, capsys):
+    """baseline_initial on a test split (no pos_relaxed): ADwT and match would compare `pos` with
+    itself (1.000); they are skipped with the reason instead."""
+    _, data = world
+    entries = list(LmdbDataset(data))
+    for d in entries:
+        del d.pos_relaxed, d.y_relaxed
+    write_lmdb(tmp_path / "test.lmdb", entries)
+    out = gen.main(["--data_path", str(tmp_path / "test.lmdb"), "--sampler", "baseline_initial", "--mode", "inpaint",
+                    "--save_dir", str(tmp_path / "out"), "--no_progress"])  # fmt: skip
+    m = out["metrics"]
+    assert "adwt@1" not in m and "match@1" not in m and "no pos_relaxed" in m["skipped"]["match, ADwT, distance"]
+    assert "skipped: match, ADwT, distance" in capsys.readouterr().out

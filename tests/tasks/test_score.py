@@ -184,3 +184,21 @@ def test_bad_inputs(demo_world, entries, tmp_path, capsys):
         score_task.main(["--checkpoint", str(ckpt), "--samples", str(tmp_path / "other.lmdb"), "--out",
                          str(tmp_path / "o"), "--reference", str(demo_world / "is2re" / "val_id"), "--drop_unmatched"])  # fmt: skip
     assert "no sample sid is in --reference" in capsys.readouterr().err
+
+
+def test_reference_without_y_relaxed_says_success_is_skipped(demo_world, entries, tmp_path, capsys):
+    """A test split as --reference: no success@k, and the summary says so and why."""
+    test_split = [e.clone() for e in entries]
+    for d in test_split:
+        del d.y_relaxed, d.pos_relaxed
+    write_lmdb(tmp_path / "test.lmdb", test_split)
+    write_lmdb(tmp_path / "samples.lmdb", entries)
+    ckpt = save_tiny(tmp_path / "m.pt", demo_world)
+    report = score_task.main(["--checkpoint", str(ckpt), "--samples", str(tmp_path / "samples.lmdb"), "--reference",
+                              str(tmp_path / "test.lmdb"), "--out", str(tmp_path / "o"), "--steps", "0",
+                              "--no_progress"])  # fmt: skip
+    summary = report["summary"]
+    assert not any(k.startswith("success@") for k in summary)
+    n = len(entries)
+    assert summary["success_skipped"] == f"{n} of {n} systems: their reference entry has no y_relaxed (a test split?)"
+    assert f"placement success skipped for {n} of {n} systems" in capsys.readouterr().out

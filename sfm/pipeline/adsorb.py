@@ -16,9 +16,9 @@ What it does, in order (``sfm.adsorb`` and ``python -m sfm.tasks.adsorb`` both c
    that bulk (fairchem-data-oc, termination ``slab_index``), tagged and held as OC20 does.
 2. **Adsorbate.** An OC20 name (``*OH``; fairchem-data-oc's list of 86) with its binding
    atom(s), or a structure file with ``binding`` atom indices.
-3. **Placements**, each labelled by its source: ``heuristic`` (every OC20 heuristic site,
-   fairchem's ``AdsorbateSlabConfig`` mode "heuristic"), ``random`` (``random`` random sites
-   with heuristic orientation, AdsorbML's "random"), ``generated`` (``num_generated``
+3. **Placements**, each labelled by its source: ``heuristic`` (every OC20 heuristic site) and
+   ``random`` (``random`` random sites, AdsorbML's random placements), both made by
+   :mod:`sfm.data.placements` (fairchem-data-oc's ``AdsorbateSlabConfig``), ``generated`` (``num_generated``
    adsorbates inpainted from noise on the given slab by the ``diffusion`` checkpoint) and,
    with ``t_start < 1``, ``refined`` (each heuristic placement taken as the noisy state at
    ``t_start`` and denoised by the same checkpoint, ``gen.py --no_renoise``).
@@ -51,6 +51,7 @@ import importlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ from ase import Atoms
 from ase.constraints import FixAtoms
 
 from sfm.data.anomaly import KINDS, detect
+from sfm.data.demo import Adsorbate
 
 SOURCES = ("generated", "refined", "heuristic", "random")
 GAS_MOLECULES = ("H2", "H2O", "CO", "N2")
@@ -246,30 +248,31 @@ def load_slab(cfg: AdsorbConfig) -> tuple[Atoms, str]:
             f"{bulk.get_chemical_formula()} ({miller}) cut from {cfg.bulk}, termination {cfg.slab_index} of {len(slabs)}")  # fmt: skip
 
 
-def load_adsorbate(cfg: AdsorbConfig) -> tuple[Atoms, tuple[int, ...]]:
-    """(adsorbate atoms, binding atom indices): an OC20 name, or a file with ``cfg.binding``."""
+def load_adsorbate(cfg: AdsorbConfig) -> Adsorbate:
+    """The adsorbate (atoms, binding atom indices): an OC20 name, or a file with ``cfg.binding``."""
     from ase.data import chemical_symbols
 
-    from sfm.data.fairchem_oc import oc20_adsorbate, oc20_adsorbates
+    from sfm.data.demo import load_adsorbates
+    from sfm.data.placements import oc20_adsorbate
 
-    if cfg.adsorbate in oc20_adsorbates():
-        atoms, binding = oc20_adsorbate(cfg.adsorbate)
-    elif Path(_file_part(cfg.adsorbate)).exists():
-        atoms = read_structure(cfg.adsorbate, "adsorbate")
-        if cfg.binding is None:
-            raise ValueError(f"adsorbate {cfg.adsorbate}: give binding, the index (or indices) of the atom(s) "
-                             "that bind to the surface")  # fmt: skip
-        binding = cfg.binding
-        bad = [b for b in binding if not 0 <= b < len(atoms)]
-        if bad:
-            raise ValueError(f"adsorbate {cfg.adsorbate}: binding indices {bad} out of range ({len(atoms)} atoms)")
-    else:
+    names = {a.smiles for a in load_adsorbates(max_atoms=sys.maxsize)}
+    if cfg.adsorbate in names:
+        ads = oc20_adsorbate(cfg.adsorbate)
+        return Adsorbate(Atoms(ads.atoms.numbers, ads.atoms.positions), ads.smiles, ads.binding)
+    if not Path(_file_part(cfg.adsorbate)).exists():
         raise ValueError(f"adsorbate {cfg.adsorbate!r} is neither an OC20 adsorbate nor a file; known names: "
-                         f"{' '.join(sorted(oc20_adsorbates()))}")  # fmt: skip
+                         f"{' '.join(sorted(names))}")  # fmt: skip
+    atoms = read_structure(cfg.adsorbate, "adsorbate")
     unknown = sorted({int(z) for z in atoms.numbers if not 1 <= z < len(chemical_symbols)})
     if unknown:
         raise ValueError(f"adsorbate {cfg.adsorbate}: unknown element(s) Z = {unknown}")
-    return Atoms(atoms.numbers, atoms.positions), tuple(binding)
+    if cfg.binding is None:
+        raise ValueError(f"adsorbate {cfg.adsorbate}: give binding, the index (or indices) of the atom(s) "
+                         "that bind to the surface")  # fmt: skip
+    bad = [b for b in cfg.binding if not 0 <= b < len(atoms)]
+    if bad:
+        raise ValueError(f"adsorbate {cfg.adsorbate}: binding indices {bad} out of range ({len(atoms)} atoms)")
+    return Adsorbate(Atoms(atoms.numbers, atoms.positions), Path(cfg.adsorbate).name, tuple(cfg.binding))
 
 
 def check_elements(model, path: str, numbers: np.ndarray, what: str) -> None:
@@ -298,24 +301,15 @@ def _with_adsorbate(slab: Atoms, ads_numbers: np.ndarray, ads_pos: np.ndarray) -
     return atoms
 
 
-def baseline_placements(slab: Atoms, adsorbate: Atoms, binding, mode: str, num: int, seed: int) -> list[Atoms]:
-    """OC20 placements (fairchem's ``AdsorbateSlabConfig``): ``heuristic`` (all sites found) or
-    ``random`` (``num`` random sites, heuristic orientation). fairchem draws from numpy's global
-    generator: it is seeded here and restored after."""
-    from sfm.data.fairchem_oc import oc_core
+def baseline_placements(slab: Atoms, adsorbate: Adsorbate, mode: str, num: int, seed: int) -> list[Atoms]:
+    """OC20 placements (:mod:`sfm.data.placements`): ``heuristic`` (every site) or ``random``
+    (``num`` sites), with the slab's own held atoms."""
+    from sfm.data.placements import heuristic_placements, random_placements
 
-    core = oc_core()
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        oc_slab = core.Slab(slab_atoms=slab.copy(), min_ab=0.0)
-        oc_ads = core.Adsorbate(adsorbate_atoms=adsorbate, adsorbate_binding_indices=list(binding))
-        placed = core.AdsorbateSlabConfig(oc_slab, oc_ads, num_sites=num if mode == "random" else 10**6,
-                                          mode="heuristic" if mode == "heuristic" else "random_site_heuristic_placement")  # fmt: skip
-    finally:
-        np.random.set_state(state)
+    made = heuristic_placements(slab, adsorbate, seed) if mode == "heuristic" else \
+        random_placements(slab, adsorbate, num, seed)  # fmt: skip
     n = len(slab)
-    return [_with_adsorbate(slab, a.numbers[n:], a.positions[n:]) for a in placed.atoms_list]
+    return [_with_adsorbate(slab, p.atoms.numbers[n:], p.atoms.positions[n:]) for p in made]
 
 
 def _progress(total: int, desc: str, enabled: bool, unit: str = "struct"):
@@ -352,18 +346,19 @@ def diffusion_placements(model, templates: list[Atoms], t_start: float, cfg: Ads
     return out
 
 
-def make_placements(slab: Atoms, adsorbate: Atoms, binding, cfg: AdsorbConfig, diffusion=None) -> list[Atoms]:
+def make_placements(slab: Atoms, adsorbate: Adsorbate, cfg: AdsorbConfig, diffusion=None) -> list[Atoms]:
     """All placements, ``info["source"]`` and ``info["index"]`` set, in the order of ``SOURCES``."""
     made: dict[str, list[Atoms]] = {}
     if cfg.heuristic:
-        made["heuristic"] = baseline_placements(slab, adsorbate, binding, "heuristic", 0, cfg.seed)
+        made["heuristic"] = baseline_placements(slab, adsorbate, "heuristic", 0, cfg.seed)
     if cfg.random:
-        made["random"] = baseline_placements(slab, adsorbate, binding, "random", cfg.random, cfg.seed + 1)
+        made["random"] = baseline_placements(slab, adsorbate, "random", cfg.random, cfg.seed)
     if cfg.num_generated:
         # the template's adsorbate position is never read (inpainting from noise regenerates it)
+        mol = adsorbate.atoms
         top = slab.positions[:, 2].max()
         centre = 0.5 * (slab.cell[0] + slab.cell[1])
-        template = _with_adsorbate(slab, adsorbate.numbers, adsorbate.positions - adsorbate.positions.mean(0)
+        template = _with_adsorbate(slab, mol.numbers, mol.positions - mol.positions.mean(0)
                                    + [centre[0], centre[1], top + 2.5])  # fmt: skip
         made["generated"] = diffusion_placements(diffusion, [template] * cfg.num_generated, 1.0, cfg, "generate")
     if cfg.t_start < 1.0:
@@ -602,13 +597,13 @@ def run_adsorb(cfg: AdsorbConfig) -> AdsorbResult:
     check_config(cfg)
     out = Path(cfg.out)
     slab, slab_desc = load_slab(cfg)
-    adsorbate, binding = load_adsorbate(cfg)
-    numbers = np.concatenate([slab.numbers, adsorbate.numbers])
+    adsorbate = load_adsorbate(cfg)
+    numbers = np.concatenate([slab.numbers, adsorbate.atoms.numbers])
     relaxer = Relaxer(cfg.relaxer, cfg)
     relaxer.check_elements(numbers)
     energy_mode = cfg.energy if cfg.energy != "auto" else ("referenced" if relaxer.referenced else "total")
     if energy_mode == "total":
-        missing = sorted(set(adsorbate.get_chemical_symbols()) - {"H", "C", "N", "O"})
+        missing = sorted(set(adsorbate.atoms.get_chemical_symbols()) - {"H", "C", "N", "O"})
         if missing:
             raise ValueError(f"adsorbate {cfg.adsorbate}: total energies need gas references, which exist for "
                              f"H, C, N, O only (OC20's scheme), not {' '.join(missing)}")  # fmt: skip
@@ -623,18 +618,18 @@ def run_adsorb(cfg: AdsorbConfig) -> AdsorbResult:
 
             diffusion = load_model(cfg.diffusion, torch.device(cfg.device))
             check_elements(diffusion, cfg.diffusion, numbers, "diffusion checkpoint")
-        placements = make_placements(slab, adsorbate, binding, cfg, diffusion)
+        placements = make_placements(slab, adsorbate, cfg, diffusion)
         work.write("placements.extxyz", placements)
     relaxed = relax_resumable(relaxer, placements, work, cfg)
     refs = references(relaxer, slab, work) if energy_mode == "total" else None
     clean = work.read("clean_slab.extxyz")[0] if refs is not None else None
 
-    rows = table(placements, relaxed, slab, adsorbate, refs, clean)
+    rows = table(placements, relaxed, slab, adsorbate.atoms, refs, clean)
     ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
     best = [relaxed[r["index"]] for r in ranked]
     summary = {
         "slab": slab_desc, "slab_atoms": len(slab), "adsorbate": cfg.adsorbate,
-        "adsorbate_formula": adsorbate.get_chemical_formula(), "binding": list(binding),
+        "adsorbate_formula": adsorbate.atoms.get_chemical_formula(), "binding": list(adsorbate.binding),
         "relaxer": relaxer.name, "energy": energy_mode,
         "energy_note": ("the relaxer's energies are adsorption energies (OC20-referenced model)" if energy_mode == "referenced"
                         else "E_ads = E - E_slab - gas references (H2, H2O-H2, CO-O, N2), all with the relaxer"),

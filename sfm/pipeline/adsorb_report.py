@@ -135,8 +135,8 @@ def report(summary: dict, rows: list[dict], cfg, pictures: dict) -> str:
         lines += ["**No valid placement**: every relaxed placement is anomalous (see the table).", ""]
     else:
         state = "converged" if best["converged"] else "NOT converged"
-        lines += [f"**Lowest adsorption energy: {best['adsorption_energy']:.3f} eV** ({best['source']} placement "
-                  f"{best['index']}, {state} in {best['steps']} steps)", ""]  # fmt: skip
+        lines += [(f"**Lowest adsorption energy: {best['adsorption_energy']:.3f} eV** ({best['source']} placement "
+                   f"{best['index']}, {state} in {best['steps']} steps)"), ""]  # fmt: skip
     lines += ["## Best placements", "", "| rank | placement | source | E_ads (eV) | energy (eV) | converged | steps |",
               "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])

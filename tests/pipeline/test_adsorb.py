@@ -89,16 +89,16 @@ def test_slab_from_an_ase_db_row(tmp_path):
 
 
 def test_adsorbates_by_name_and_file(tmp_path):
-    atoms, binding = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="*OH"))
-    assert atoms.get_chemical_formula() == "HO" and binding == (0,)
+    ads = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="*OH"))
+    assert ads.atoms.get_chemical_formula() == "HO" and ads.binding == (0,)
     with pytest.raises(ValueError, match="neither an OC20 adsorbate nor a file.*\\*OH"):
         load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="OH"))
     path = tmp_path / "ads.xyz"
     molecule("CO").write(path)
     with pytest.raises(ValueError, match="give binding"):
         load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate=str(path)))
-    atoms, binding = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate=str(path), binding=(1,)))
-    assert binding == (1,) and len(atoms) == 2
+    ads = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate=str(path), binding=(1,)))
+    assert ads.binding == (1,) and len(ads.atoms) == 2
     Atoms("XO", positions=[[0, 0, 0], [0, 0, 1.2]]).write(tmp_path / "x.xyz")
     with pytest.raises(ValueError, match="unknown element"):
         load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate=str(tmp_path / "x.xyz"), binding=(0,)))
@@ -119,18 +119,18 @@ def test_heuristic_sites_are_the_fcc111_sites_and_reproducible():
     top = cu111()
     top.set_tags((top.get_tags() == 1).astype(int))  # the top layer is the surface, as fairchem tags it
     slab = prepare_slab(top, "cu", 6.0)
-    ads, binding = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="*O"))
-    placed = baseline_placements(slab, ads, binding, "heuristic", 0, seed=0)
+    ads = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="*O"))
+    placed = baseline_placements(slab, ads, "heuristic", 0, seed=0)
     assert len(placed) == 4  # ontop, bridge, fcc and hcp hollow of fcc(111)
     for a in placed:
         assert (a.get_tags()[:36] == slab.get_tags()).all() and (a.get_tags()[36:] == 2).all()
         np.testing.assert_array_equal(a.positions[:36], slab.positions)
         assert (a.positions[36:, 2] > slab.positions[:, 2].max()).all()
     state = np.random.get_state()[1].copy()
-    again = baseline_placements(slab, ads, binding, "random", 3, seed=5)
+    again = baseline_placements(slab, ads, "random", 3, seed=5)
     assert len(again) == 3
     np.testing.assert_array_equal(np.random.get_state()[1], state)  # numpy's global generator left alone
-    for a, b in zip(again, baseline_placements(slab, ads, binding, "random", 3, seed=5)):
+    for a, b in zip(again, baseline_placements(slab, ads, "random", 3, seed=5)):
         np.testing.assert_array_equal(a.positions, b.positions)
 
 
@@ -142,8 +142,8 @@ def test_gas_references_follow_oc20_scheme():
 def hand_made_relaxed():
     """(slab, adsorbate, placements, relaxed): *OH on Cu(111) relaxed four ways by hand."""
     slab = prepare_slab(cu111(), "cu", 6.0)
-    ads, binding = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="*OH"))
-    init = baseline_placements(slab, ads, binding, "heuristic", 0, seed=0)[:4]
+    ads = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="*OH"))
+    init = baseline_placements(slab, ads, "heuristic", 0, seed=0)[:4]
     moves = {0: [], 1: "desorbed", 2: "dissociated", 3: "surface_changed"}
     relaxed = []
     for i, a in enumerate(init):
@@ -158,7 +158,7 @@ def hand_made_relaxed():
         b.info.update(converged=True, steps=3, fmax=0.01)
         b.calc = SinglePointCalculator(b, energy=float(-i), forces=np.zeros((len(b), 3)))
         relaxed.append(b)
-    return slab, ads, init, relaxed
+    return slab, ads.atoms, init, relaxed
 
 
 def test_table_labels_and_ranks_hand_made_anomalies():

@@ -17,6 +17,7 @@ import sfm
 from sfm.data import Dictionary, LmdbDataset
 from sfm.data.anomaly import detect
 from sfm.data.demo import gas_references
+from sfm.data.placements import oc20_adsorbate
 from sfm.models import build_model
 from sfm.pipeline.adsorb import Relaxer
 from sfm.pipeline.checkpoint import save_consolidated
@@ -83,8 +84,7 @@ def test_demo_slab_with_emt(demo_world, tmp_path, monkeypatch):
     clean = ase.io.read(out / "work" / "clean_slab.extxyz")
     n = len(clean)
     for row, init, final in zip(rows, initial, frames):
-        given = np.concatenate([init.positions[:n], sfm.pipeline.adsorb.load_adsorbate(
-            sfm.pipeline.adsorb.AdsorbConfig(out="o", relaxer=EMT_SPEC, adsorbate=adsorbate))[0].positions])
+        given = np.concatenate([init.positions[:n], oc20_adsorbate(adsorbate).atoms.positions])
         flags = detect(final.numbers, final.get_tags(), given, final.positions, final.cell.array, clean.positions)
         assert row["anomalies"] == ";".join(flags.labels())
         assert (row["rank"] == "") == flags.any

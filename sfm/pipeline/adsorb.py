@@ -68,7 +68,7 @@ SOURCES = ("generated", "refined", "heuristic", "random")
 GAS_MOLECULES = ("H2", "H2O", "CO", "N2")
 BOX = 20.0  # A, periodic box of the gas-phase reference molecules
 _DEFINING = ("slab", "bulk", "miller", "slab_index", "adsorbate", "binding", "diffusion", "num_generated", "sampler",
-             "sample_steps", "t_start", "heuristic", "random", "relaxer", "energy", "optimizer", "fmax", "steps",
+             "sample_steps", "t_start", "heuristic", "max_heuristic", "random", "relaxer", "energy", "optimizer", "fmax", "steps",
              "batch_size", "seed", "min_vacuum")  # fmt: skip
 
 
@@ -90,6 +90,7 @@ class AdsorbConfig:
     sample_steps: int = 25
     t_start: float = 1.0              # < 1: also refine each heuristic placement from this level
     heuristic: bool = False
+    max_heuristic: int | None = None  # at most this many heuristic sites (a uniform subset), None: all
     random: int = 0
     energy: str = "auto"              # auto | referenced | total
     optimizer: str = "fire"
@@ -147,6 +148,8 @@ def check_config(cfg: AdsorbConfig) -> None:
         raise ValueError(f"optimizer must be fire or lbfgs, got {cfg.optimizer!r}")
     if cfg.num_generated < 0 or cfg.random < 0 or cfg.batch_size < 1 or cfg.steps < 0 or not cfg.fmax > 0:
         raise ValueError("num_generated and random must be >= 0, batch_size >= 1, steps >= 0, fmax > 0")
+    if cfg.max_heuristic is not None and cfg.max_heuristic < 1:
+        raise ValueError(f"max_heuristic must be >= 1 or None (all sites), got {cfg.max_heuristic}")
     if not 0.0 < cfg.t_start <= 1.0:
         raise ValueError(f"t_start must be in (0, 1], got {cfg.t_start}")
     if (cfg.num_generated or cfg.t_start < 1.0) and cfg.diffusion is None:
@@ -301,12 +304,12 @@ def _with_adsorbate(slab: Atoms, ads_numbers: np.ndarray, ads_pos: np.ndarray) -
     return atoms
 
 
-def baseline_placements(slab: Atoms, adsorbate: Adsorbate, mode: str, num: int, seed: int) -> list[Atoms]:
-    """OC20 placements (:mod:`sfm.data.placements`): ``heuristic`` (every site) or ``random``
-    (``num`` sites), with the slab's own held atoms."""
+def baseline_placements(slab: Atoms, adsorbate: Adsorbate, mode: str, num: int | None, seed: int) -> list[Atoms]:
+    """OC20 placements (:mod:`sfm.data.placements`): ``heuristic`` (every site, or a uniform
+    subset of ``num`` if not None) or ``random`` (``num`` sites), with the slab's own held atoms."""
     from sfm.data.placements import heuristic_placements, random_placements
 
-    made = heuristic_placements(slab, adsorbate, seed) if mode == "heuristic" else \
+    made = heuristic_placements(slab, adsorbate, seed, num) if mode == "heuristic" else \
         random_placements(slab, adsorbate, num, seed)  # fmt: skip
     n = len(slab)
     return [_with_adsorbate(slab, p.atoms.numbers[n:], p.atoms.positions[n:]) for p in made]
@@ -350,7 +353,7 @@ def make_placements(slab: Atoms, adsorbate: Adsorbate, cfg: AdsorbConfig, diffus
     """All placements, ``info["source"]`` and ``info["index"]`` set, in the order of ``SOURCES``."""
     made: dict[str, list[Atoms]] = {}
     if cfg.heuristic:
-        made["heuristic"] = baseline_placements(slab, adsorbate, "heuristic", 0, cfg.seed)
+        made["heuristic"] = baseline_placements(slab, adsorbate, "heuristic", cfg.max_heuristic, cfg.seed)
     if cfg.random:
         made["random"] = baseline_placements(slab, adsorbate, "random", cfg.random, cfg.seed)
     if cfg.num_generated:
@@ -375,20 +378,25 @@ def make_placements(slab: Atoms, adsorbate: Adsorbate, cfg: AdsorbConfig, diffus
 
 
 class Relaxer:
-    """Relaxes lists of Atoms with an sfm S2EF checkpoint (batched) or an ASE calculator
-    factory ``module:factory`` (ASE loop); ``referenced`` says what its energies are by default."""
+    """Relaxes lists of Atoms with an sfm S2EF checkpoint (batched; with ``loop=True`` the ASE
+    loop over its ``SFMCalculator`` instead, for comparison) or an ASE calculator factory
+    ``module:factory`` (ASE loop); ``referenced`` says what its energies are by default."""
 
-    def __init__(self, spec: str, cfg: AdsorbConfig):
+    def __init__(self, spec: str, cfg: AdsorbConfig, loop: bool = False):
         self.spec, self.cfg = spec, cfg
-        self.batched = ":" not in spec
-        if self.batched:
+        self.sfm = ":" not in spec
+        self.batched = self.sfm and not loop
+        opt = cfg.optimizer.upper()
+        if self.sfm:
             from sfm import load_checkpoint
+            from sfm.relax.calculator import SFMCalculator
 
             self.model = load_checkpoint(spec, map_location=cfg.device)
             task = self.model.checkpoint.get("task", "s2ef")
             if task != "s2ef" or not hasattr(self.model, "predict"):
                 raise ValueError(f"relaxer {spec} holds a {task} model, not an S2EF (energy/force) model")
-            self.name = f"sfm S2EF checkpoint {spec} (batched {cfg.optimizer.upper()})"
+            self.factory = lambda: SFMCalculator(self.model, device=cfg.device)
+            self.name = f"sfm S2EF checkpoint {spec} ({f'batched {opt}' if self.batched else f'ASE {opt} loop'})"
         else:
             module, _, attr = spec.partition(":")
             try:
@@ -397,14 +405,14 @@ class Relaxer:
                 raise ValueError(f"relaxer {spec}: cannot import {attr} from {module} ({err})") from None
             if not callable(self.factory):
                 raise ValueError(f"relaxer {spec}: {attr} is not callable (a calculator class or factory)")
-            self.name = f"ASE calculator {spec} (ASE {cfg.optimizer.upper()} loop)"
+            self.name = f"ASE calculator {spec} (ASE {opt} loop)"
 
     @property
     def referenced(self) -> bool:
-        return self.batched
+        return self.sfm
 
     def check_elements(self, numbers: np.ndarray) -> None:
-        if self.batched:
+        if self.sfm:
             check_elements(self.model, self.spec, numbers, "relaxer")
 
     def relax(self, structures: list[Atoms], desc: str) -> list[Atoms]:

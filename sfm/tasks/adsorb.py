@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min_vacuum", type=float, default=6.0, help="A of vacuum along c the slab must have")
     g = p.add_argument_group("placements")
     g.add_argument("--heuristic", action="store_true", help="every OC20 heuristic site")
+    g.add_argument("--max_heuristic", type=int, help="at most this many heuristic sites (a uniform subset; alloy "
+                                                     "slabs have 100-300)")
     g.add_argument("--random", type=int, default=0, help="this many random sites (AdsorbML's random placements)")
     g.add_argument("--diffusion", help="diffusion checkpoint (.pt) for generated / refined placements")
     g.add_argument("--num_generated", type=int, default=0, help="adsorbates inpainted from noise")
@@ -69,7 +71,7 @@ def config_of(args, parser) -> AdsorbConfig:
         miller=_ints(args.miller, "miller", parser) if args.miller else None, slab_index=args.slab_index,
         binding=_ints(args.binding, "binding", parser) if args.binding else None, diffusion=args.diffusion,
         num_generated=args.num_generated, sampler=args.sampler, sample_steps=args.sample_steps, t_start=args.t_start,
-        heuristic=args.heuristic, random=args.random, energy=args.energy, optimizer=args.optimizer, fmax=args.fmax,
+        heuristic=args.heuristic, max_heuristic=args.max_heuristic, random=args.random, energy=args.energy, optimizer=args.optimizer, fmax=args.fmax,
         steps=args.steps, batch_size=args.batch_size, max_atoms=args.max_atoms, top_k=args.top_k, seed=args.seed,
         min_vacuum=args.min_vacuum, device=args.device, progress=not args.no_progress,
     )  # fmt: skip

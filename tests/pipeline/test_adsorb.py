@@ -120,7 +120,7 @@ def test_heuristic_sites_are_the_fcc111_sites_and_reproducible():
     top.set_tags((top.get_tags() == 1).astype(int))  # the top layer is the surface, as fairchem tags it
     slab = prepare_slab(top, "cu", 6.0)
     ads = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="*O"))
-    placed = baseline_placements(slab, ads, "heuristic", 0, seed=0)
+    placed = baseline_placements(slab, ads, "heuristic", None, seed=0)
     assert len(placed) == 4  # ontop, bridge, fcc and hcp hollow of fcc(111)
     for a in placed:
         assert (a.get_tags()[:36] == slab.get_tags()).all() and (a.get_tags()[36:] == 2).all()
@@ -143,7 +143,7 @@ def hand_made_relaxed():
     """(slab, adsorbate, placements, relaxed): *OH on Cu(111) relaxed four ways by hand."""
     slab = prepare_slab(cu111(), "cu", 6.0)
     ads = load_adsorbate(AdsorbConfig(out="o", relaxer=EMT, adsorbate="*OH"))
-    init = baseline_placements(slab, ads, "heuristic", 0, seed=0)[:4]
+    init = baseline_placements(slab, ads, "heuristic", 4, seed=0)
     moves = {0: [], 1: "desorbed", 2: "dissociated", 3: "surface_changed"}
     relaxed = []
     for i, a in enumerate(init):

@@ -168,3 +168,32 @@ def test_cli_errors_name_the_input(tmp_path, capsys):
         main(["--slab", str(tmp_path / "cu.cif"), "--adsorbate", str(tmp_path / "ads.xyz"), "--binding", "0",
               "--heuristic", "--relaxer", s2ef, "--out", str(tmp_path / "o2")])  # fmt: skip
     assert "does not know element(s) U" in capsys.readouterr().err
+
+
+def test_benchmark_success_by_hand():
+    from sfm.tasks.adsorb_bench import first_success, success, summarize
+
+    def row(i, source, e, valid=True, steps=10):
+        return {"index": i, "source": source, "adsorption_energy": e, "valid": valid, "steps": steps}
+
+    rows = [row(0, "heuristic", -0.5), row(1, "heuristic", -1.0, valid=False), row(2, "heuristic", -0.95),
+            row(3, "random", -0.2), row(4, "random", -0.92)]  # fmt: skip
+    best = -0.95  # the anomalous -1.0 does not count
+    assert not success(rows, "heuristic", 1, best, 0.1) and not success(rows, "heuristic", 2, best, 0.1)
+    assert success(rows, "heuristic", 3, best, 0.1) and success(rows, "random", 2, best, 0.1)
+    assert first_success(rows, "heuristic", best, 0.1) == 3 and first_success(rows, "random", best, 0.01) is None
+    s = summarize([{"rows": rows, "best": best}], 0.1)
+    assert s["heuristic"]["success@1"] == 0.0 and s["heuristic"]["success@5"] == 1.0
+    assert s["heuristic"]["anomaly_rate"] == pytest.approx(1 / 3) and s["random"]["relaxations_to_first_success"] == 2
+
+
+def test_benchmark_command_runs_on_the_demo_world(demo_world, tmp_path):
+    from sfm.tasks.adsorb_bench import main as bench
+
+    s2ef = tiny_checkpoint(tmp_path / "s2ef.pt", "s2ef", "s2ef")
+    report = bench(["--data", str(demo_world / "is2re" / "train"), "--num_systems", "1", "--max_heuristic", "2",
+                    "--random", "2", "--steps", "15", "--timing_relaxer", s2ef, "--timing_systems", "1",
+                    "--out", str(tmp_path / "bench"), "--no_progress"])  # fmt: skip
+    assert set(report["by_source"]) <= {"heuristic", "random"} and report["timing"]["structures"] == 4
+    assert report["timing"]["max_abs_energy_difference_eV"] < 1e-3  # the same model, optimiser and steps
+    assert (tmp_path / "bench" / "benchmark.md").read_text().startswith("# Adsorption search benchmark")

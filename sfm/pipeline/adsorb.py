@@ -35,6 +35,8 @@ What it does, in order (``sfm.adsorb`` and ``python -m sfm.tasks.adsorb`` both c
    already broken counts as dissociated; the surface with the relaxed clean slab (total
    energies) or the input slab. **Rank**: valid placements by adsorption energy, 0 = lowest;
    anomalous ones get no rank.
+7. **Judge** (optional, AdsorbML's ML+SP): ``judge`` (a checkpoint or ``module:factory``) gives a
+   single-point energy of the ``top_k`` best relaxed placements, its adsorption energy as in 5.
 
 Outputs in ``out`` (:mod:`sfm.pipeline.adsorb_report` writes the report): ``placements.csv``
 and ``placements.json`` (one row per placement: index, source, energy, adsorption_energy,
@@ -67,8 +69,9 @@ from sfm.data.demo import Adsorbate
 SOURCES = ("generated", "refined", "heuristic", "random")
 GAS_MOLECULES = ("H2", "H2O", "CO", "N2")
 BOX = 20.0  # A, periodic box of the gas-phase reference molecules
+REFERENCE_STEPS = 1000  # step cap of the clean slab and gas relaxations (whatever the placements' cap)
 _DEFINING = ("slab", "bulk", "miller", "slab_index", "adsorbate", "binding", "diffusion", "num_generated", "sampler",
-             "sample_steps", "t_start", "heuristic", "max_heuristic", "random", "relaxer", "energy", "optimizer", "fmax", "steps",
+             "sample_steps", "t_start", "heuristic", "max_heuristic", "random", "relaxer", "judge", "energy", "optimizer", "fmax", "steps",
              "batch_size", "seed", "min_vacuum")  # fmt: skip
 
 
@@ -84,6 +87,7 @@ class AdsorbConfig:
     miller: tuple[int, int, int] | None = None
     slab_index: int = 0               # bulk: which termination fairchem cuts (0 = its first)
     binding: tuple[int, ...] | None = None  # adsorbate file: indices of its binding atom(s)
+    judge: str | None = None          # single point on the top_k (AdsorbML's ML+SP): checkpoint or module:factory
     diffusion: str | None = None      # diffusion checkpoint for generated / refined placements
     num_generated: int = 0
     sampler: str = "ode"
@@ -115,8 +119,9 @@ class AdsorbConfig:
         out = {k: getattr(self, k) for k in _DEFINING}
         for k in ("slab", "bulk", "diffusion"):
             out[k] = str(Path(out[k]).resolve()) if out[k] else None
-        if self.relaxer and ":" not in self.relaxer:
-            out["relaxer"] = str(Path(self.relaxer).resolve())
+        for k in ("relaxer", "judge"):
+            if out[k] and ":" not in out[k]:
+                out[k] = str(Path(out[k]).resolve())
         return json.loads(json.dumps(out))
 
 
@@ -162,8 +167,10 @@ def check_config(cfg: AdsorbConfig) -> None:
         path = getattr(cfg, name)
         if path is not None and not Path(_file_part(path)).exists():
             raise FileNotFoundError(f"{name} {path}: no such file")
-    if ":" not in cfg.relaxer and not Path(cfg.relaxer).exists():
-        raise FileNotFoundError(f"relaxer {cfg.relaxer}: no such checkpoint (or give module:factory)")
+    for name in ("relaxer", "judge"):
+        spec = getattr(cfg, name)
+        if spec is not None and ":" not in spec and not Path(spec).exists():
+            raise FileNotFoundError(f"{name} {spec}: no such checkpoint (or give module:factory)")
 
 
 def _file_part(spec: str) -> str:
@@ -415,17 +422,19 @@ class Relaxer:
         if self.sfm:
             check_elements(self.model, self.spec, numbers, "relaxer")
 
-    def relax(self, structures: list[Atoms], desc: str) -> list[Atoms]:
+    def relax(self, structures: list[Atoms], desc: str, steps: int | None = None) -> list[Atoms]:
         """Relaxed copies, each with a SinglePointCalculator (energy eV, forces eV/A, raw on held
-        atoms) and ``info`` converged, steps, fmax (free atoms), relax_wall_s (its share)."""
+        atoms) and ``info`` converged, steps, fmax (free atoms), relax_wall_s (its share); at
+        most ``steps`` optimiser steps (default ``cfg.steps``)."""
+        steps = self.cfg.steps if steps is None else steps
         start = time.perf_counter()
-        out = self._batched(structures, desc) if self.batched else self._loop(structures, desc)
+        out = self._batched(structures, desc, steps) if self.batched else self._loop(structures, desc, steps)
         share = (time.perf_counter() - start) / max(len(structures), 1)
         for a in out:
             a.info["relax_wall_s"] = share
         return out
 
-    def _batched(self, structures: list[Atoms], desc: str) -> list[Atoms]:
+    def _batched(self, structures: list[Atoms], desc: str, steps: int) -> list[Atoms]:
         from sfm.data import collate
         from sfm.relax import relax_batch
         from sfm.relax.atoms import atoms_to_data
@@ -442,7 +451,7 @@ class Relaxer:
                     if frame.step % 10 == 0:
                         bar.set_postfix(step=frame.step, relaxing=len(frame.index), refresh=False)
 
-                res = relax_batch(self.model, batch, cfg.optimizer, cfg.fmax, cfg.steps, callback=show,
+                res = relax_batch(self.model, batch, cfg.optimizer, cfg.fmax, steps, callback=show,
                                   max_atoms=cfg.max_atoms)  # fmt: skip
                 ptr = batch.ptr.tolist()
                 for b, atoms in enumerate(chunk):
@@ -455,7 +464,7 @@ class Relaxer:
             bar.close()
         return out
 
-    def _loop(self, structures: list[Atoms], desc: str) -> list[Atoms]:
+    def _loop(self, structures: list[Atoms], desc: str, steps: int) -> list[Atoms]:
         from ase.optimize import FIRE, LBFGS
 
         opt_class = FIRE if self.cfg.optimizer == "fire" else LBFGS
@@ -467,7 +476,7 @@ class Relaxer:
                 work.calc = self.factory()
                 try:
                     opt = opt_class(work, logfile=None)
-                    converged = bool(opt.run(fmax=self.cfg.fmax, steps=self.cfg.steps))
+                    converged = bool(opt.run(fmax=self.cfg.fmax, steps=steps))
                     energy = work.get_potential_energy()
                     forces = work.get_forces(apply_constraint=False)
                 except Exception as err:  # any calculator's failure, named with the structure
@@ -586,18 +595,43 @@ def relax_resumable(relaxer: Relaxer, structures: list[Atoms], work: WorkDir, cf
     return out
 
 
-def references(relaxer: Relaxer, slab: Atoms, work: WorkDir) -> dict:
-    """Total-energy references with the relaxer (cached in work): clean slab and gas molecules."""
-    path = work.path / "references.json"
-    if path.exists() and work.read("clean_slab.extxyz") is not None:
+def references(relaxer: Relaxer, slab: Atoms, work: WorkDir, prefix: str = "") -> dict:
+    """Total-energy references with the relaxer (cached in work as ``{prefix}references.json``
+    and ``{prefix}clean_slab.extxyz``): clean slab and gas molecules."""
+    path = work.path / f"{prefix}references.json"
+    if path.exists() and work.read(f"{prefix}clean_slab.extxyz") is not None:
         return json.loads(path.read_text())
-    relaxed = relaxer.relax([slab, *gas_molecules()], "relax clean slab + gas references")
-    work.write("clean_slab.extxyz", relaxed[:1])
-    molecules = {a.info["molecule"]: a.get_potential_energy() for a in relaxed[1:]}
-    refs = {"slab_energy": relaxed[0].get_potential_energy(), "slab_converged": relaxed[0].info["converged"],
-            "molecules": molecules, "elements": gas_references(molecules)}  # fmt: skip
+    relaxed = relaxer.relax([slab, *gas_molecules()], f"relax clean slab + gas references {prefix.strip('_')}",
+                            steps=max(relaxer.cfg.steps, REFERENCE_STEPS))  # fmt: skip
+    work.write(f"{prefix}clean_slab.extxyz", relaxed[:1])
+    molecules = {a.info["molecule"]: float(a.get_potential_energy()) for a in relaxed[1:]}
+    refs = {"slab_energy": float(relaxed[0].get_potential_energy()), "molecules": molecules,
+            "elements": gas_references(molecules),
+            "not_converged": [a.info.get("molecule", "clean slab") for a in relaxed if not a.info["converged"]]}  # fmt: skip
     _write_text(path, json.dumps(refs, indent=1) + "\n")
     return refs
+
+
+def judge_rows(cfg: AdsorbConfig, rows: list[dict], relaxed: list[Atoms], slab: Atoms, adsorbate: Atoms,
+               work: WorkDir) -> str:  # fmt: skip
+    """AdsorbML's ML+SP: a single point of ``cfg.judge`` on the ``top_k`` best relaxed placements;
+    sets ``judge_energy`` and ``judge_adsorption_energy`` on every row (None where not judged) and
+    returns the judge's description. A calculator judge's adsorption energy uses its own relaxed
+    clean slab and gas references; an sfm checkpoint's energy is one already."""
+    judge = Relaxer(cfg.judge, cfg, loop=True)
+    judge.check_elements(np.concatenate([slab.numbers, adsorbate.numbers]))
+    refs = None if judge.referenced else references(judge, slab, work, prefix="judge_")
+    for r in rows:
+        r["judge_energy"] = r["judge_adsorption_energy"] = None
+    ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])[: cfg.top_k]
+    for r in ranked:
+        atoms = relaxed[r["index"]].copy()
+        atoms.calc = judge.factory()
+        r["judge_energy"] = float(atoms.get_potential_energy())
+        r["judge_adsorption_energy"] = r["judge_energy"] if refs is None else \
+            r["judge_energy"] - refs["slab_energy"] - float(sum(refs["elements"][s] for s in adsorbate.get_chemical_symbols()))  # fmt: skip
+    kind = "adsorption energies" if refs is None else "total energies, referenced with its own slab and gas"
+    return f"{judge.spec}: single point on the {len(ranked)} best relaxed placements ({kind})"
 
 
 def run_adsorb(cfg: AdsorbConfig) -> AdsorbResult:
@@ -633,6 +667,7 @@ def run_adsorb(cfg: AdsorbConfig) -> AdsorbResult:
     clean = work.read("clean_slab.extxyz")[0] if refs is not None else None
 
     rows = table(placements, relaxed, slab, adsorbate.atoms, refs, clean)
+    judged = judge_rows(cfg, rows, relaxed, slab, adsorbate.atoms, work) if cfg.judge else None
     ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
     best = [relaxed[r["index"]] for r in ranked]
     summary = {
@@ -642,7 +677,9 @@ def run_adsorb(cfg: AdsorbConfig) -> AdsorbResult:
         "energy_note": ("the relaxer's energies are adsorption energies (OC20-referenced model)" if energy_mode == "referenced"
                         else "E_ads = E - E_slab - gas references (H2, H2O-H2, CO-O, N2), all with the relaxer"),
         "references": refs, "placements": len(rows),
-        "by_source": by_source(rows), "best": ranked[0] if ranked else None,
+        "by_source": by_source(rows), "best": ranked[0] if ranked else None, "judge": judged,
+        "judge_best": min((r for r in ranked if r.get("judge_adsorption_energy") is not None),
+                          key=lambda r: r["judge_adsorption_energy"], default=None),
         "wall_s_this_run": round(time.perf_counter() - start, 2),
     }  # fmt: skip
     from sfm.pipeline.adsorb_report import write_outputs

@@ -24,6 +24,7 @@ import numpy as np
 from sfm.data.anomaly import KINDS
 
 CSV_FIELDS = ("index", "source", "energy", "adsorption_energy", "converged", "steps", "fmax", "anomalies", "rank")
+JUDGE_FIELDS = ("judge_energy", "judge_adsorption_energy")  # with a judge (AdsorbML's ML+SP)
 FIGURES = 3  # best placements pictured in the report
 
 
@@ -52,11 +53,12 @@ def write_outputs(out: Path, cfg, rows: list[dict], summary: dict, relaxed: list
     from sfm.pipeline.adsorb import write_extxyz
 
     out.mkdir(parents=True, exist_ok=True)
+    fields = CSV_FIELDS + (JUDGE_FIELDS if cfg.judge else ())
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: "" if r[k] is None else r[k] for k in CSV_FIELDS})
+        writer.writerow({k: "" if r.get(k) is None else r[k] for k in fields})
     _replace(out / "placements.csv", lambda p: p.write_text(buf.getvalue()))
     doc = {"summary": summary, "config": asdict(cfg), "rows": rows}
     _replace(out / "placements.json", lambda p: p.write_text(json.dumps(_json_safe(doc), indent=1) + "\n"))
@@ -129,6 +131,10 @@ def report(summary: dict, rows: list[dict], cfg, pictures: dict) -> str:
     if refs:
         elements = ", ".join(f"{k} {v:.3f}" for k, v in refs["elements"].items())
         lines.append(f"- clean slab energy {refs['slab_energy']:.3f} eV; gas references (eV/atom): {elements}")
+        if refs["not_converged"]:
+            lines.append(f"- **warning**: not converged within the step cap: {', '.join(refs['not_converged'])}")
+    if summary.get("judge"):
+        lines.append(f"- judge (AdsorbML's ML+SP): {summary['judge']}")
     lines += [f"- {summary['placements']} placements; anomalies as AdsorbML (sfm.data.anomaly)", ""]
     best = summary.get("best")
     if best is None:
@@ -137,12 +143,18 @@ def report(summary: dict, rows: list[dict], cfg, pictures: dict) -> str:
         state = "converged" if best["converged"] else "NOT converged"
         lines += [(f"**Lowest adsorption energy: {best['adsorption_energy']:.3f} eV** ({best['source']} placement "
                    f"{best['index']}, {state} in {best['steps']} steps)"), ""]  # fmt: skip
-    lines += ["## Best placements", "", "| rank | placement | source | E_ads (eV) | energy (eV) | converged | steps |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    judged = summary.get("judge_best")
+    if judged is not None:
+        lines += [(f"**Lowest judged adsorption energy: {judged['judge_adsorption_energy']:.3f} eV** (rank "
+                   f"{judged['rank']}, {judged['source']} placement {judged['index']})"), ""]  # fmt: skip
+    header = ["rank", "placement", "source", "E_ads (eV)", "energy (eV)", "converged", "steps"]
+    header += ["judge E_ads (eV)"] if summary.get("judge") else []
+    lines += ["## Best placements", "", "| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
     ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
     for r in ranked[: cfg.top_k]:
-        lines.append(f"| {r['rank']} | {r['index']} | {r['source']} | {r['adsorption_energy']:.3f} | {r['energy']:.3f} "
-                     f"| {r['converged']} | {r['steps']} |")  # fmt: skip
+        cells = [r["rank"], r["index"], r["source"], f"{r['adsorption_energy']:.3f}", f"{r['energy']:.3f}",
+                 r["converged"], r["steps"]] + ([_e(r["judge_adsorption_energy"])] if summary.get("judge") else [])  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
     for rank, (top, side) in enumerate(pictures["views"]):
         lines.append(f"rank {rank}: ![top](figures/{top}) ![side](figures/{side})")

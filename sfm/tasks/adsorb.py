@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("relaxation and energies")
     g.add_argument("--relaxer", required=True, help="S2EF checkpoint (.pt, batched) or module:factory of an ASE calculator "
                                                     "(ASE loop), e.g. ase.calculators.emt:EMT")
+    g.add_argument("--judge", help="single point on the --top_k best relaxed placements (AdsorbML's ML+SP): "
+                                   "S2EF checkpoint or module:factory")
     g.add_argument("--energy", choices=("auto", "referenced", "total"), default="auto",
                    help="referenced: the relaxer gives adsorption energies (auto for sfm checkpoints); total: "
                         "subtract the relaxed clean slab and gas references (auto for calculators)")
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_of(args, parser) -> AdsorbConfig:
     return AdsorbConfig(
-        out=args.out, relaxer=args.relaxer, adsorbate=args.adsorbate, slab=args.slab, bulk=args.bulk,
+        out=args.out, relaxer=args.relaxer, judge=args.judge, adsorbate=args.adsorbate, slab=args.slab, bulk=args.bulk,
         miller=_ints(args.miller, "miller", parser) if args.miller else None, slab_index=args.slab_index,
         binding=_ints(args.binding, "binding", parser) if args.binding else None, diffusion=args.diffusion,
         num_generated=args.num_generated, sampler=args.sampler, sample_steps=args.sample_steps, t_start=args.t_start,

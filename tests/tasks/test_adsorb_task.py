@@ -142,6 +142,32 @@ def test_bulk_cut_with_tiny_checkpoints_through_the_api(tmp_path, capsys):
     assert len(result.best) == len(ranked) and result.best[0].info["index"] == min(ranked, key=lambda r: r["rank"])["index"]
 
 
+def test_emt_judges_the_best_placements_of_a_checkpoint(tmp_path):
+    """AdsorbML's ML+SP: EMT single points on the top_k relaxed by the model, referenced with EMT's
+    own relaxed clean slab and gas references (checked with ASE EMT and the demo's references)."""
+    from ase.build import fcc111
+
+    fcc111("Cu", (3, 3, 4), vacuum=8.0, periodic=True).write(tmp_path / "cu.cif")
+    s2ef = tiny_checkpoint(tmp_path / "s2ef.pt", "s2ef", "s2ef")
+    out = tmp_path / "out"
+    result = main(["--slab", str(tmp_path / "cu.cif"), "--adsorbate", "*O", "--random", "4", "--relaxer", s2ef,
+                   "--steps", "3", "--judge", EMT_SPEC, "--top_k", "2", "--out", str(out), "--no_progress"])  # fmt: skip
+    frames = ase.io.read(out / "relaxed.extxyz", ":")
+    clean = ase.io.read(out / "work" / "judge_clean_slab.extxyz")
+    clean.calc = EMT()
+    gas = gas_references()
+    judged = [r for r in result.rows if r["judge_energy"] is not None]
+    assert sorted(r["rank"] for r in judged) == [0, 1]
+    for r in judged:
+        atoms = frames[r["index"]]
+        atoms.calc = EMT()
+        assert r["judge_energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-6)
+        expected = r["judge_energy"] - clean.get_potential_energy() - gas["O"]
+        assert r["judge_adsorption_energy"] == pytest.approx(expected, abs=0.02)
+    assert list(read_csv(out / "placements.csv")[0])[-2:] == ["judge_energy", "judge_adsorption_energy"]
+    assert "Lowest judged adsorption energy" in (out / "report.md").read_text()
+
+
 def test_every_placement_desorbed_is_reported(tmp_path):
     from ase.build import fcc111
 

@@ -102,6 +102,7 @@ from scipy.spatial import Delaunay
 from torch_geometric.data import Data
 from tqdm import tqdm
 
+from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbWriter
 
 METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
@@ -497,7 +498,7 @@ def _structure(system: dict, sid: int) -> dict:
     return dict(
         sid=sid,
         atomic_numbers=torch.as_tensor(system["atomic_numbers"], dtype=torch.long),
-        cell=torch.as_tensor(system["cell"], dtype=torch.float32).reshape(1, 3, 3),
+        cell=as_cell(torch.as_tensor(system["cell"], dtype=torch.float32))[None],
         natoms=len(tags),
         tags=tags,
         fixed=tags == 0,

@@ -46,6 +46,21 @@ def wrap_frac(frac: torch.Tensor) -> torch.Tensor:
     return torch.where(wrapped >= 1.0, torch.zeros_like(wrapped), wrapped) + 0.0
 
 
+def as_cells(cell: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, 3]`` view of stored cells (OC20 keeps ``[1, 3, 3]`` per entry; ``[3, 3]``,
+    ``[9]`` or ``[B, 9]`` read the same, row-major). ValueError if the entries are not 9 per cell."""
+    if cell.numel() == 0 or cell.numel() % 9:
+        raise ValueError(f"cell must hold 3x3 entries per structure, got shape {list(cell.shape)}")
+    return cell.reshape(-1, 3, 3)
+
+
+def as_cell(cell: torch.Tensor) -> torch.Tensor:
+    """``[3, 3]`` lattice of one structure from its stored cell (``[1, 3, 3]``, ``[3, 3]`` or ``[9]``)."""
+    if cell.numel() != 9:
+        raise ValueError(f"cell of one structure must hold 3x3 entries, got shape {list(cell.shape)}")
+    return cell.reshape(3, 3)
+
+
 def volume(lattice: torch.Tensor) -> torch.Tensor:
     """Signed cell volume ``det(L)`` in A^3, ``[...]``; positive for right-handed cells."""
     return torch.linalg.det(lattice)
@@ -57,7 +72,7 @@ def check_lattice(lattice: torch.Tensor, name: str = "lattice") -> None:
     Rejects non-finite entries, singular cells (volume below 1e-6 of the product of the
     vector lengths, i.e. vectors nearly coplanar) and left-handed cells (``det(L) < 0``).
     """
-    lat = lattice.detach().reshape(-1, 3, 3).double()
+    lat = as_cells(lattice.detach()).double()
     where = (lambda b: f"{name}[{b}]") if lattice.dim() == 3 else (lambda b: name)
     for b in range(lat.shape[0]):
         cell = lat[b]

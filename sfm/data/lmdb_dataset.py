@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from sfm.data.lattice import check_lattice
+from sfm.data.lattice import as_cell, check_lattice
+from sfm.data.structure import sid_of
 
 REQUIRED_FIELDS = ("atomic_numbers", "pos", "cell", "natoms", "tags")
 _MAP_SIZE = 1 << 40  # virtual address space only; the file grows with what is written
@@ -61,7 +62,7 @@ def validate(data: Data, where: str, dictionary=None) -> Data:
             raise ValueError(f"{where}: {field} has NaN/inf at atom(s) {bad[:10]}")
     if data.cell.numel() != 9:
         raise ValueError(f"{where}: cell must hold 3x3 entries, got shape {list(data.cell.shape)}")
-    data.cell = data.cell.reshape(1, 3, 3)
+    data.cell = as_cell(data.cell)[None]
     check_lattice(data.cell[0], name=f"{where}: cell")
     for field in _FLOAT_FIELDS:
         if field in keys:
@@ -164,8 +165,7 @@ class LmdbDataset(torch.utils.data.Dataset):
             raw = txn.get(str(key).encode("ascii"))
         data = _upgrade_legacy(pickle.loads(raw))
         if "sid" in data:
-            sid = data.sid
-            where += f" (sid {sid.item() if torch.is_tensor(sid) and sid.numel() == 1 else sid})"
+            where += f" (sid {sid_of(data)})"
         return validate(data, where, self.dictionary)
 
     def _locate(self, idx: int) -> tuple[int, int]:

@@ -21,23 +21,18 @@ placement success@1/@k is added.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 
 import numpy as np
 import torch
 
-from sfm.data import LmdbDataset
+from sfm.data import LmdbDataset, write_json
+from sfm.data.lattice import as_cell, as_cells
+from sfm.data.structure import fixed_mask, sid_of
 from sfm.eval.generation import (ANGLE_TOL, LTOL, STOL, composition_kept, is_valid, lattice_stats, match_at_k,
                                  match_rms, structure_matcher, to_structure, uniqueness)
 from sfm.eval.oc20 import adwt, mean_distance
 from sfm.eval.placement import success_at_k
-
-
-def sid_key(data):
-    """Hashable system id of an entry (tensor / int / str sid)."""
-    sid = data.sid
-    return sid.item() if torch.is_tensor(sid) and sid.numel() == 1 else sid
 
 
 def group_samples(samples) -> dict:
@@ -45,7 +40,7 @@ def group_samples(samples) -> dict:
     groups = defaultdict(list)
     for i, data in enumerate(samples):
         idx = int(data.sample_idx) if "sample_idx" in data else i
-        groups[sid_key(data)].append((idx, data))
+        groups[sid_of(data)].append((idx, data))
     return {sid: [d for _, d in sorted(group, key=lambda t: t[0])] for sid, group in groups.items()}
 
 
@@ -58,8 +53,8 @@ def adwt_mask(sample, ref, atoms: str) -> torch.Tensor:
         atoms = "adsorbate"
     if atoms == "adsorbate" and "tags" in ref and (ref.tags == 2).any():
         return ref.tags == 2
-    if atoms == "free" and "fixed" in ref:
-        return ~ref.fixed.bool()
+    if atoms == "free":
+        return ~fixed_mask(ref)
     return torch.ones(int(ref.natoms), dtype=torch.bool)
 
 
@@ -68,13 +63,13 @@ def sample_distance(sample, ref, atoms: str = "generated") -> float:
     `pos_relaxed`; nan when the atoms are not the reference's, in its order. ValueError naming
     the sid if the reference has no `pos_relaxed`."""
     if "pos_relaxed" not in ref:
-        raise ValueError(f"reference sid {sid_key(ref)} has no pos_relaxed (a test split?): "
+        raise ValueError(f"reference sid {sid_of(ref)} has no pos_relaxed (a test split?): "
                          "no distance to the relaxed structure")
     if not torch.equal(sample.atomic_numbers.long(), ref.atomic_numbers.long()):
         return float("nan")
     ref_pos = ref.pos_relaxed.double()
     index = torch.zeros(len(ref_pos), dtype=torch.long)
-    return mean_distance(sample.pos.double(), ref_pos, ref.cell.reshape(1, 3, 3).double(), index,
+    return mean_distance(sample.pos.double(), ref_pos, as_cells(ref.cell).double(), index,
                          adwt_mask(sample, ref, atoms)).item()
 
 
@@ -96,7 +91,7 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
 
     Metrics that need the reference's `pos_relaxed` (match, ADwT, distance) or `y_relaxed`
     (success) are left out when it has none, and `out["skipped"]` says which and why."""
-    refs = {sid_key(r): r for r in references}
+    refs = {sid_of(r): r for r in references}
     groups = group_samples(samples)
     missing = [sid for sid in groups if sid not in refs]
     groups = {sid: g for sid, g in groups.items() if sid in refs}
@@ -118,12 +113,12 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
     valid, kept, unique, cells = [], [], [], []
     for s, (sid, group) in enumerate(groups.items()):
         ref = refs[sid]
-        ref_cell = ref.cell.reshape(3, 3).double()
+        ref_cell = as_cell(ref.cell).double()
         ref_struct = None if no_relaxed else to_structure(ref.atomic_numbers, ref.pos_relaxed.double(), ref_cell)
         structs = []
         for k, d in enumerate(group):
             present[s, k] = True
-            pos, cell = d.pos.double(), d.cell.reshape(3, 3).double()
+            pos, cell = d.pos.double(), as_cell(d.cell).double()
             cells.append(cell)
             ok = is_valid(pos, cell)
             valid.append(ok)
@@ -142,7 +137,7 @@ def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adw
            "tolerances": {"stol": stol, "ltol": ltol, "angle_tol": angle_tol},
            "validity": float(np.mean(valid)), "composition_kept": float(np.mean(kept)),
            "uniqueness": float(np.mean(unique)) if unique else float("nan"),
-           "lattice": lattice_stats(torch.stack(cells), torch.stack([r.cell.reshape(3, 3) for r in refs.values()])),
+           "lattice": lattice_stats(torch.stack(cells), torch.stack([as_cell(r.cell) for r in refs.values()])),
            "skipped": skipped}
     if not no_relaxed:
         out.update({"match@1": match_at_k(rms, 1), f"match@{K}": match_at_k(rms, K),
@@ -195,13 +190,6 @@ def format_table(m: dict) -> str:
     return "\n".join(lines)
 
 
-def json_safe(x):
-    """nan / inf -> None, recursively (strict JSON has no NaN)."""
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    return None if isinstance(x, float) and not np.isfinite(x) else x
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", required=True, help="sample LMDB (file or folder of shards)")
@@ -218,8 +206,7 @@ def main(argv=None) -> dict:
                  args.angle_tol, args.adwt_atoms, args.energy_key)
     print(format_table(m))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(json_safe(m), f, indent=2)
+        write_json(args.json, m)
     return m
 
 

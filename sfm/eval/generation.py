@@ -23,7 +23,7 @@ from pymatgen.core import Lattice, Structure
 from scipy.stats import wasserstein_distance
 from torch import Tensor
 
-from sfm.data.lattice import cart_to_frac, minimum_image
+from sfm.data.lattice import as_cells, cart_to_frac, minimum_image
 
 # DiffCSP / CDVAE / UniGenX defaults. stol is in units of (V / n)^(1/3): for an OC20 slab with
 # ~20 A of vacuum that is ~3 A, loose for an adsorbate; pass a smaller stol to be strict there.
@@ -96,7 +96,7 @@ def uniqueness(structures: list[Structure], matcher: StructureMatcher) -> float:
 
 def lattice_parameters(cell: Tensor) -> Tensor:
     """[B, 6]: lengths a, b, c (A) and angles alpha (b,c), beta (a,c), gamma (a,b) in degrees."""
-    cell = cell.reshape(-1, 3, 3).double()
+    cell = as_cells(cell).double()
     length = cell.norm(dim=-1)
 
     def angle(u, v):

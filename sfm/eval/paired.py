@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from sfm.data import LmdbDataset
-from sfm.eval.gen_metrics import group_samples, sid_key, sample_distance
+from sfm.data.structure import sid_of
+from sfm.eval.gen_metrics import group_samples, sample_distance
 from sfm.eval.oc20 import adwt
 
 
 def first_distances(samples, references, atoms: str = "generated") -> dict:
     """``{sid: distance (A)}`` of each system's first sample (nan: not scorable)."""
-    refs = {sid_key(r): r for r in references}
+    refs = {sid_of(r): r for r in references}
     return {sid: sample_distance(group[0], refs[sid], atoms) for sid, group in group_samples(samples).items() if sid in refs}
 
 

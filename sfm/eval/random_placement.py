@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from ase import Atoms
 from torch_geometric.data import Data
 
+from sfm.data.atoms import data_to_atoms
 from sfm.data.demo import contact_height
-from sfm.data.lattice import cart_to_frac, frac_to_cart, minimum_image, wrap_frac
+from sfm.data.lattice import as_cell, cart_to_frac, frac_to_cart, minimum_image, wrap_frac
+from sfm.data.structure import fixed_mask
 
 SAMPLER = "random_placement"
 
@@ -31,19 +32,21 @@ def random_placement(entry: Data, rng: np.random.Generator, contact: float = 2.0
     ads = tags == 2
     if not ads.any() or ads.all():
         raise ValueError(f"sid {entry.sid}: random placement needs adsorbate (tag 2) and slab atoms")
-    cell_t = entry.cell.reshape(3, 3).double()
+    cell_t = as_cell(entry.cell).double()
     pos_t = entry.pos.double()
     # the stored adsorbate may straddle the cell boundary: make it whole around its first atom
     first = pos_t[ads][:1]
     whole = first + minimum_image(cart_to_frac(pos_t[ads] - first, cell_t), cell_t)
-    pos, cell = pos_t.numpy(), cell_t.numpy()
-    mol = Atoms(numbers=entry.atomic_numbers.numpy()[ads], positions=whole.numpy())
+    cell = cell_t.numpy()
+    atoms = data_to_atoms(entry)
+    mol = atoms[ads]
+    mol.positions = whole.numpy()
     centre = mol.positions.mean(axis=0)
     mol.rotate(rng.uniform(0.0, 360.0), "z", center=centre)
     frac_ab = rng.uniform(0.0, 1.0, size=2)
     target = frac_ab[0] * cell[0, :2] + frac_ab[1] * cell[1, :2]
     mol.positions[:, :2] += target - centre[:2]
-    slab = Atoms(numbers=entry.atomic_numbers.numpy()[~ads], positions=pos[~ads], cell=cell, pbc=True)
+    slab = atoms[~ads]
     mol.positions[:, 2] += contact_height(slab, mol.positions, np.full(len(mol), contact))
     out = entry.pos.clone()  # slab atoms bit for bit as given
     placed = torch.as_tensor(mol.positions)
@@ -55,10 +58,10 @@ def random_placements(entries, k: int, seed: int = 0, contact: float = 2.0):
     """Yield ``k`` random-placement samples (Data) per entry; sample ``s`` of the entry at
     position ``i`` draws from ``SeedSequence([seed, i, s])``."""
     for i, entry in enumerate(entries):
-        fixed = entry.fixed.bool() if "fixed" in entry else entry.tags == 0
+        fixed = fixed_mask(entry)
         for s in range(k):
             rng = np.random.default_rng(np.random.SeedSequence([seed, i, s]))
-            yield Data(pos=random_placement(entry, rng, contact), cell=entry.cell.reshape(1, 3, 3),
+            yield Data(pos=random_placement(entry, rng, contact), cell=as_cell(entry.cell)[None],
                        atomic_numbers=entry.atomic_numbers, natoms=int(entry.natoms), tags=entry.tags, fixed=fixed,
                        sid=entry.sid, sample_idx=s, input_index=i, generated=entry.tags == 2, mode="inpaint",
                        sampler=SAMPLER, seed=seed)  # fmt: skip

@@ -1,11 +1,7 @@
 """Evaluate an energy/force (S2EF) model on OC20 LMDBs, next to two baselines.
 
-Views of a split (what is predicted against what):
-
-- ``frames`` (``kind="s2ef"``): every stored structure at ``pos`` against ``y`` and ``force``;
-- ``relaxed`` (``kind="is2re"``): ``pos_relaxed`` against ``y_relaxed``, with zero force on
-  the free atoms (a relaxed structure is a minimum: what the model should predict there);
-- ``initial`` (``kind="is2re"``): ``pos`` against ``y_init``, energy only (no force label).
+Views of a split (what is predicted against what): ``frames`` of an ``s2ef`` split,
+``relaxed`` and ``initial`` of an ``is2re`` one, as :mod:`sfm.data.views` defines them.
 
 Metrics (sfm/eval/oc20.py, as fairchem): energy MAE (eV), force MAE on free atoms (eV/A),
 force cosine, EFwT; energy-only views give energy MAE and EwT.
@@ -27,34 +23,11 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from sfm.data import collate
+from sfm.data.views import KINDS, VIEWS, labelled
 from sfm.eval.oc20 import is2re_metrics, s2ef_metrics
 from sfm.models.normalizer import EnergyNormalizer
 
-KINDS = ("s2ef", "is2re")
-VIEWS = {"s2ef": ("frames",), "is2re": ("relaxed", "initial")}
 BASELINES = ("train_mean", "linear_fit")
-
-
-def _fixed(data) -> torch.Tensor:
-    return data.fixed.bool() if "fixed" in data else data.tags == 0
-
-
-def labelled(data: Data, view: str, where: str = "entry") -> Data:
-    """One structure of ``view`` (module docstring) with ``pos``, ``y`` (eV), ``fixed`` and,
-    except for ``initial``, ``force`` [K, 3] (eV/A). Raises ValueError naming a missing label."""
-    need = {"frames": ("y",), "relaxed": ("pos_relaxed", "y_relaxed"), "initial": ("y_init",)}[view]
-    missing = [f for f in need if f not in data]
-    if missing:
-        hint = " (an IS2RE LMDB? use kind 'is2re')" if view == "frames" else " (an S2EF LMDB? use kind 's2ef')"
-        raise ValueError(f"{where}: the '{view}' view needs {missing}, not stored{hint}")
-    common = dict(atomic_numbers=data.atomic_numbers, cell=data.cell, natoms=data.natoms, tags=data.tags,
-                  fixed=_fixed(data))
-    if view == "frames":
-        force = data.force if "force" in data else None
-        return Data(pos=data.pos, y=float(data.y), **common, **({} if force is None else {"force": force}))
-    if view == "relaxed":
-        return Data(pos=data.pos_relaxed, y=float(data.y_relaxed), force=torch.zeros_like(data.pos_relaxed), **common)
-    return Data(pos=data.pos, y=float(data.y_init), **common)
 
 
 @dataclass

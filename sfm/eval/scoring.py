@@ -42,7 +42,9 @@ import torch
 from torch_geometric.data import Data
 from tqdm import tqdm
 
-from sfm.data import LmdbDataset, collate
+from sfm.data import LmdbDataset, collate, data_to_atoms
+from sfm.data.lattice import as_cell
+from sfm.data.structure import fixed_mask, plain_sid, sid_of
 from sfm.eval.placement import adsorbate_desorbed, adsorbate_dissociated, slab_max_displacement, success_at_k
 from sfm.relax import EMTFn, atoms_to_data, relax_batch
 
@@ -72,11 +74,6 @@ class ScoreConfig:
     progress: bool = True
 
 
-def sid_of(data):
-    sid = data.sid
-    return sid.item() if torch.is_tensor(sid) and sid.numel() == 1 else sid
-
-
 def read_samples(path) -> list[Data]:
     """Samples of an OC20 LMDB (file or folder of shards) or an extxyz file (``.xyz``/``.extxyz``:
     ``sid`` and ``sample_idx`` from each frame's info, tags, FixAtoms -> ``fixed``). A sample
@@ -90,9 +87,11 @@ def read_samples(path) -> list[Data]:
 
         items = []
         for i, atoms in enumerate(ase.io.read(path, ":", format="extxyz")):
-            info = {k: _plain(atoms.info[k]) for k in ("sid", "sample_idx") if k in atoms.info}
-            if "sid" not in info:
+            if "sid" not in atoms.info:
                 raise ValueError(f"{path} frame {i}: no 'sid' in the frame's info (needed to group samples by system)")
+            info = {"sid": plain_sid(atoms.info["sid"])}
+            if "sample_idx" in atoms.info:
+                info["sample_idx"] = int(atoms.info["sample_idx"])
             items.append(atoms_to_data(atoms, **info))
     elif path.is_dir() or path.suffix == ".lmdb":
         dataset = LmdbDataset(path)
@@ -105,8 +104,7 @@ def read_samples(path) -> list[Data]:
             raise ValueError(f"{path}[{i}]: sample has no 'sid' (the input system it belongs to)")
     for d, idx in zip(items, sample_indices(items)):
         d.sample_idx = idx
-        if "fixed" not in d:
-            d.fixed = d.tags == 0
+        d.fixed = fixed_mask(d)
     return items
 
 
@@ -117,11 +115,6 @@ def sample_indices(samples) -> list[int]:
         out.append(int(d.sample_idx) if "sample_idx" in d else seen[sid_of(d)])
         seen[sid_of(d)] += 1
     return out
-
-
-def _plain(value):
-    """numpy scalars (what extxyz info gives back) as Python numbers."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def first_samples(samples: list[Data], k: int) -> list[Data]:
@@ -171,19 +164,14 @@ def emt_offset_from_reference(ref: Data) -> float:
 def emt_offset_from_recipe(sample: Data) -> float:
     """``E_slab + E_gas`` by the demo world's recipe (sfm/data/demo.py): the clean slab (tags
     0, 1 at the sample's input positions) relaxed with EMT + LBFGS, plus gas references."""
-    from ase import Atoms
-    from ase.constraints import FixAtoms
+    from ase.data import chemical_symbols
 
     from sfm.data.demo import gas_references, relax
 
     tags = sample.tags.numpy()
-    slab = Atoms(numbers=sample.atomic_numbers.numpy()[tags != 2], positions=sample.pos.double().numpy()[tags != 2],
-                 cell=sample.cell.reshape(3, 3).double().numpy(), pbc=True, tags=tags[tags != 2])  # fmt: skip
-    slab.set_constraint(FixAtoms(mask=sample.fixed.numpy()[tags != 2]))
-    traj = relax(slab)
+    traj = relax(data_to_atoms(sample)[tags != 2])
     gas = gas_references()
-    ads = [Atoms(numbers=[z]).get_chemical_symbols()[0] for z in sample.atomic_numbers[tags == 2].tolist()]
-    return float(traj.energies[-1]) + sum(gas[s] for s in ads)
+    return float(traj.energies[-1]) + sum(gas[chemical_symbols[z]] for z in sample.atomic_numbers[tags == 2].tolist())
 
 
 # ---------------------------------------------------------------- scoring
@@ -204,9 +192,9 @@ class Scored:
 def minimal(d: Data, key: int, pos: torch.Tensor | None = None) -> Data:
     """What a relaxation reads of a sample (other stored fields stay out of the batch); ``sid`` =
     ``key``, unique per sample (EMTFn keeps one calculator per sid)."""
-    return Data(pos=(d.pos if pos is None else pos).float().cpu(), cell=d.cell.reshape(1, 3, 3).float().cpu(),
+    return Data(pos=(d.pos if pos is None else pos).float().cpu(), cell=as_cell(d.cell)[None].float().cpu(),
                 atomic_numbers=d.atomic_numbers.long().cpu(), natoms=int(d.natoms), tags=d.tags.long().cpu(),
-                fixed=d.fixed.bool().cpu(), sid=key)  # fmt: skip
+                fixed=fixed_mask(d).cpu(), sid=key)  # fmt: skip
 
 
 def _relax(model_or_fn, samples: list[Data], cfg: ScoreConfig, desc: str, pos: list | None = None) -> list[dict]:
@@ -242,7 +230,7 @@ def _relax(model_or_fn, samples: list[Data], cfg: ScoreConfig, desc: str, pos: l
 
 
 def _anomalies(sample: Data, final_pos: torch.Tensor, ref: Data | None, slab_threshold: float) -> dict:
-    tags, numbers, cell = sample.tags, sample.atomic_numbers, sample.cell.reshape(3, 3)
+    tags, numbers, cell = sample.tags, sample.atomic_numbers, as_cell(sample.cell)
     if not (tags == 2).any():
         return {"desorbed": False, "dissociated": False, "slab_moved": False, "slab_max_disp": 0.0}
     same = ref is not None and torch.equal(ref.atomic_numbers.long(), numbers.long()) and torch.equal(ref.tags, tags)
@@ -281,7 +269,7 @@ def score(model, samples: list[Data], cfg: ScoreConfig, references: dict | None 
         raise ValueError("no samples to score")
     references = references or {}
     index = sample_indices(samples)
-    samples = [d if "fixed" in d else _with(d, fixed=d.tags == 0) for d in samples]
+    samples = [_with(d, fixed=fixed_mask(d)) for d in samples]
     if cfg.judge != "none":
         check_emt_elements(samples)
     relaxed = _relax(model, samples, cfg, "relax (model)" if cfg.steps else "predict (model)")
@@ -403,9 +391,8 @@ def write_outputs(scored: Scored, out_dir, config: dict | None = None) -> dict[s
     (one row per sample), ``systems.csv`` (one row per input system) and ``scores.json``
     (summary, config, systems). Returns the paths."""
     import csv
-    import json
 
-    from sfm.data import write_lmdb
+    from sfm.data import write_json, write_lmdb
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -424,18 +411,8 @@ def write_outputs(scored: Scored, out_dir, config: dict | None = None) -> dict[s
         for s in scored.systems:
             writer.writerow({**s, **s["anomalies"], "ranked_sample_idx": " ".join(map(str, s["ranked_sample_idx"]))})
     report = {"summary": scored.summary, "config": config or {}, "systems": scored.systems}
-    paths["json"].write_text(json.dumps(_strict(report), indent=2) + "\n")
+    write_json(paths["json"], report)
     return paths
-
-
-def _strict(x):
-    """nan / inf -> None in nested dicts and lists (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict(v) for v in x]
-    x = _plain(x)
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def format_summary(summary: dict) -> str:

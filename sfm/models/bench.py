@@ -30,9 +30,11 @@ import torch
 
 
 def synthetic_slabs(num: int = 4, seed: int = 0):
-    """A PyG batch of ``num`` 80-atom fcc(111) slabs in the OC20 layout (float32)."""
+    """A batch (:func:`sfm.data.collate`) of ``num`` 80-atom fcc(111) slabs in the OC20 layout (float32)."""
     from ase.build import fcc111
-    from torch_geometric.data import Batch, Data
+    from torch_geometric.data import Data
+
+    from sfm.data import collate
 
     rng = torch.Generator().manual_seed(seed)
     items = []
@@ -49,7 +51,7 @@ def synthetic_slabs(num: int = 4, seed: int = 0):
                 sid=i,
             )
         )  # fmt: skip
-    return Batch.from_data_list(items)
+    return collate(items)
 
 
 def _peak_mb(device) -> float:
@@ -67,7 +69,6 @@ def bench_one(
     model_type: str, device: str, repeats: int, preset_graph: bool, bf16: bool, checkpoint: bool = False
 ) -> dict:
     """Measure one preset in this process (see the module docstring)."""
-    from sfm.data.lattice import cart_to_frac
     from sfm.models import build_model
 
     device = torch.device(device)
@@ -77,8 +78,7 @@ def bench_one(
     batch = synthetic_slabs().to(device)
     num_params = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
-        frac = cart_to_frac(batch.pos, batch.cell[batch.batch])
-        edges = model.backbone.build_graph(batch.atomic_numbers, frac, batch.cell, batch.batch).src.numel()
+        edges = model.backbone.build_graph(batch.atomic_numbers, batch.frac, batch.cell, batch.batch).src.numel()
 
     def forward():
         model.eval()

@@ -5,16 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sfm.data.structure import fixed_mask
+
 NUM_ELEMENTS = 119  # index by atomic number Z (0 unused)
-
-
-def fixed_mask(item, z: torch.Tensor) -> torch.Tensor:
-    """``fixed`` if stored, else ``tags == 0``, else nothing fixed."""
-    if getattr(item, "fixed", None) is not None:
-        return item.fixed.bool().reshape(-1)
-    if getattr(item, "tags", None) is not None:
-        return item.tags.reshape(-1) == 0
-    return torch.zeros_like(z, dtype=torch.bool)
 
 
 class EnergyNormalizer(nn.Module):
@@ -79,7 +72,7 @@ class EnergyNormalizer(nn.Module):
             counts.append(c)
             energies.append(torch.as_tensor(item.y, dtype=torch.float64).reshape(-1))
             if getattr(item, "force", None) is not None:
-                free = item.force.double()[~fixed_mask(item, z)]
+                free = item.force.double()[~fixed_mask(item)]
                 force_sq += float(free.pow(2).sum())
                 force_n += free.numel()
         counts, energies = torch.cat(counts), torch.cat(energies)

@@ -23,9 +23,10 @@ import contextlib
 import torch
 from torch import nn
 
-from sfm.data.lattice import cart_to_frac
+from sfm.data.lattice import as_cells, cart_to_frac
+from sfm.data.structure import fixed_mask
 from sfm.models.backbone import BackboneConfig, EquiformerV2
-from sfm.models.normalizer import EnergyNormalizer, fixed_mask
+from sfm.models.normalizer import EnergyNormalizer
 
 OC20_AVG_NUM_ATOMS = 77.81317
 
@@ -36,7 +37,7 @@ def batch_tensors(batch):
     index = getattr(batch, "batch", None)
     if index is None:
         index = torch.zeros(len(pos), dtype=torch.long, device=pos.device)
-    return batch.atomic_numbers.long(), pos, batch.cell.reshape(-1, 3, 3).to(pos.dtype), index
+    return batch.atomic_numbers.long(), pos, as_cells(batch.cell).to(pos.dtype), index
 
 
 class S2EFModel(nn.Module):
@@ -108,7 +109,7 @@ class S2EFModel(nn.Module):
         parts = {"energy_loss": energy_loss, "energy_mae": e_err.abs().mean() * self.normalizer.std.to(pos.dtype)}
         loss = self.energy_coef * energy_loss
         if target_force is not None:
-            free = ~fixed_mask(batch, atomic_numbers)
+            free = ~fixed_mask(batch)
             f_err = (out["forces"] - target_force.to(pos.dtype))[free]
             norm = f_err.norm(dim=-1) / self.normalizer.force_std.to(pos.dtype)
             force_loss = norm.mean() if len(norm) else norm.sum()

@@ -332,7 +332,7 @@ def diffusion_placements(model, templates: list[Atoms], t_start: float, cfg: Ads
     """The adsorbate of each template inpainted by the diffusion ``model`` on the given slab:
     from noise (t_start = 1) or from the template taken as the noisy state at ``t_start``."""
     from sfm.data import collate
-    from sfm.relax.atoms import atoms_to_data
+    from sfm.data.atoms import atoms_to_data
 
     out = []
     batches = -(-len(templates) // cfg.batch_size)
@@ -437,7 +437,7 @@ class Relaxer:
     def _batched(self, structures: list[Atoms], desc: str, steps: int) -> list[Atoms]:
         from sfm.data import collate
         from sfm.relax import relax_batch
-        from sfm.relax.atoms import atoms_to_data
+        from sfm.data.atoms import atoms_to_data
 
         cfg, out = self.cfg, []
         dtype = next(self.model.parameters()).dtype

@@ -26,6 +26,7 @@ from pymatgen.core import Composition, Element
 from torch_geometric.data import Data
 
 from sfm.data import LmdbDataset
+from sfm.data.structure import fixed_mask, sid_of
 
 
 class LmdbInputs:
@@ -44,14 +45,12 @@ class LmdbInputs:
         if not 0 <= i < self.size:
             raise IndexError(f"input {i} out of range ({self.size} inputs)")
         data = self.dataset[i]
-        if "fixed" not in data:
-            data.fixed = data.tags == 0
+        data.fixed = fixed_mask(data)
         return data
 
     def sid(self, i: int):
         """System id of input ``i`` (a tensor sid as a Python number)."""
-        sid = self[i].sid
-        return sid.item() if torch.is_tensor(sid) else sid
+        return sid_of(self[i])
 
 
 def parse_compositions(spec: str) -> list[str]:

@@ -29,11 +29,11 @@ import ase.io
 import numpy as np
 import torch
 from ase import Atoms
-from ase.constraints import FixAtoms
 from torch_geometric.data import Data
 
-from sfm.data import LmdbWriter
+from sfm.data import LmdbWriter, data_to_atoms
 from sfm.data.lmdb_dataset import _reader
+from sfm.data.structure import sid_of
 
 SAMPLES_DIR = "samples"
 _INFO_FIELDS = ("sid", "sample_idx", "input_index", "mode", "sampler", "steps", "t_start", "nfe", "seed", "formula")
@@ -41,10 +41,7 @@ _INFO_FIELDS = ("sid", "sample_idx", "input_index", "mode", "sampler", "steps", 
 
 def sample_key(data: Data) -> tuple:
     """``(sid, sample_idx)`` of a sample entry (a tensor sid becomes a Python number)."""
-    sid = data.sid
-    if torch.is_tensor(sid):
-        sid = sid.item()
-    return sid, int(data.sample_idx)
+    return sid_of(data), int(data.sample_idx)
 
 
 def rank_paths(save_dir: str | os.PathLike, rank: int) -> tuple[Path, Path]:
@@ -70,10 +67,7 @@ def done_keys(save_dir: str | os.PathLike) -> set[tuple]:
 
 def to_atoms(data: Data) -> Atoms:
     """ASE ``Atoms`` of a sample entry: periodic, tags, ``FixAtoms`` on ``fixed``, metadata in ``info``."""
-    atoms = Atoms(numbers=data.atomic_numbers.tolist(), positions=data.pos.double().numpy(),
-                  cell=data.cell.reshape(3, 3).double().numpy(), pbc=True, tags=data.tags.numpy())  # fmt: skip
-    if "fixed" in data and bool(data.fixed.any()):
-        atoms.set_constraint(FixAtoms(mask=data.fixed.numpy().astype(bool)))
+    atoms = data_to_atoms(data)
     if "generated" in data:
         atoms.arrays["generated"] = data.generated.numpy().astype(bool)
     for key in _INFO_FIELDS:

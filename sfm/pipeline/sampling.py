@@ -54,7 +54,8 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from sfm.data import Dictionary, LmdbDataset, collate
-from sfm.data.lattice import frac_to_cart
+from sfm.data.lattice import as_cell, frac_to_cart
+from sfm.data.structure import fixed_mask, tag_mask
 from sfm.models.diffusion.lattice_noise import canonical
 from sfm.models.diffusion.masks import MODES
 from sfm.models.diffusion.samplers import DEFAULT_STEPS, check_options, sample
@@ -191,7 +192,7 @@ def given_mask(data: Data, cfg: GenConfig) -> torch.Tensor:
     """``[n]`` bool: atoms given in ``cfg.mode`` (inpaint: tags in ``given_tags``)."""
     if cfg.mode != "inpaint":
         return torch.zeros(int(data.natoms), dtype=torch.bool)
-    return torch.isin(data.tags, torch.tensor(cfg.given_tags, dtype=data.tags.dtype))
+    return tag_mask(data.tags, cfg.given_tags)
 
 
 def make_batch(inputs: list[Data], cfg: GenConfig) -> Batch:
@@ -259,9 +260,8 @@ def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfi
     out = []
     for g, (data, (i, s)) in enumerate(zip(inputs, items)):
         sl = slice(ptr[g], ptr[g + 1])
-        record = Data(pos=pos[sl].clone(), cell=cell[g].reshape(1, 3, 3).clone(), atomic_numbers=data.atomic_numbers.long(),
-                      natoms=int(data.natoms), tags=data.tags.long(), fixed=batch.fixed[sl].bool().cpu()
-                      if "fixed" in batch else data.fixed.bool(), sid=data.sid, sample_idx=s, input_index=i,
+        record = Data(pos=pos[sl].clone(), cell=cell[g][None].clone(), atomic_numbers=data.atomic_numbers.long(),
+                      natoms=int(data.natoms), tags=data.tags.long(), fixed=fixed_mask(data), sid=data.sid, sample_idx=s, input_index=i,
                       generated=~batch.given[sl].cpu(), mode=cfg.mode, sampler=cfg.sampler, steps=int(cfg.steps),
                       nfe=int(nfe), seed=int(cfg.seed), t_start=float(cfg.t_start))  # fmt: skip
         if "formula" in data:
@@ -313,7 +313,7 @@ def run_sampling(cfg: GenConfig) -> dict:
     pool = None
     if cfg.sampler == "baseline_random" and cfg.mode == "csp" and cfg.lattice_data is not None:
         ref = LmdbDataset(cfg.lattice_data)
-        pool = torch.stack([ref[i].cell.reshape(3, 3) for i in range(len(ref))])
+        pool = torch.stack([as_cell(ref[i].cell) for i in range(len(ref))])
     counter = CallCounter(model) if model is not None else None
 
     done = done_keys(cfg.save_dir)

@@ -1,6 +1,6 @@
 """sfm.relax: batched FIRE / L-BFGS relaxation and an ASE calculator for sfm models."""
 
-from sfm.relax.atoms import atoms_to_data, batch_to_atoms
+from sfm.data.atoms import atoms_to_data, batch_to_atoms
 from sfm.relax.calculator import SFMCalculator
 from sfm.relax.emt import EMTFn, emt_fn
 from sfm.relax.relax_batch import RelaxFrame, RelaxResult, energy_forces_fn, relax_batch

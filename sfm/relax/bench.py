@@ -52,7 +52,7 @@ def make_slabs(n: int, seed: int = 0, sizes=SIZES, metals=("Cu", "Pt", "Au"), no
 def load_structures(n: int, data: str | None, seed: int = 0):
     """n structures as (list of Data, list of ase.Atoms): from an OC20 LMDB (its first n;
     `pos` is the start) or from `make_slabs` with demo-world sizes (36-65 atoms)."""
-    from sfm.relax.atoms import atoms_to_data, batch_to_atoms
+    from sfm.data.atoms import atoms_to_data, batch_to_atoms
     from torch_geometric.data import Batch
 
     if data is None:

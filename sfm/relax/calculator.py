@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Batch
 
-from sfm.relax.atoms import atoms_to_data
+from sfm.data.atoms import atoms_to_data
 
 
 def as_model(checkpoint_or_model, device="cpu"):

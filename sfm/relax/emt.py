@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from ase.calculators.emt import EMT
 
-from sfm.relax.atoms import batch_to_atoms
+from sfm.data.atoms import batch_to_atoms
 
 
 class EMTFn:

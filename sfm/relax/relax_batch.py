@@ -16,6 +16,7 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from sfm.data.lattice import cart_to_frac, wrap_frac
+from sfm.data.structure import fixed_mask
 from sfm.relax.fire import FIRE
 from sfm.relax.lbfgs import LBFGS
 
@@ -58,15 +59,6 @@ def energy_forces_fn(model_or_fn) -> Callable[[Batch], tuple[Tensor, Tensor]]:
     if callable(model_or_fn):
         return model_or_fn
     raise TypeError(f"expected a callable or a model with .predict, got {type(model_or_fn).__name__}")
-
-
-def fixed_mask(batch) -> Tensor:
-    """[N] bool: `batch.fixed` (contract: always present after collate), else tags == 0, else none."""
-    if getattr(batch, "fixed", None) is not None:
-        return batch.fixed.bool()
-    if getattr(batch, "tags", None) is not None:
-        return batch.tags == 0
-    return torch.zeros(batch.pos.shape[0], dtype=torch.bool, device=batch.pos.device)
 
 
 def split_batch(batch: Batch, max_atoms: int | None) -> list[tuple[Batch, slice]]:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.constraints import FixAtoms
 
+from sfm.data import data_to_atoms
 from sfm.pipeline.adsorb import SOURCES, AdsorbConfig, Relaxer, run_adsorb
 
 KS = (1, 2, 5, 10)
@@ -44,11 +44,7 @@ KS = (1, 2, 5, 10)
 
 def system_slab(entry, path: Path) -> Path:
     """The slab of an IS2RE entry (tags 0/1, its held atoms) written as extxyz at ``path``."""
-    keep = (entry.tags != 2).numpy()
-    slab = Atoms(entry.atomic_numbers.numpy()[keep], entry.pos.double().numpy()[keep], pbc=True,
-                 cell=entry.cell.reshape(3, 3).double().numpy(), tags=entry.tags.numpy()[keep])  # fmt: skip
-    fixed = entry.fixed.numpy()[keep] if "fixed" in entry else entry.tags.numpy()[keep] == 0
-    slab.set_constraint(FixAtoms(mask=fixed))
+    slab = data_to_atoms(entry)[(entry.tags != 2).numpy()]
     path.parent.mkdir(parents=True, exist_ok=True)
     slab.write(path, format="extxyz")
     return path

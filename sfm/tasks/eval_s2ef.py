@@ -10,15 +10,14 @@ fitted on `--train_data_path` (default: the checkpoint's own training data and k
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 import sfm
-from sfm.data import LmdbDataset
-from sfm.eval.gen_metrics import json_safe
-from sfm.eval.s2ef_eval import KINDS, evaluate, fit_baselines, format_table, split_name, training_items
+from sfm.data import LmdbDataset, write_json
+from sfm.data.views import KINDS
+from sfm.eval.s2ef_eval import evaluate, fit_baselines, format_table, split_name, training_items
 from sfm.tasks.train_args import int_at_least
 
 
@@ -67,8 +66,7 @@ def main(argv=None) -> dict:
         report["splits"][name]["path"] = str(path)
     print(format_table(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(json_safe(report), indent=2))
+        write_json(args.json, report)
     return report
 
 

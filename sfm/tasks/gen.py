@@ -35,9 +35,9 @@ sfm/pipeline/sampling.py for the details.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from sfm.data.structure import parse_tags
 from sfm.pipeline.sampling import SAMPLERS, GenConfig, check_config, finish, run_sampling
 
 ADWT_AUTO = {(0, 1): "adsorbate", (0,): "free"}  # given slab -> adsorbate; given subsurface -> free atoms
@@ -87,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GenConfig:
     try:
-        given_tags = tuple(int(t) for t in args.given_tags.split(",") if t.strip())
-    except ValueError:
-        parser.error(f"--given_tags must be comma-separated integers, got {args.given_tags!r}")
+        given_tags = parse_tags(args.given_tags)
+    except ValueError as err:
+        parser.error(str(err))
     cfg = GenConfig(
         save_dir=args.save_dir, checkpoint=args.checkpoint, data_path=args.data_path, compositions=args.compositions,
         num_atoms=args.num_atoms, formula_units=args.formula_units, mode=args.mode, given_tags=given_tags,
@@ -114,8 +114,9 @@ def adwt_atoms(args, cfg: GenConfig) -> str:
 
 def score(args, cfg: GenConfig, stats: dict) -> dict:
     """Metrics of every sample in save_dir against the inputs; writes metrics.json / metrics.txt."""
-    from sfm.data import LmdbDataset
-    from sfm.eval.gen_metrics import evaluate, format_table, json_safe
+    from sfm.data import LmdbDataset, write_json
+    from sfm.data.lattice import as_cell
+    from sfm.eval.gen_metrics import evaluate, format_table
     from sfm.eval.generation import is_valid
 
     samples = LmdbDataset(Path(cfg.save_dir) / "samples")
@@ -126,7 +127,7 @@ def score(args, cfg: GenConfig, stats: dict) -> dict:
         metrics = evaluate(samples, LmdbDataset(cfg.data_path), args.stol, args.ltol, args.angle_tol, adwt_atoms(args, cfg))
         table = format_table(metrics)
     else:  # compositions: no reference structure, so validity only
-        valid = [is_valid(d.pos.double(), d.cell.reshape(3, 3).double()) for d in samples]
+        valid = [is_valid(d.pos.double(), as_cell(d.cell).double()) for d in samples]
         metrics = {"samples": len(valid), "validity": sum(valid) / len(valid)}
         table = f"samples   {metrics['samples']}\nvalidity  {metrics['validity']:.3f}"
     refine = f" from t_start {cfg.t_start}{'' if cfg.renoise else ' (no noise added)'}" if cfg.t_start < 1 else ""
@@ -135,7 +136,7 @@ def score(args, cfg: GenConfig, stats: dict) -> dict:
            f"({stats['samples_per_s'] or 0:.3f} samples/s, {stats['world_size']} process(es), {stats['device']})"]  # fmt: skip
     table = "\n".join(run) + "\n\n" + table
     out = {"run": stats, "metrics": metrics}
-    (Path(cfg.save_dir) / "metrics.json").write_text(json.dumps(json_safe(out), indent=2) + "\n")
+    write_json(Path(cfg.save_dir) / "metrics.json", out)
     (Path(cfg.save_dir) / "metrics.txt").write_text(table + "\n")
     print(table)
     return out

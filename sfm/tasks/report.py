@@ -23,6 +23,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from sfm.data.strict_json import write_json
+from sfm.data.structure import sid_of
 from sfm.eval import figures
 
 SKIP_KEYS = {"split", "step", "time", "lr", "grad_norm", "structures_per_s", "atoms_per_s", "structures_per_cpu_s",
@@ -128,7 +130,8 @@ def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int
 
     import sfm
     from sfm.data import LmdbDataset
-    from sfm.eval.s2ef_eval import labelled, predict
+    from sfm.data.views import labelled
+    from sfm.eval.s2ef_eval import predict
 
     model = sfm.load_checkpoint(str(ckpt), map_location="cpu")
     ds = LmdbDataset(str(val))
@@ -264,7 +267,7 @@ def reference_energies(demo_dir: Path | None) -> dict:
     from sfm.data import LmdbDataset
 
     ds = LmdbDataset(str(path))
-    return {str(int(d.sid)): float(d.y_relaxed) for d in (ds[i] for i in range(len(ds))) if "y_relaxed" in d}
+    return {str(sid_of(d)): float(d.y_relaxed) for d in (ds[i] for i in range(len(ds))) if "y_relaxed" in d}
 
 
 def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n: int):
@@ -276,20 +279,19 @@ def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n:
     if name is None or not lmdb.exists() or ref_path is None or not ref_path.exists():
         rep.missing(f"structure pictures (need score/inpaint_*/scored.lmdb and the reference {ref_path})")
         return
-    from ase import Atoms
-    from sfm.data import LmdbDataset
+    from sfm.data import LmdbDataset, data_to_atoms
 
     refs = {}
     ds = LmdbDataset(str(ref_path))
     for i in range(len(ds)):
         d = ds[i]
-        refs[str(d.sid)] = d
+        refs[str(sid_of(d))] = d
     sc = LmdbDataset(str(lmdb))
     best: dict[str, tuple[float, object]] = {}
     for i in range(len(sc)):
         d = sc[i]
         e = float(d.judge_energy) if "judge_energy" in d and math.isfinite(float(d.judge_energy)) else float(d.energy)
-        sid = str(d.sid)
+        sid = str(sid_of(d))
         if sid in refs and (sid not in best or e < best[sid][0]):
             best[sid] = (e, d)
     if not best:
@@ -310,16 +312,13 @@ def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n:
             seen.add(sid)
             chosen.append((label, sid))
 
-    def atoms(d, pos):
-        return Atoms(numbers=d.atomic_numbers.numpy(), positions=pos.numpy(), cell=d.cell.reshape(3, 3).numpy(), pbc=True)
-
     out, rows = [], []
     for label, sid in chosen:
         e, d = best[sid]
         ref = refs[sid]
         g = gap(sid)
         rows.append((f"{label}: sid {sid}, {d.atomic_numbers.numel()} atoms, E - E_ref = {g:+.3f} eV",
-                     atoms(d, d.pos), atoms(ref, ref.pos_relaxed)))
+                     data_to_atoms(d), data_to_atoms(ref, ref.pos_relaxed)))
         out.append({"which": label, "sid": sid, "energy": e, "energy_above_reference": g})
     rep.figure(figures.structure_rows(rows), "structures.png", "generated (relaxed) structures next to their references")
     rep.md.append(_md_table(["which", "sid", "energy (eV)", "E - E_ref (eV)"],
@@ -394,7 +393,7 @@ def main(argv=None) -> dict:
     rep.md[3:3] = ["", "## At a glance", "", *[f"- {line}" for line in glance]] if glance else []
     rep.data.update(run_dir=str(run_dir), demo_dir=str(demo_dir))
     (out / "report.md").write_text("\n".join(rep.md) + "\n")
-    (out / "report.json").write_text(json.dumps(_strict(rep.data), indent=2) + "\n")
+    write_json(out / "report.json", rep.data)
     print(f"[report] {out / 'report.md'} ({len(rep.data['missing'])} missing inputs)")
     for m in rep.data["missing"]:
         print(f"[report]   missing: {m}")
@@ -411,16 +410,6 @@ def _guess_demo(run_dir: Path) -> Path | None:
         return Path(train).parent.parent if train else None
     except Exception:
         return None
-
-
-def _strict(x):
-    if isinstance(x, dict):
-        return {str(k): _strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):
-        x = x.item()
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import sfm
+from sfm.data.structure import sid_of
 from sfm.eval.scoring import ANOMALIES, JUDGES, ScoreConfig, check_config, format_summary, read_references
 from sfm.eval.scoring import first_samples, read_samples, score, write_outputs
 from sfm.tasks.train_args import float_in, int_at_least
@@ -75,11 +76,11 @@ def main(argv=None) -> dict:
     samples = first_samples(samples, args.samples_per_system) if args.samples_per_system else samples
     references = read_references(args.reference) if args.reference else None
     if references is not None:
-        missing = {s.sid.item() if torch.is_tensor(s.sid) else s.sid for s in samples} - set(references)
+        missing = {sid_of(s) for s in samples} - set(references)
         if missing and not args.drop_unmatched:
             parser.error(f"{len(missing)} sample sid(s) not in --reference {args.reference}, e.g. {sorted(missing)[:5]} "
                          "(--drop_unmatched scores only the reference's systems)")
-        samples = [s for s in samples if (s.sid.item() if torch.is_tensor(s.sid) else s.sid) in references]
+        samples = [s for s in samples if sid_of(s) in references]
         if not samples:
             parser.error(f"no sample sid is in --reference {args.reference}")
     model = sfm.load_checkpoint(args.checkpoint, map_location=args.device)

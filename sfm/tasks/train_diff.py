@@ -16,7 +16,7 @@ to `pos_relaxed` (sfm/models/diffusion/model.py), for `gen.py --t_start PLACEMEN
 model's buffers, so checkpoints carry them and a resumed run keeps them.
 """
 
-from sfm.data import Dictionary, LmdbDataset
+from sfm.data import Dictionary, LmdbDataset, parse_tags
 from sfm.models import PRESETS, build_model
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
@@ -40,9 +40,9 @@ def main(argv=None) -> dict:
                    help="training structures the lattice prior is fitted on (0: all)")
     args = parse_args(parser, argv)
     try:
-        given_tags = [int(t) for t in args.given_tags.split(",") if t.strip()]
-    except ValueError:
-        parser.error(f"--given_tags must be comma-separated integers, got {args.given_tags!r}")
+        given_tags = parse_tags(args.given_tags)
+    except ValueError as err:
+        parser.error(str(err))
     cfg = train_config(args)
 
     dictionary = Dictionary.load(args.dict_path)

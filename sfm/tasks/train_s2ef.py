@@ -6,7 +6,7 @@
 
 Data (`--data_kind`): `s2ef` LMDBs (y, force, fixed), or `is2re` LMDBs alone, read as two
 samples per entry: the relaxed structure (pos_relaxed, y_relaxed, zero force on free atoms)
-and the initial one (pos, y_init) without a force label (see IS2REAsS2EF).
+and the initial one (pos, y_init) without a force label (see sfm.data.views.IS2REAsS2EF).
 The normaliser (mean, std, per-element references, force scale) is fitted on at most
 `--normalizer_structures` training structures at the start of a fresh run; it lives in the
 model's buffers, so checkpoints carry it and a resumed run keeps it.
@@ -14,46 +14,12 @@ model's buffers, so checkpoints carry it and a resumed run keeps it.
 
 import argparse
 
-import torch
-from torch_geometric.data import Data
-
 from sfm.data import Dictionary, LmdbDataset
+from sfm.data.views import KINDS, IS2REAsS2EF
 from sfm.models import PRESETS, build_model
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
 from sfm.tasks.train_args import int_at_least, build_parser, parse_args, train_config
-
-
-class IS2REAsS2EF(torch.utils.data.Dataset):
-    """IS2RE entries as S2EF samples: item 2i is entry i relaxed, item 2i+1 entry i initial.
-
-    relaxed: pos_relaxed, y = y_relaxed, force = 0 (a relaxed structure is a minimum on its
-    free atoms), fixed as stored (or tags == 0).
-    initial: pos, y = y_init; its forces are unknown, so every atom is marked fixed (the
-    force loss runs over free atoms only) and force holds zeros as a placeholder.
-    """
-
-    def __init__(self, base):
-        self.base = base
-
-    def __len__(self) -> int:
-        return 2 * len(self.base)
-
-    def __getitem__(self, i: int) -> Data:
-        d = self.base[i // 2]
-        relaxed = i % 2 == 0
-        fixed = d.fixed.bool() if "fixed" in d else d.tags == 0
-        return Data(
-            atomic_numbers=d.atomic_numbers,
-            pos=d.pos_relaxed if relaxed else d.pos,
-            cell=d.cell,
-            natoms=d.natoms,
-            tags=d.tags,
-            sid=d.sid,
-            y=float(d.y_relaxed if relaxed else d.y_init),
-            force=torch.zeros_like(d.pos),
-            fixed=fixed if relaxed else torch.ones_like(fixed),
-        )
 
 
 def without_forces(items):
@@ -66,7 +32,7 @@ def without_forces(items):
 def main(argv=None) -> dict:
     parser = build_parser("Train the S2EF energy/force model", "runs/s2ef", sorted(PRESETS))
     g = parser.add_argument_group("s2ef")
-    g.add_argument("--data_kind", choices=("s2ef", "is2re"), default="s2ef",
+    g.add_argument("--data_kind", choices=KINDS, default="s2ef",
                    help="s2ef: y/force/fixed LMDBs; is2re: y_init at pos and y_relaxed with zero force at pos_relaxed")
     g.add_argument("--forces", choices=("direct", "conservative"), default="direct",
                    help="direct: l=1 head (EquiformerV2); conservative: minus the autograd gradient of the energy")

@@ -42,3 +42,21 @@ def test_with_dataloader(lmdb_file):
     assert first.num_graphs == 2 and first.num_dropped == 0
     assert second.num_graphs == 1 and second.num_dropped == 1 and second.natoms.tolist() == [10]
     assert third is None
+
+
+def test_contract_against_ase(make_structure):
+    """frac = ASE's wrapped scaled positions on oblique cells; cell [B, 3, 3] whatever the stored
+    shape; tags -1 (unknown) and nothing fixed where an entry has no tags."""
+    from ase import Atoms
+
+    items = [make_structure(seed, natoms=n) for seed, n in enumerate((6, 4))]
+    items[0].cell = items[0].cell.reshape(9)  # a flat stored cell reads the same
+    del items[1].tags
+    b = collate(items)
+    assert b.cell.shape == (2, 3, 3) and b.tags.dtype == torch.long
+    assert b.tags[b.batch == 1].tolist() == [-1] * 4 and not b.fixed[b.batch == 1].any()
+    for g, d in enumerate(items):
+        atoms = Atoms(positions=d.pos.double().numpy(), cell=d.cell.reshape(3, 3).double().numpy(), pbc=True)
+        expected = torch.as_tensor(atoms.get_scaled_positions(wrap=True))
+        diff = b.frac[b.batch == g].double() - expected
+        assert (diff - diff.round()).abs().max() < 1e-5  # equal up to the wrap at exactly 0 / 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sfm.data import write_lmdb
-from sfm.eval.gen_metrics import adwt_mask, json_safe, main
+from sfm.eval.gen_metrics import adwt_mask, main
 from sfm.relax import atoms_to_data
 from sfm.relax.bench import make_slabs
 
@@ -77,10 +77,6 @@ def test_gen_metrics_cli(lmdbs, capsys):
     # energies vs y_relaxed = sid: 0.05 (ok), 1.5 / 1.5 (0.5 above), 2.3 / 1.9 (ok only @2)
     assert m["success@1"] == pytest.approx(1 / 3) and m["success@2"] == pytest.approx(2 / 3)
     assert np.isfinite(m["match@2"]["rmse"])
-
-
-def test_json_has_no_nan():
-    assert json_safe({"a": {"b": float("nan"), "c": 1.5}, "d": float("inf")}) == {"a": {"b": None, "c": 1.5}, "d": None}
 
 
 def test_adwt_mask_choices():

@@ -16,9 +16,8 @@ from sfm.pipeline.checkpoint import save_consolidated
 def api_example(diffusion_checkpoint, s2ef_checkpoint, steps=10, relax_steps=20):
     """Generate an adsorbate placement on a Cu(111) slab, then relax and score it. Returns (atoms, energy)."""
     from ase.optimize import FIRE
-    from torch_geometric.data import Batch
 
-    from sfm.relax.atoms import atoms_to_data, batch_to_atoms
+    from sfm.data import atoms_to_data, batch_to_atoms, collate
     from sfm.relax.calculator import SFMCalculator
 
     # the slab (tags 0: fixed subsurface, 1: surface) and the adsorbate to place (tag 2)
@@ -30,7 +29,7 @@ def api_example(diffusion_checkpoint, s2ef_checkpoint, steps=10, relax_steps=20)
 
     # generate: the slab is given (tags 0, 1), the adsorbate's positions are sampled (few-step ODE)
     diffusion = sfm.load_checkpoint(diffusion_checkpoint)
-    batch = Batch.from_data_list([atoms_to_data(slab)])
+    batch = collate([atoms_to_data(slab)])
     out = diffusion.sample(batch, mode="inpaint", sampler="ode", steps=steps, generator=torch.Generator().manual_seed(0))
     atoms = batch_to_atoms(out)[0]
 

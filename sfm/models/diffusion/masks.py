@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sfm.data.structure import tag_mask
+
 MODES = ("csp", "lattice_given", "inpaint")
 
 
@@ -53,7 +55,7 @@ def _tag_subset(batch, given_tags) -> torch.Tensor:
     tags = getattr(batch, "tags", None)
     if tags is None:
         raise ValueError("inpaint mode needs `tags` in the batch (or an explicit atom mask)")
-    return torch.isin(tags, torch.as_tensor(list(given_tags), device=tags.device))
+    return tag_mask(tags, given_tags)
 
 
 def mode_masks(batch, mode: str, given_tags=(0, 1), atom_given: torch.Tensor | None = None) -> Masks:

@@ -76,7 +76,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from sfm.data.lattice import cart_to_frac, wrap_frac
+from sfm.data.lattice import as_cells, cart_to_frac, wrap_frac
 from sfm.models.backbone import BackboneConfig, EquiformerV2
 from sfm.models.diffusion.anchors import anchor_displacements
 from sfm.models.diffusion.coord_noise import FracProcess
@@ -232,13 +232,13 @@ class DiffusionModel(nn.Module):
         """``(loss, parts)`` with parts ``coord``, ``lattice`` (detached) and ``loss``; see the module doc."""
         numbers = batch.atomic_numbers.long()
         pos = batch.pos
-        cell = batch.cell.reshape(-1, 3, 3).to(pos.dtype)
+        cell = batch.cell.to(pos.dtype)
         index = batch.batch
         target_pos = getattr(batch, self.target, None)
         if target_pos is None:
             raise ValueError(f"the batch has no `{self.target}` (the diffusion target); pass target='pos' to train on initial structures")
         masks = training_masks(batch, self.mode_probs, self.given_tags, self.tag_dropout)
-        x_init = wrap_frac(cart_to_frac(pos, cell[index]))
+        x_init = batch.frac.to(pos.dtype)
         x_target = wrap_frac(cart_to_frac(target_pos.to(pos.dtype), cell[index]))
         given = masks.atom_given[:, None]
         x0 = torch.where(given, x_init, x_target)
@@ -280,7 +280,7 @@ class DiffusionModel(nn.Module):
     @torch.no_grad()
     def fit_normalizer(self, dataset_or_batches) -> dict:
         """Fit the lattice prior and reference axis lengths on training structures (``cell``)."""
-        cells = torch.cat([item.cell.reshape(-1, 3, 3).double() for item in dataset_or_batches])
+        cells = torch.cat([as_cells(item.cell).double() for item in dataset_or_batches])
         self.lattice_process.fit(cells)
         self.frac_process.fit(cells)
         return {

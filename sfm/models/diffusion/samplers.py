@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from sfm.data.lattice import cart_to_frac, frac_to_cart, wrap_frac
+from sfm.data.lattice import as_cells, frac_to_cart, wrap_frac
 from sfm.models.diffusion import wrapped_normal
 from sfm.models.diffusion.lattice_noise import canonical, sym_noise
 from sfm.models.diffusion.masks import Masks, mode_masks
@@ -58,7 +58,7 @@ class _Run:
         if masks.lattice_given.any() and cell is None:
             raise ValueError("a lattice-given mode needs `cell` in the batch")
         self.dtype = cell.dtype if cell is not None else torch.float32
-        self.cell = cell.reshape(-1, 3, 3) if cell is not None else torch.eye(3, dtype=self.dtype).expand(self.num_graphs, 3, 3)
+        self.cell = as_cells(cell) if cell is not None else torch.eye(3, dtype=self.dtype).expand(self.num_graphs, 3, 3)
         self.lengths = model.frac_process.axis_lengths(self.cell, masks.lattice_given)
 
     def times(self, t: float) -> torch.Tensor:
@@ -157,7 +157,7 @@ def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, ca
     lat = model.lattice_process
 
     if t_start < 1.0:
-        x_input = wrap_frac(cart_to_frac(batch.pos.to(dtype), run.cell[run.batch]))
+        x_input = batch.frac.to(dtype)
         z = lat.encode(run.cell)
         if renoise:
             x = torch.where(run.free, wrapped_normal.sample(x_input, run.sigma(t_start), generator), x_input)
@@ -167,7 +167,7 @@ def _sample(model, batch, masks: Masks, sampler, steps, generator, corrector, ca
     else:
         x = torch.rand(len(run.numbers), 3, generator=generator, dtype=dtype, device=device)
         if masks.atom_given.any():
-            x_given = wrap_frac(cart_to_frac(batch.pos.to(dtype), run.cell[run.batch]))
+            x_given = batch.frac.to(dtype)
             x = torch.where(run.free, x, x_given)
         z = lat.prior(run.num_graphs, generator, dtype, device)
     grid = torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64).tolist()

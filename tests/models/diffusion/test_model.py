@@ -3,8 +3,8 @@
 import pytest
 import torch
 from e3nn import o3
-from torch_geometric.data import Batch
 
+from sfm.data import collate
 from sfm.data.lattice import wrap_frac
 from sfm.models import build_model
 from sfm.models.diffusion.masks import Masks, mode_masks
@@ -22,7 +22,7 @@ def model():
 
 @pytest.fixture
 def batch(make_structure):
-    return Batch.from_data_list([make_structure(1, natoms=10), make_structure(2, natoms=7)])
+    return collate([make_structure(1, natoms=10), make_structure(2, natoms=7)])
 
 
 def inputs(batch, mode="inpaint"):

@@ -7,6 +7,9 @@ import torch
 from analytic_diffusion import AnalyticModel
 from torch_geometric.data import Batch, Data
 
+from sfm.data import collate
+from sfm.data.lattice import wrap_frac
+
 from sfm.models.diffusion import wrapped_normal as wn
 from sfm.models.diffusion.lattice_noise import upper_entries
 from sfm.models.diffusion.samplers import sample
@@ -22,6 +25,12 @@ def make_model():
     return AnalyticModel(centres, TAU, lat_mean, LAT_STD**2)
 
 
+def move_to(batch, frac):
+    """Put the batch's atoms at fractional ``frac`` [N, 3]: ``pos`` and ``frac`` together (the batch contract)."""
+    batch.pos = (frac[:, None] @ batch.cell[batch.batch]).squeeze(1)
+    batch.frac = wrap_frac(frac)
+
+
 def make_batch(num, seed=0):
     g = torch.Generator().manual_seed(seed)
     items = []
@@ -31,7 +40,7 @@ def make_batch(num, seed=0):
         pos = torch.rand(4, 3, generator=g) @ cell
         items.append(Data(atomic_numbers=numbers, pos=pos, cell=cell[None], tags=torch.tensor([0, 1, 2, 2]),
                           natoms=torch.tensor([4]), num_nodes=4))
-    return Batch.from_data_list(items)
+    return collate(items)
 
 
 def check_distribution(model, out, generated, tol_spread):
@@ -126,7 +135,7 @@ def test_refinement_from_the_input_keeps_data_distribution_and_stays_close(sampl
     g = torch.Generator().manual_seed(7)
     mu = model.centres[batch.atomic_numbers].float()
     frac_in = wn.sample(mu, torch.tensor(TAU), g)
-    batch.pos = (frac_in[:, None] @ batch.cell[batch.batch]).squeeze(1)
+    move_to(batch, frac_in)
     out = sample(model, batch, "inpaint", sampler, steps=steps, generator=g, t_start=0.3, corrector=0.0)
     free = batch.tags == 2
     check_distribution(model, out, free, 0.12)
@@ -147,7 +156,7 @@ def test_refinement_without_renoise_denoises_the_input_deterministically():
     x0 = wn.sample(model.centres[batch.atomic_numbers].float(), torch.tensor(TAU), g)
     sigma = model.frac_process.sigma(torch.full((batch.num_graphs,), t_start), batch.cell.norm(dim=-1))
     x_in = wn.sample(x0, sigma[batch.batch], g)
-    batch.pos = (x_in[:, None] @ batch.cell[batch.batch]).squeeze(1)
+    move_to(batch, x_in)
     runs = [sample(model, batch, "inpaint", "ode", steps=12, generator=torch.Generator().manual_seed(s),
                    t_start=t_start, renoise=False) for s in (1, 2)]  # fmt: skip
     assert torch.equal(runs[0].pos, runs[1].pos)
@@ -168,7 +177,7 @@ def test_ode_from_a_placement_follows_the_straight_path(steps):
     batch = make_batch(6, seed=3)
     x0 = point.centres[batch.atomic_numbers].float()
     delta = 0.02 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
-    batch.pos = (wn.wrap_delta(x0 + delta)[:, None] @ batch.cell[batch.batch]).squeeze(1)
+    move_to(batch, wn.wrap_delta(x0 + delta))
     t_start = 0.55
     out = sample(point, batch, "inpaint", "ode", steps=steps, t_start=t_start, renoise=False)
     lengths = batch.cell.norm(dim=-1)

@@ -31,8 +31,7 @@ from sfm.data.lattice import as_cell, as_cells
 from sfm.data.structure import fixed_mask, sid_of
 from sfm.eval.generation import (ANGLE_TOL, LTOL, STOL, composition_kept, is_valid, lattice_stats, match_at_k,
                                  match_rms, structure_matcher, to_structure, uniqueness)
-from sfm.eval.oc20 import adwt, mean_distance
-from sfm.eval.placement import success_at_k
+from sfm.eval.oc20 import adwt, mean_distance, success_at_k
 
 
 def group_samples(samples) -> dict:

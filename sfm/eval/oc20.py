@@ -3,6 +3,7 @@
 S2EF   energy MAE, force MAE, force cosine, EFwT      (per structure energy, per atom forces)
 IS2RE  energy MAE, EwT                                (relaxed energy)
 IS2RS  ADwT                                           (relaxed positions)
+AdsorbML placement success@k (Lan et al., npj Comput. Mater. 9, 172, 2023)
 
 Forces and positions count free atoms only (`fixed == False`), as fairchem evaluates them.
 Shapes: energies [B] eV; forces, positions [N, 3]; `batch` [N] structure index; `free` [N] bool.
@@ -89,3 +90,14 @@ def adwt(mean_dist: Tensor | np.ndarray) -> float:
     d = np.asarray(torch.as_tensor(mean_dist).detach().cpu().double())
     d = np.where(np.isnan(d), np.inf, d)
     return float((d[None, :] < ADWT_THRESHOLDS[:, None]).mean())
+
+
+def success_at_k(energies: np.ndarray, ref: np.ndarray, k: int, threshold: float = 0.1) -> float:
+    """Fraction of systems whose lowest relaxed energy among their first k samples is at most
+    `threshold` eV above the reference (lower counts as success too).
+
+    energies: [S, K] eV, nan for a missing or anomalous sample (never a success); ref: [S] eV.
+    """
+    e = np.asarray(energies, dtype=float)[:, :k]
+    best = np.where(np.isnan(e), np.inf, e).min(axis=1)
+    return float((best - np.asarray(ref, dtype=float) <= threshold).mean())

@@ -1,5 +1,5 @@
-"""Adsorbate placement: success@k (AdsorbML, Lan et al., npj Comput. Mater. 2023; AdsorbDiff)
-and the anomalies that disqualify a relaxed placement.
+"""Adsorbate placement: the anomalies that disqualify a relaxed placement (success@k is in
+:mod:`sfm.eval.oc20`).
 
 Tags as in OC20: 0 subsurface, 1 surface, 2 adsorbate. Structures: pos [n, 3] A, cell [3, 3]
 rows a, b, c, numbers [n] Z. Bonds follow fairchem's DetectTrajAnomaly: atoms i, j are bonded
@@ -9,7 +9,6 @@ covalent radii (natural_cutoffs) and 0.6 A the two 0.3 A skins ASE's NeighborLis
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from ase.data import covalent_radii
 from torch import Tensor
@@ -17,17 +16,6 @@ from torch import Tensor
 from sfm.data.lattice import cart_to_frac, minimum_image
 
 SKIN = 0.3  # A per atom, ASE NeighborList default, kept for parity with fairchem
-
-
-def success_at_k(energies: np.ndarray, ref: np.ndarray, k: int, threshold: float = 0.1) -> float:
-    """Fraction of systems whose lowest relaxed energy among their first k samples is at most
-    `threshold` eV above the reference (lower counts as success too).
-
-    energies: [S, K] eV, nan for a missing or anomalous sample (never a success); ref: [S] eV.
-    """
-    e = np.asarray(energies, dtype=float)[:, :k]
-    best = np.where(np.isnan(e), np.inf, e).min(axis=1)
-    return float((best - np.asarray(ref, dtype=float) <= threshold).mean())
 
 
 def connectivity(numbers: Tensor, pos: Tensor, cell: Tensor, mult: float = 1.0) -> Tensor:

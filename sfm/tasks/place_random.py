@@ -3,14 +3,14 @@
     python -m sfm.tasks.place_random --data_path data/demo/is2re/val_id --k 5 --out runs/random/samples.lmdb
 
 Each entry's adsorbate (tag 2, rigid, from `pos`) is rotated about z and put over a random
-point of the surface, lowered to `--contact` A from the slab (sfm/eval/random_placement.py).
+point of the surface, lowered to `--contact` A from the slab (sfm/data/random_placement.py).
 """
 
 import argparse
 from pathlib import Path
 
 from sfm.data import LmdbDataset, write_lmdb
-from sfm.eval.random_placement import random_placements
+from sfm.data.random_placement import random_placements
 from sfm.tasks.train_args import float_in, int_at_least
 
 

@@ -8,7 +8,7 @@ system, anomalies, and placement success@k against a reference LMDB.
 --samples: a sample LMDB (file, or folder of shards such as gen_oc20.sh's save_dir/samples) or
 an extxyz; each sample carries the `sid` of its input system and a `sample_idx`. An IS2RE
 split itself is a valid sample file (one sample per system at `pos`: the initial placement).
-Writes --out/scored.lmdb, samples.csv, systems.csv, scores.json (see sfm/eval/scoring.py).
+Writes --out/scored.lmdb, samples.csv, systems.csv, scores.json (see sfm/eval/ranking_files.py).
 """
 
 import argparse
@@ -21,8 +21,9 @@ import torch
 
 import sfm
 from sfm.data.structure import sid_of
-from sfm.eval.scoring import ANOMALIES, JUDGES, ScoreConfig, check_config, format_summary, read_references
-from sfm.eval.scoring import first_samples, read_samples, score, write_outputs
+from sfm.eval.ranking import ANOMALIES, RankingConfig, check_config, rank_samples
+from sfm.eval.ranking_files import first_samples, format_summary, read_references, read_samples, write_outputs
+from sfm.relax.emt_judge import EMTJudge
 from sfm.tasks.train_args import float_in, int_at_least
 
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_atoms", type=int_at_least(1), default=None, help="atoms per model call (memory)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = p.add_argument_group("judging and success")
-    g.add_argument("--judge", choices=JUDGES, default="none",
+    g.add_argument("--judge", choices=("none", *EMTJudge.NAMES), default="none",
                    help="re-evaluate model-relaxed structures: emt (single point) or emt_relax (EMT relaxation)")
     g.add_argument("--k", type=int_at_least(1), nargs="+", default=[1], help="success@k for these k (and for all samples)")
     g.add_argument("--threshold", type=float_in(0.0), default=0.1, help="eV above y_relaxed that still counts as success")
@@ -63,10 +64,11 @@ def main(argv=None) -> dict:
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
             parser.error(f"--{flag} {path}: no such file or directory")
-    cfg = ScoreConfig(optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, batch_size=args.batch_size,
-                      max_atoms=args.max_atoms, judge=args.judge, slab_threshold=args.slab_threshold,
-                      exclude=tuple(k.strip() for k in args.exclude.split(",") if k.strip()), threshold=args.threshold,
-                      ks=tuple(args.k), device=args.device, progress=not args.no_progress)  # fmt: skip
+    cfg = RankingConfig(optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, batch_size=args.batch_size,
+                        max_atoms=args.max_atoms, slab_threshold=args.slab_threshold,
+                        exclude=tuple(k.strip() for k in args.exclude.split(",") if k.strip()), threshold=args.threshold,
+                        ks=tuple(args.k), device=args.device, progress=not args.no_progress)  # fmt: skip
+    judge = None if args.judge == "none" else EMTJudge(relax=args.judge == "emt_relax", settings=cfg.relax_settings())
     try:
         check_config(cfg)
         samples = read_samples(args.samples)
@@ -87,9 +89,9 @@ def main(argv=None) -> dict:
     if not hasattr(model, "predict") or model.checkpoint.get("task") not in (None, "s2ef"):
         parser.error(f"--checkpoint {args.checkpoint} is a '{model.checkpoint.get('task')}' checkpoint, not S2EF")
     start = time.time()
-    scored = score(model, samples, cfg, references)
+    scored = rank_samples(model, samples, cfg, references, judge)
     scored.summary["wall_s"] = round(time.time() - start, 1)
-    config = {**asdict(cfg), "checkpoint": str(args.checkpoint), "samples": str(args.samples),
+    config = {**asdict(cfg), "judge": args.judge, "checkpoint": str(args.checkpoint), "samples": str(args.samples),
               "reference": args.reference}  # fmt: skip
     paths = write_outputs(scored, args.out, config)
     print(format_summary(scored.summary))

@@ -5,7 +5,8 @@ import pytest
 import torch
 from fairchem.data.oc.utils.flag_anomaly import DetectTrajAnomaly
 
-from sfm.eval.placement import anomalies, connectivity, slab_max_displacement, success_at_k
+from sfm.eval.oc20 import success_at_k
+from sfm.eval.placement import anomalies, connectivity, slab_max_displacement
 from sfm.relax.bench import make_slabs
 
 

@@ -1,4 +1,4 @@
-"""Scoring: outputs (LMDB, CSV, JSON), ranking, success@k against hand-made references, the EMT
+"""Relax-and-rank (sfm/eval/ranking.py) and its command (sfm/tasks/score.py): outputs (LMDB, CSV, JSON), ranking, success@k against hand-made references, the EMT
 judge's reference convention, random placements, bad inputs."""
 
 import csv
@@ -12,13 +12,18 @@ import torch
 from sfm.data import LmdbDataset, collate, write_lmdb
 from sfm.data.lattice import cart_to_frac, minimum_image
 from sfm.eval.placement import connectivity
-from sfm.eval.random_placement import random_placements
-from sfm.eval.scoring import (ScoreConfig, emt_offset_from_recipe, emt_offset_from_reference, first_samples,
-                              read_samples, score, write_outputs)
+from sfm.data.random_placement import random_placements
+from sfm.eval.ranking import RankingConfig, rank_samples
+from sfm.eval.ranking_files import first_samples, read_samples, write_outputs
 from sfm.relax import batch_to_atoms
+from sfm.relax.emt_judge import EMTJudge, emt_offset_from_recipe, emt_offset_from_reference
+from sfm.relax.relax_structures import RelaxSettings
 from sfm.tasks import place_random
 from sfm.tasks import score as score_task
 from tests.tasks.test_eval_s2ef import save_tiny
+
+
+QUIET_EMT = EMTJudge(settings=RelaxSettings(progress=False))
 
 
 def x_energy(batch):
@@ -51,8 +56,8 @@ def test_ranking_success_and_outputs(entries, tmp_path):
     refs = {int(a.sid): a.clone(), int(b.sid): b.clone()}
     refs[int(a.sid)].y_relaxed = base[0] - 0.05   # best qualified (idx 1) is 0.05 above: success@1
     refs[int(b.sid)].y_relaxed = base[1] - 0.25   # best is 0.15 above: never a success
-    cfg = ScoreConfig(steps=5, ks=(1, 2, 9), progress=False, batch_size=4)
-    scored = score(x_energy, samples, cfg, refs)
+    cfg = RankingConfig(steps=5, ks=(1, 2, 9), progress=False, batch_size=4)
+    scored = rank_samples(x_energy, samples, cfg, refs)
 
     sys_a, sys_b = scored.systems
     assert sys_a["ranked_sample_idx"] == [1, 0, 3, 2] and sys_b["ranked_sample_idx"] == [1, 0]
@@ -69,7 +74,7 @@ def test_ranking_success_and_outputs(entries, tmp_path):
                                                           (int(a.sid), 0)]  # fmt: skip
 
     # without disqualification the desorbed sample ranks first and succeeds at any k
-    loose = score(x_energy, samples, ScoreConfig(steps=0, exclude=(), progress=False), refs)
+    loose = rank_samples(x_energy, samples, RankingConfig(steps=0, exclude=(), progress=False), refs)
     assert loose.systems[0]["ranked_sample_idx"] == [2, 1, 0, 3] and loose.summary["success@1"] == 0.5
 
     paths = write_outputs(scored, tmp_path / "out", {"note": "test"})
@@ -98,7 +103,7 @@ def test_emt_judge_uses_the_demo_reference_convention(entries):
     the reference implies."""
     samples = [e.clone() for e in entries]
     refs = {int(e.sid): e for e in entries}
-    scored = score(x_energy, samples, ScoreConfig(steps=0, judge="emt", exclude=(), progress=False), refs)
+    scored = rank_samples(x_energy, samples, RankingConfig(steps=0, exclude=(), progress=False), refs, QUIET_EMT)
     for row, e in zip(scored.rows, entries):
         assert row["judge_energy"] == pytest.approx(float(e.y_init), abs=1e-4)
     gap = np.array([float(e.y_init) - float(e.y_relaxed) for e in entries])
@@ -165,9 +170,9 @@ def test_bad_inputs(demo_world, entries, tmp_path, capsys):
     fe.atomic_numbers = torch.full_like(fe.atomic_numbers, 26)
     fe.sample_idx = 0
     with pytest.raises(ValueError, match="EMT does not cover"):
-        score(x_energy, [fe], ScoreConfig(judge="emt", progress=False))
+        rank_samples(x_energy, [fe], RankingConfig(progress=False), judge=QUIET_EMT)
     with pytest.raises(ValueError, match="unknown anomaly kind"):
-        score(x_energy, [fe], ScoreConfig(exclude=("melted",), progress=False))
+        rank_samples(x_energy, [fe], RankingConfig(exclude=("melted",), progress=False))
     other = entries[0].clone()
     other.sid = 10**6
     write_lmdb(tmp_path / "other.lmdb", [other])
@@ -202,3 +207,26 @@ def test_reference_without_y_relaxed_says_success_is_skipped(demo_world, entries
     n = len(entries)
     assert summary["success_skipped"] == f"{n} of {n} systems: their reference entry has no y_relaxed (a test split?)"
     assert f"placement success skipped for {n} of {n} systems" in capsys.readouterr().out
+
+
+class IndexJudge:
+    """A judge that is not EMT: energy = the sample's index (eV), positions left as they are."""
+
+    name = "index"
+
+    def check(self, samples):
+        pass
+
+    def __call__(self, samples, final_pos, references):
+        return [float(d.sample_idx) for d in samples], None
+
+
+def test_any_judge_object_is_handed_to_ranking(entries):
+    a = entries[0]
+    samples = [shifted(a, dx, i) for i, dx in enumerate((0.3, 0.0, 0.6))]
+    ranked = rank_samples(x_energy, samples, RankingConfig(steps=0, exclude=(), progress=False), {int(a.sid): a},
+                          IndexJudge())  # fmt: skip
+    assert [r["sample_idx"] for r in ranked.rows] == [1, 0, 2]  # ranked by model energy, judged apart
+    assert [r["judge_energy"] for r in ranked.rows] == [1.0, 0.0, 2.0]
+    assert ranked.summary["judge"] == "index" and ranked.summary["success_energy"] == "judge"
+    assert all("pos_judge" not in rec for rec in ranked.records)

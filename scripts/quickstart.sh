@@ -124,7 +124,7 @@ for name in inpaint_ode inpaint_denoise inpaint_initial inpaint_random csp_ode; 
   echo "[quickstart] score $name"
   worked=1
   CHECKPOINT="$RUN_DIR/s2ef/model.pt" SAMPLES="$RUN_DIR/gen/$name/samples" REFERENCE="$val" OUT="$out" \
-    STEPS="$RELAX_STEPS" JUDGE=emt bash scripts/score_oc20.sh --k 1 "$NUM_SAMPLES" --exclude desorbed,slab_moved
+    STEPS="$RELAX_STEPS" JUDGE=emt bash scripts/score_oc20.sh --k 1 "$NUM_SAMPLES" --exclude desorbed,surface_changed,intercalated
 done
 done_
 

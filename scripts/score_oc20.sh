@@ -9,7 +9,7 @@
 # Environment (default): CHECKPOINT (runs/demo_s2ef/model.pt)  SAMPLES (required: LMDB, shard folder
 # or extxyz)  REFERENCE (none)  OUT (SAMPLES's folder + /scored)  STEPS (300)  FMAX (0.05)
 # OPTIMIZER (fire)  BATCH_SIZE (32)  JUDGE (none | emt | emt_relax). Flags after the script name go
-# to sfm/tasks/score.py and win (e.g. --exclude desorbed,slab_moved, --max_samples 100).
+# to sfm/tasks/score.py and win (e.g. --exclude desorbed,surface_changed,intercalated, --max_samples 100).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py=${SFM_VENV:-$root/.venv}/bin/python

@@ -12,10 +12,11 @@ Samples are OC20-style ``Data`` (:mod:`sfm.eval.ranking_files` reads them), each
 2. optionally a judge re-evaluates the model-relaxed structure (AdsorbML's ML+SP / ML+RX):
    ``judge_energy`` on the references' scale, ``pos_judge`` when the judge relaxes (a judge is
    any object of the protocol in :mod:`sfm.relax.emt_judge`; the demo world's is ``EMTJudge``);
-3. anomalies (structures with adsorbate atoms, tag 2): ``desorbed`` (final structure),
-   ``dissociated`` (adsorbate bond graph of the final structure vs the reference's ``pos``, or
-   the sample's input when there is no reference with the same atoms), ``slab_moved`` (a slab
-   atom moved more than ``slab_threshold`` A from the input).
+3. anomalies (structures with adsorbate atoms, tag 2), AdsorbML's, as :mod:`sfm.data.anomaly`
+   defines them, of the final structure (the judge's when it relaxes): ``desorbed``,
+   ``dissociated`` (against the reference's adsorbate at ``pos``, or the sample's input when
+   there is no reference with the same atoms), ``surface_changed`` (against the sample's input
+   slab), ``intercalated``.
 
 Ranking: within a system, samples not disqualified (``cfg.exclude`` lists the anomaly kinds
 that disqualify) come first, each group by model energy, lowest first: ``rank`` 0 is what a
@@ -35,16 +36,15 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from sfm.data.anomaly import KINDS, detect
 from sfm.data.lattice import as_cell
 from sfm.data.structure import fixed_mask, sid_of
 from sfm.eval.oc20 import success_at_k
-from sfm.eval.placement import adsorbate_desorbed, adsorbate_dissociated, slab_max_displacement
 from sfm.relax.relax_batch import OPTIMIZERS
 from sfm.relax.relax_structures import RelaxSettings, relax_structures
 
-ANOMALIES = ("desorbed", "dissociated", "slab_moved")
-RECORD_FIELDS = ("energy", "energy_initial", "fmax", "converged", "relax_steps", "rank", *ANOMALIES, "slab_max_disp",
-                 "disqualified")  # fmt: skip
+ANOMALIES = KINDS
+RECORD_FIELDS = ("energy", "energy_initial", "fmax", "converged", "relax_steps", "rank", *ANOMALIES, "disqualified")
 
 
 @dataclass
@@ -56,7 +56,6 @@ class RankingConfig:
     steps: int = 300            # optimiser step cap; 0: predict only, no relaxation
     batch_size: int = 32        # structures relaxed together
     max_atoms: int | None = None  # atoms per model call (relax_batch), None: the whole batch
-    slab_threshold: float = 1.0  # A
     exclude: tuple[str, ...] = ANOMALIES  # anomaly kinds that disqualify a sample
     threshold: float = 0.1      # eV, success@k
     ks: tuple[int, ...] = (1,)  # success@k reported for these k and for the largest sample count
@@ -140,7 +139,7 @@ def _rank_system(sid, members, samples, index, relaxed, judged, ref, cfg: Rankin
     ref_energy = float(ref.y_relaxed) if ref is not None and "y_relaxed" in ref else math.nan
     flags = {}
     for i in members:
-        flags[i] = anomaly_flags(samples[i], relaxed[i].get("judge_pos", relaxed[i]["pos"]), ref, cfg.slab_threshold)
+        flags[i] = anomaly_flags(samples[i], relaxed[i].get("judge_pos", relaxed[i]["pos"]), ref)
         flags[i]["disqualified"] = any(flags[i][k] for k in cfg.exclude)
     order = sorted(members, key=lambda i: (flags[i]["disqualified"], relaxed[i]["energy"], index[i]))
     out = Ranking([], [], [])
@@ -180,18 +179,15 @@ def _record(d: Data, relaxed: dict, row: dict, sample_idx: int, judged: bool) ->
     return rec
 
 
-def anomaly_flags(sample: Data, final_pos: torch.Tensor, ref: Data | None, slab_threshold: float) -> dict:
-    """``desorbed``, ``dissociated``, ``slab_moved`` and ``slab_max_disp`` (A) of one relaxed
-    sample (module docstring); all False for a structure without adsorbate atoms."""
-    tags, numbers, cell = sample.tags, sample.atomic_numbers, as_cell(sample.cell)
+def anomaly_flags(sample: Data, final_pos: torch.Tensor, ref: Data | None) -> dict[str, bool]:
+    """The AdsorbML anomaly flags (``ANOMALIES``) of one relaxed sample (module docstring); all
+    False for a structure without adsorbate atoms (nothing was placed)."""
+    tags, numbers = sample.tags, sample.atomic_numbers
     if not (tags == 2).any():
-        return {"desorbed": False, "dissociated": False, "slab_moved": False, "slab_max_disp": 0.0}
+        return dict.fromkeys(ANOMALIES, False)
     same = ref is not None and torch.equal(ref.atomic_numbers.long(), numbers.long()) and torch.equal(ref.tags, tags)
     before = ref.pos if same else sample.pos
-    disp = slab_max_displacement(sample.pos, final_pos, cell, tags)
-    return {"desorbed": adsorbate_desorbed(numbers, final_pos, cell, tags),
-            "dissociated": adsorbate_dissociated(numbers, before, final_pos, cell, tags),
-            "slab_moved": disp > slab_threshold, "slab_max_disp": disp}
+    return detect(numbers, tags, before, final_pos, as_cell(sample.cell), slab_pos=sample.pos[tags != 2]).as_dict()
 
 
 def _with(d: Data, **fields) -> Data:

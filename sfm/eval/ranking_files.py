@@ -19,7 +19,7 @@ from sfm.eval.ranking import ANOMALIES, Ranking, sample_indices
 
 EXTXYZ_SUFFIXES = (".xyz", ".extxyz")
 CSV_FIELDS = ("sid", "sample_idx", "rank", "energy", "energy_initial", "judge_energy", "ref_energy", "delta",
-              "fmax", "converged", "relax_steps", *ANOMALIES, "slab_max_disp", "disqualified")  # fmt: skip
+              "fmax", "converged", "relax_steps", *ANOMALIES, "disqualified")  # fmt: skip
 
 
 def read_samples(path) -> list[Data]:

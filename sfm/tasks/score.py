@@ -52,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=float_in(0.0), default=0.1, help="eV above y_relaxed that still counts as success")
     g.add_argument("--exclude", default=",".join(ANOMALIES),
                    help=f"anomaly kinds that disqualify a sample (comma list of {','.join(ANOMALIES)}; '' for none)")
-    g.add_argument("--slab_threshold", type=float_in(0.0), default=1.0, help="A a slab atom may move before 'slab_moved'")
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -65,7 +64,7 @@ def main(argv=None) -> dict:
         if path is not None and not Path(path).exists():
             parser.error(f"--{flag} {path}: no such file or directory")
     cfg = RankingConfig(optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, batch_size=args.batch_size,
-                        max_atoms=args.max_atoms, slab_threshold=args.slab_threshold,
+                        max_atoms=args.max_atoms,
                         exclude=tuple(k.strip() for k in args.exclude.split(",") if k.strip()), threshold=args.threshold,
                         ks=tuple(args.k), device=args.device, progress=not args.no_progress)  # fmt: skip
     judge = None if args.judge == "none" else EMTJudge(relax=args.judge == "emt_relax", settings=cfg.relax_settings())

@@ -7,7 +7,8 @@ from ase.geometry import get_distances
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfm.eval.oc20 import adwt, efwt, energy_mae, ewt, force_cos, force_mae, is2re_metrics, mean_distance, s2ef_metrics
+from sfm.eval.oc20 import (adwt, efwt, energy_mae, ewt, force_cos, force_mae, is2re_metrics, mean_distance, s2ef_metrics,
+                           success_at_k)
 
 
 def test_energy_metrics_by_hand():
@@ -72,3 +73,13 @@ def test_mean_distance_all_masked_is_nan():
     pos = torch.zeros(2, 3)
     d = mean_distance(pos, pos, cell, torch.zeros(2, dtype=torch.long), torch.tensor([False, False]))
     assert torch.isnan(d).all() and adwt(d) == 0.0
+
+
+def test_success_at_k_by_hand():
+    energies = np.array([[0.35, 0.05, 0.2],    # best of 1: 0.35 (0.25 above), of 2: 0.05
+                         [np.nan, -0.3, 0.0],  # anomalous first sample; below the reference
+                         [0.5, 0.6, 0.7]])     # never within 0.1 eV
+    ref = np.array([0.1, 0.0, 0.0])
+    assert success_at_k(energies, ref, 1) == pytest.approx(0.0)
+    assert success_at_k(energies, ref, 2) == pytest.approx(2 / 3)
+    assert success_at_k(energies, ref, 3, threshold=0.55) == pytest.approx(1.0)

@@ -11,7 +11,7 @@ import torch
 
 from sfm.data import LmdbDataset, collate, write_lmdb
 from sfm.data.lattice import cart_to_frac, minimum_image
-from sfm.eval.placement import connectivity
+from sfm.data.anomaly import bonds
 from sfm.data.random_placement import random_placements
 from sfm.eval.ranking import RankingConfig, rank_samples
 from sfm.eval.ranking_files import first_samples, read_samples, write_outputs
@@ -67,7 +67,8 @@ def test_ranking_success_and_outputs(entries, tmp_path):
     s = scored.summary
     assert (s["success@1"], s["success@2"], s["success@4"]) == (0.5, 0.5, 0.5) and "success@9" not in s
     assert s["systems"] == 2 and s["samples"] == 6 and s["k"] == 4 and s["converged_fraction"] == 1.0
-    assert s["anomalies"] == {"desorbed": 1, "dissociated": 0, "slab_moved": 0} and s["disqualified"] == 1
+    assert s["anomalies"] == {"desorbed": 1, "dissociated": 0, "surface_changed": 0, "intercalated": 0}
+    assert s["disqualified"] == 1
 
     kept = first_samples(samples[::-1], 2)  # the two lowest sample_idx of each system, file order kept
     assert [(int(d.sid), d.sample_idx) for d in kept] == [(int(b.sid), 1), (int(b.sid), 0), (int(a.sid), 1),
@@ -148,8 +149,8 @@ def test_random_placements_keep_the_slab_and_a_rigid_adsorbate(entries):
         cell = e.cell[0]
         for d, d2 in zip(got, again):
             assert torch.equal(d.pos, d2.pos) and torch.equal(d.pos[~ads], e.pos[~ads])
-            assert torch.equal(connectivity(e.atomic_numbers[ads], e.pos[ads], cell),
-                               connectivity(d.atomic_numbers[ads], d.pos[ads], cell))
+            assert np.array_equal(bonds(e.atomic_numbers[ads], e.pos[ads], cell),
+                                  bonds(d.atomic_numbers[ads], d.pos[ads], cell))
             dfrac = cart_to_frac((d.pos[ads][:, None] - e.pos[~ads][None]).reshape(-1, 3).double(), cell.double())
             assert minimum_image(dfrac, cell.double()).norm(dim=-1).min() == pytest.approx(2.0, abs=1e-3)
         assert not torch.equal(got[0].pos, got[1].pos)

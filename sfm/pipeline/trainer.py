@@ -3,7 +3,7 @@
     train(model, train_set, valid_set, cfg, meta)
 
 `model` is any nn.Module with `model.loss(batch) -> (loss, parts)` and `model.build_kwargs`
-(see CONTRACT.md); datasets yield PyG Data that `sfm.data.collate` batches. Read top to
+(the keyword arguments that rebuild it); datasets yield PyG Data that `sfm.data.collate` batches. Read top to
 bottom: set up the strategy (Single / DDP / ZeRO, distributed.py + engine.py), the EMA and
 the sharded batches, resume if asked, then per optimizer step: set the cosine lr, run
 `gradient_accumulation_steps` micro-batches forward/backward, step (clipped; a non-finite
@@ -160,154 +160,189 @@ def train(model, train_set, valid_set, cfg: TrainConfig, meta: dict | None = Non
         teardown_distributed()
 
 
+@dataclass
+class _Run:
+    """What stays fixed during one training run: the strategy's engine, the EMA, the data."""
+
+    cfg: TrainConfig
+    dist: Dist
+    engine: object
+    ema: EMA
+    ema_sharded: bool  # ZeRO-3: each rank holds (and saves) the EMA of its own partition
+    train_batches: ShardedBatches
+    valid_batches: ShardedBatches | None
+    total_steps: int
+    meta: dict  # for the consolidated checkpoint; "config" added by _write_config
+
+    @property
+    def save_dir(self) -> Path:
+        return Path(self.cfg.save_dir)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.save_dir / "checkpoints"
+
+
 def _train(model, train_set, valid_set, cfg, meta, collate_fn, dist: Dist, resume_dir):
-    save_dir = Path(cfg.save_dir)
-    ckpt_root = save_dir / "checkpoints"
-    if dist.is_main:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-
-    # --- model, optimizer, EMA under the strategy ---
-    engine = build_engine(model, cfg, dist)
-    ema = EMA(engine.local_params(), cfg.ema_decay)
-    ema_sharded = dist.zero_stage == 3
-    seed_everything(cfg.seed + dist.rank)  # each rank its own noise stream
-
-    # --- data ---
-    accum = cfg.gradient_accumulation_steps
-    train_batches = ShardedBatches(train_set, cfg.train_batch_size, collate_fn, dist, cfg.seed, True, cfg.num_workers)
-    valid_batches = (
-        ShardedBatches(valid_set, cfg.val_batch_size, collate_fn, dist, cfg.seed, False, cfg.num_workers)
-        if valid_set is not None
-        else None
-    )
-    n_batches = len(train_batches)
-    steps_per_epoch = math.ceil(n_batches / accum)
-    total_steps = cfg.total_num_steps if cfg.total_num_steps > 0 else cfg.total_num_epochs * steps_per_epoch
-
-    # --- resume ---
-    state = TrainState()
-    if resume_dir is not None:
-        trainer_state = torch.load(resume_dir / "trainer.pt", map_location="cpu", weights_only=False)
-        if (trainer_state["strategy"], trainer_state["world_size"]) != (cfg.strategy, dist.world_size):
-            raise ValueError(
-                f"checkpoint {resume_dir} was written by {trainer_state['strategy']} on {trainer_state['world_size']} "
-                f"processes; exact resume needs the same (this run: {cfg.strategy} on {dist.world_size})"
-            )
-        engine.load(resume_dir)
-        rank_state = torch.load(resume_dir / f"rank_{dist.rank:05d}.pt", map_location="cpu", weights_only=False)
-        ema.load_state_dict(rank_state["ema"] if ema_sharded else trainer_state["ema"])
-        set_rng_state(rank_state["rng"])
-        state = TrainState(**trainer_state["state"])
-
-    resolved = {
-        **asdict(cfg),
-        "world_size": dist.world_size,
-        "device": str(dist.device),
-        "global_batch_size": cfg.train_batch_size * dist.world_size * accum,
-        "batches_per_epoch_per_rank": n_batches,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "parameters": sum(p.numel() for p in model.parameters()) if not ema_sharded else sum(p.ds_numel for p in model.parameters()),
-        "resumed_from": str(resume_dir) if resume_dir else None,
-        "resumed_at_step": state.step,
-    }
-    meta = {**meta, "config": _plain(resolved), "args": _plain(meta.get("args", asdict(cfg)))}
-    log = RunLog(save_dir, dist.is_main, total_steps, state.step)
-    if dist.is_main:
-        print("[sfm] resolved training config:\n" + json.dumps(resolved, indent=2), flush=True)
-        (save_dir / "config.json").write_text(json.dumps(meta["config"], indent=2) + "\n")
-
-    def save_checkpoint() -> Path:
-        tag_dir = ckpt_root / step_tag(state.step)
-        tag_dir.mkdir(parents=True, exist_ok=True)  # every rank: save_dir should be shared, but need not be
-        barrier(dist)
-        engine.save(tag_dir)
-        torch.save({"rng": rng_state(), "ema": ema.state_dict() if ema_sharded else None}, tag_dir / f"rank_{dist.rank:05d}.pt")
-        if dist.is_main:
-            torch.save(
-                {
-                    "state": asdict(state),
-                    "ema": None if ema_sharded else ema.state_dict(),
-                    "strategy": cfg.strategy,
-                    "world_size": dist.world_size,
-                    "config": meta["config"],
-                },
-                tag_dir / "trainer.pt",
-            )
-        with engine.ema_weights(ema), engine.full_state_dict() as state_dict:
-            if dist.is_main:
-                save_consolidated(
-                    tag_dir / "model.pt",
-                    state_dict=state_dict,
-                    build_kwargs=model.build_kwargs,
-                    meta={**meta, "step": state.step, "epoch": state.epoch},
-                )
-        barrier(dist)
-        if dist.is_main:
-            mark_latest(ckpt_root, tag_dir.name, cfg.keep_checkpoints)
-        return tag_dir
-
-    # --- the loop: one iteration per optimizer step ---
-    tally = Tally()
-    last_train, last_valid, last_ckpt = {}, {}, latest_tag_dir(ckpt_root)
-    data = iter(train_batches.epoch(state.epoch, start=state.batch_in_epoch))
-    engine.net.train()
-    while state.step < total_steps:
+    run = _setup(model, train_set, valid_set, cfg, meta, collate_fn, dist)
+    state = _resume(run, resume_dir) if resume_dir is not None else TrainState()
+    _write_config(run, model, state, resume_dir)
+    log = RunLog(run.save_dir, dist.is_main, run.total_steps, state.step)
+    tally, last_train, last_valid, last_ckpt = Tally(), {}, {}, latest_tag_dir(run.ckpt_root)
+    data = iter(run.train_batches.epoch(state.epoch, start=state.batch_in_epoch))
+    run.engine.net.train()
+    while state.step < run.total_steps:  # one iteration per optimizer step
         step_start, step_cpu = time.time(), time.process_time()
-        lr = cosine_lr(state.step, cfg.max_lr, cfg.warmup_num_steps, total_steps, cfg.min_lr_ratio)
-        engine.set_lr(lr)
-        epoch_done = False
-        micro = 0
-        while micro < accum:
-            batch = next(data)
-            state.batch_in_epoch += 1
-            if state.batch_in_epoch == n_batches:
-                state.epoch, state.batch_in_epoch, epoch_done = state.epoch + 1, 0, True
-                data = iter(train_batches.epoch(state.epoch))
-            if cfg.max_sites and not all_ranks_agree(batch is not None and batch.num_graphs > 0, dist):
-                state.empty_batches += 1
-                continue
-            batch = batch.to(dist.device)
-            loss, parts = engine.loss(batch, sync=micro == accum - 1)
-            engine.backward(loss)
-            tally.add(loss, parts, batch)
-            micro += 1
-        grad_norm, applied = engine.step()
-        if applied:
-            ema.update(engine.local_params())
-            state.consecutive_nonfinite = 0
-        else:
-            state.nonfinite_steps += 1
-            state.consecutive_nonfinite += 1
-            log.echo(f"[sfm] step {state.step + 1}: non-finite loss or gradients, step skipped ({state.nonfinite_steps} so far)")
-            if state.consecutive_nonfinite >= cfg.max_nonfinite_steps:
-                where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                raise NonFiniteTraining(
-                    f"{state.consecutive_nonfinite} consecutive steps had a non-finite loss or gradients "
-                    f"(at step {state.step + 1}, --max_nonfinite_steps {cfg.max_nonfinite_steps}); stopping. "
-                    f"{where}. Check the data for NaN/inf labels, lower --max_lr, or run without --bf16."
-                )
+        lr = cosine_lr(state.step, cfg.max_lr, cfg.warmup_num_steps, run.total_steps, cfg.min_lr_ratio)
+        run.engine.set_lr(lr)
+        data, epoch_done = _accumulate_gradients(run, state, data, tally)
+        grad_norm, applied = run.engine.step()
+        _account_step(run, state, applied, log, last_ckpt)
         state.step += 1
         log.advance()
         tally.seconds += time.time() - step_start
         tally.cpu_seconds += time.process_time() - step_cpu
         tally.grad_norm, tally.lr = grad_norm, lr
 
-        if state.step % cfg.log_interval == 0 or state.step == total_steps:
+        if state.step % cfg.log_interval == 0 or state.step == run.total_steps:
             last_train = tally.reduce(dist)
-            last_train.update(epoch=state.epoch, nonfinite_steps=state.nonfinite_steps, peak_mem_gb=peak_memory_gb(dist.device))
+            last_train.update(epoch=state.epoch, nonfinite_steps=state.nonfinite_steps,
+                              peak_mem_gb=peak_memory_gb(dist.device))  # fmt: skip
             log.write("train", state.step, last_train)
             tally = Tally()
-        if valid_batches is not None and (epoch_done or state.step == total_steps):
-            last_valid = evaluate(engine, ema, valid_batches, cfg, dist)
+        if run.valid_batches is not None and (epoch_done or state.step == run.total_steps):
+            last_valid = evaluate(run.engine, run.ema, run.valid_batches, cfg, dist)
             log.write("valid", state.step, last_valid)
         # No checkpoint in a run of skipped steps: the last one written stays the last good one.
-        if (state.step % cfg.save_interval == 0 and applied) or state.step == total_steps:
-            last_ckpt = save_checkpoint()
+        if (state.step % cfg.save_interval == 0 and applied) or state.step == run.total_steps:
+            last_ckpt = save_checkpoint(run, state, model.build_kwargs)
+    return _finish(run, state, log, last_ckpt, last_train, last_valid)
 
+
+def _setup(model, train_set, valid_set, cfg: TrainConfig, meta: dict, collate_fn, dist: Dist) -> _Run:
+    """The model, optimizer and EMA under the strategy, and the sharded batches."""
+    if dist.is_main:
+        (Path(cfg.save_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+    engine = build_engine(model, cfg, dist)
+    ema = EMA(engine.local_params(), cfg.ema_decay)
+    seed_everything(cfg.seed + dist.rank)  # each rank its own noise stream
+    train_batches = ShardedBatches(train_set, cfg.train_batch_size, collate_fn, dist, cfg.seed, True, cfg.num_workers)
+    valid_batches = None
+    if valid_set is not None:
+        valid_batches = ShardedBatches(valid_set, cfg.val_batch_size, collate_fn, dist, cfg.seed, False, cfg.num_workers)
+    steps_per_epoch = math.ceil(len(train_batches) / cfg.gradient_accumulation_steps)
+    total_steps = cfg.total_num_steps if cfg.total_num_steps > 0 else cfg.total_num_epochs * steps_per_epoch
+    return _Run(cfg, dist, engine, ema, dist.zero_stage == 3, train_batches, valid_batches, total_steps, meta)
+
+
+def _resume(run: _Run, resume_dir: Path) -> TrainState:
+    """Weights, optimizer, EMA, RNG streams and the place in the data, exactly as saved."""
+    cfg, dist = run.cfg, run.dist
+    trainer_state = torch.load(resume_dir / "trainer.pt", map_location="cpu", weights_only=False)
+    if (trainer_state["strategy"], trainer_state["world_size"]) != (cfg.strategy, dist.world_size):
+        raise ValueError(
+            f"checkpoint {resume_dir} was written by {trainer_state['strategy']} on {trainer_state['world_size']} "
+            f"processes; exact resume needs the same (this run: {cfg.strategy} on {dist.world_size})"
+        )
+    run.engine.load(resume_dir)
+    rank_state = torch.load(resume_dir / f"rank_{dist.rank:05d}.pt", map_location="cpu", weights_only=False)
+    run.ema.load_state_dict(rank_state["ema"] if run.ema_sharded else trainer_state["ema"])
+    set_rng_state(rank_state["rng"])
+    return TrainState(**trainer_state["state"])
+
+
+def _write_config(run: _Run, model, state: TrainState, resume_dir: Path | None) -> None:
+    """The resolved configuration: printed at start, written to config.json, kept in checkpoints."""
+    cfg, dist = run.cfg, run.dist
+    params = model.parameters()
+    resolved = {
+        **asdict(cfg),
+        "world_size": dist.world_size,
+        "device": str(dist.device),
+        "global_batch_size": cfg.train_batch_size * dist.world_size * cfg.gradient_accumulation_steps,
+        "batches_per_epoch_per_rank": len(run.train_batches),
+        "steps_per_epoch": math.ceil(len(run.train_batches) / cfg.gradient_accumulation_steps),
+        "total_steps": run.total_steps,
+        "parameters": sum(p.ds_numel for p in params) if run.ema_sharded else sum(p.numel() for p in params),
+        "resumed_from": str(resume_dir) if resume_dir else None,
+        "resumed_at_step": state.step,
+    }
+    run.meta = {**run.meta, "config": _plain(resolved), "args": _plain(run.meta.get("args", asdict(cfg)))}
+    if dist.is_main:
+        print("[sfm] resolved training config:\n" + json.dumps(resolved, indent=2), flush=True)
+        (run.save_dir / "config.json").write_text(json.dumps(run.meta["config"], indent=2) + "\n")
+
+
+def _accumulate_gradients(run: _Run, state: TrainState, data, tally: "Tally"):
+    """Forward and backward ``gradient_accumulation_steps`` micro-batches (all ranks skip a
+    micro-batch that max_sites emptied on any rank). Returns the data iterator (a new one when
+    the epoch ended) and whether it did."""
+    accum, epoch_done, micro = run.cfg.gradient_accumulation_steps, False, 0
+    while micro < accum:
+        batch = next(data)
+        state.batch_in_epoch += 1
+        if state.batch_in_epoch == len(run.train_batches):
+            state.epoch, state.batch_in_epoch, epoch_done = state.epoch + 1, 0, True
+            data = iter(run.train_batches.epoch(state.epoch))
+        if run.cfg.max_sites and not all_ranks_agree(batch is not None and batch.num_graphs > 0, run.dist):
+            state.empty_batches += 1
+            continue
+        batch = batch.to(run.dist.device)
+        loss, parts = run.engine.loss(batch, sync=micro == accum - 1)
+        run.engine.backward(loss)
+        tally.add(loss, parts, batch)
+        micro += 1
+    return data, epoch_done
+
+
+def _account_step(run: _Run, state: TrainState, applied: bool, log: RunLog, last_ckpt) -> None:
+    """EMA update after an applied step; count a skipped (non-finite) one, and stop after
+    ``max_nonfinite_steps`` in a row."""
+    if applied:
+        run.ema.update(run.engine.local_params())
+        state.consecutive_nonfinite = 0
+        return
+    state.nonfinite_steps += 1
+    state.consecutive_nonfinite += 1
+    log.echo(f"[sfm] step {state.step + 1}: non-finite loss or gradients, step skipped ({state.nonfinite_steps} so far)")
+    if state.consecutive_nonfinite >= run.cfg.max_nonfinite_steps:
+        where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+        raise NonFiniteTraining(
+            f"{state.consecutive_nonfinite} consecutive steps had a non-finite loss or gradients "
+            f"(at step {state.step + 1}, --max_nonfinite_steps {run.cfg.max_nonfinite_steps}); stopping. "
+            f"{where}. Check the data for NaN/inf labels, lower --max_lr, or run without --bf16."
+        )
+
+
+def save_checkpoint(run: _Run, state: TrainState, build_kwargs: dict) -> Path:
+    """Write checkpoints/step_N: the engine's shards, each rank's RNG (and sharded EMA),
+    trainer.pt (state, EMA, strategy) and a consolidated model.pt with the EMA weights."""
+    cfg, dist, ema = run.cfg, run.dist, run.ema
+    tag_dir = run.ckpt_root / step_tag(state.step)
+    tag_dir.mkdir(parents=True, exist_ok=True)  # every rank: save_dir should be shared, but need not be
+    barrier(dist)
+    run.engine.save(tag_dir)
+    torch.save({"rng": rng_state(), "ema": ema.state_dict() if run.ema_sharded else None},
+               tag_dir / f"rank_{dist.rank:05d}.pt")  # fmt: skip
+    if dist.is_main:
+        torch.save({"state": asdict(state), "ema": None if run.ema_sharded else ema.state_dict(),
+                    "strategy": cfg.strategy, "world_size": dist.world_size, "config": run.meta["config"]},
+                   tag_dir / "trainer.pt")  # fmt: skip
+    with run.engine.ema_weights(ema), run.engine.full_state_dict() as state_dict:
+        if dist.is_main:
+            save_consolidated(tag_dir / "model.pt", state_dict=state_dict, build_kwargs=build_kwargs,
+                              meta={**run.meta, "step": state.step, "epoch": state.epoch})  # fmt: skip
+    barrier(dist)
+    if dist.is_main:
+        mark_latest(run.ckpt_root, tag_dir.name, cfg.keep_checkpoints)
+    return tag_dir
+
+
+def _finish(run: _Run, state: TrainState, log: RunLog, last_ckpt, last_train: dict, last_valid: dict) -> dict:
+    """Copy the last consolidated checkpoint to save_dir/model.pt; the run's summary."""
     final = None
-    if dist.is_main and last_ckpt is not None:
-        final = save_dir / "model.pt"
+    if run.dist.is_main and last_ckpt is not None:
+        final = run.save_dir / "model.pt"
         shutil.copyfile(Path(last_ckpt) / "model.pt", final)
         log.echo(f"[sfm] done at step {state.step}: consolidated checkpoint {final}")
     log.close()

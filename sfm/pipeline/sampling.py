@@ -13,15 +13,10 @@ for the items of the first samples, up to the batch that straddles them.) A samp
 identified by ``(sid, sample_idx)``; a rerun skips those already written.
 
 Samplers. ``pc`` (reference, predictor-corrector) and ``ode`` (few-step Heun) are the
-model's (``sfm.models.diffusion.samplers``). Two baselines go through the same writer,
-so the same metrics evaluate them:
-
-- ``baseline_initial``: the input's ``pos`` and ``cell`` as they are (for inpaint: the
-  heuristic placement the relaxation started from);
-- ``baseline_random``: generated atoms at uniformly random fractional coordinates of the
-  cell (given atoms and lattice held as in the model's modes); in ``csp`` the lattice is
-  a random cell of ``lattice_data`` (e.g. the training split), or else a draw from the
-  checkpoint's lattice prior.
+model's (``sfm.models.diffusion.samplers``); the baselines ``baseline_initial`` and
+``baseline_random`` (``sfm.models.diffusion.baselines``; the random csp lattices drawn from
+``lattice_data``, else from the checkpoint's lattice prior) go through the same writer, so
+the same metrics evaluate them.
 
 With ``t_start < 1`` the model samplers refine instead of generate (SDEdit, see
 ``samplers.sample``): the generated atoms start from the input's ``pos`` noised to level
@@ -54,17 +49,16 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from sfm.data import Dictionary, LmdbDataset, collate
-from sfm.data.lattice import as_cell, frac_to_cart
-from sfm.data.structure import fixed_mask, tag_mask
-from sfm.models.diffusion.lattice_noise import canonical
+from sfm.data.lattice import as_cell
+from sfm.data.structure import SLAB_TAGS, fixed_mask, tag_mask
+from sfm.models.diffusion.baselines import BASELINES, sample_baseline
 from sfm.models.diffusion.masks import MODES
 from sfm.models.diffusion.samplers import DEFAULT_STEPS, check_options, sample
+from sfm.models.diffusion.samplers import SAMPLERS as MODEL_SAMPLERS
 from sfm.pipeline.distributed import all_reduce_sum, barrier, setup_distributed, teardown_distributed
 from sfm.pipeline.sample_inputs import CompositionInputs, LmdbInputs, parse_compositions
 from sfm.pipeline.sample_store import SampleStore, done_keys
 
-MODEL_SAMPLERS = ("pc", "ode")
-BASELINES = ("baseline_initial", "baseline_random")
 SAMPLERS = MODEL_SAMPLERS + BASELINES
 # settings that define the samples: a rerun into the same save_dir must keep them
 _DEFINING = ("checkpoint", "data_path", "compositions", "num_atoms", "formula_units", "mode", "given_tags",
@@ -82,7 +76,7 @@ class GenConfig:
     num_atoms: int | None = None
     formula_units: int | None = None
     mode: str = "csp"
-    given_tags: tuple[int, ...] = (0, 1)
+    given_tags: tuple[int, ...] = SLAB_TAGS
     given_positions: str = "pos"
     num_samples: int = 1
     sampler: str = "ode"
@@ -222,16 +216,6 @@ class CallCounter:
         self.calls += 1
 
 
-def random_lattices(num: int, cfg: GenConfig, model, pool: torch.Tensor | None, generator) -> torch.Tensor:
-    """``[num, 3, 3]`` csp lattices of the random baseline: drawn from ``pool`` or the model's prior."""
-    if pool is not None:
-        idx = torch.randint(len(pool), (num,), generator=generator, device=generator.device)
-        return pool.to(generator.device)[idx]
-    lat = model.lattice_process
-    z = lat.prior(num, generator, torch.float32, generator.device)
-    return canonical(lat.decode(z))
-
-
 def generate(batch: Batch, cfg: GenConfig, model, generator, pool=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pos [N, 3], cell [B, 3, 3])`` of one batch with ``cfg.sampler``."""
     if cfg.sampler in MODEL_SAMPLERS:
@@ -239,18 +223,8 @@ def generate(batch: Batch, cfg: GenConfig, model, generator, pool=None) -> tuple
                      atom_given=batch.given if cfg.mode == "inpaint" else None, corrector=cfg.corrector,
                      t_start=cfg.t_start, renoise=cfg.renoise, churn=cfg.churn)  # fmt: skip
         return out.pos, out.cell
-    if cfg.sampler == "baseline_initial":
-        return batch.pos, batch.cell
-    device = batch.batch.device
-    if cfg.mode == "csp":
-        cell = random_lattices(batch.num_graphs, cfg, model, pool, generator)
-    else:
-        cell = batch.cell
-    frac = torch.rand(batch.num_nodes, 3, generator=generator, device=device, dtype=cell.dtype)
-    pos = frac_to_cart(frac, cell[batch.batch])
-    if cfg.mode == "inpaint":
-        pos = torch.where(batch.given[:, None], batch.pos, pos)
-    return pos, cell
+    return sample_baseline(batch, cfg.sampler, cfg.mode, generator, model, pool,
+                           atom_given=batch.given if cfg.mode == "inpaint" else None)  # fmt: skip
 
 
 def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfig, nfe: int) -> list[Data]:

@@ -6,7 +6,8 @@
 - a system id (``sid``) is a plain Python value (an int for OC20; a one-element tensor or
   numpy scalar becomes its number, see :func:`sid_of`);
 - the atoms given to a generator are those whose tag is in ``given_tags`` (:func:`tag_mask`),
-  a tuple of ints parsed once from its flag text (:func:`parse_tags`).
+  a tuple of ints parsed once from its flag text (:func:`parse_tags`), by default the slab
+  (``SLAB_TAGS``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 UNKNOWN_TAG = -1
+SLAB_TAGS = (0, 1)  # subsurface and surface: the atoms an inpainting is given by default
 
 
 def fixed_mask(data) -> torch.Tensor:

@@ -37,7 +37,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sfm.data.structure import parse_tags
+from sfm.data.structure import SLAB_TAGS, parse_tags
+from sfm.eval.generation import ANGLE_TOL, LTOL, STOL
+from sfm.models.diffusion.masks import MODES
 from sfm.pipeline.sampling import SAMPLERS, GenConfig, check_config, finish, run_sampling
 
 ADWT_AUTO = {(0, 1): "adsorbate", (0,): "free"}  # given slab -> adsorbate; given subsurface -> free atoms
@@ -51,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compositions", help="formulas ('Cu3Au,NaCl') or a file of them, one per line (csp only)")
     g.add_argument("--num_atoms", type=int, help="compositions: reduced formula scaled to this many atoms")
     g.add_argument("--formula_units", type=int, help="compositions: the formula as written, times this")
-    g.add_argument("--mode", choices=("csp", "lattice_given", "inpaint"), default="csp",
+    g.add_argument("--mode", choices=MODES, default="csp",
                    help="csp: lattice and all atoms generated; lattice_given: all atoms; inpaint: atoms not in --given_tags")
-    g.add_argument("--given_tags", default="0,1", help="inpaint: tags of the given atoms (0,1: the slab)")
+    g.add_argument("--given_tags", default=",".join(map(str, SLAB_TAGS)), help="inpaint: tags of the given atoms (0,1: the slab)")
     g.add_argument("--given_positions", choices=("pos", "pos_relaxed"), default="pos",
                    help="inpaint: where the given atoms sit (pos: the unrelaxed input a user has)")
     g.add_argument("--max_inputs", type=int, help="use only the first N inputs")
@@ -77,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_dir", required=True)
     g.add_argument("--no_metrics", action="store_true", help="skip the metrics after sampling")
     g.add_argument("--no_progress", action="store_true")
-    g.add_argument("--stol", type=float, default=0.5, help="StructureMatcher site tolerance, units of (V/n)^(1/3)")
-    g.add_argument("--ltol", type=float, default=0.3, help="StructureMatcher fractional lattice-length tolerance")
-    g.add_argument("--angle_tol", type=float, default=10.0, help="StructureMatcher angle tolerance, degrees")
+    g.add_argument("--stol", type=float, default=STOL, help="StructureMatcher site tolerance, units of (V/n)^(1/3)")
+    g.add_argument("--ltol", type=float, default=LTOL, help="StructureMatcher fractional lattice-length tolerance")
+    g.add_argument("--angle_tol", type=float, default=ANGLE_TOL, help="StructureMatcher angle tolerance, degrees")
     g.add_argument("--adwt_atoms", choices=("auto", "adsorbate", "free", "all"), default="auto",
                    help="atoms ADwT scores; auto: the generated ones (adsorbate for given_tags 0,1)")
     return p
@@ -112,7 +114,7 @@ def adwt_atoms(args, cfg: GenConfig) -> str:
     return ADWT_AUTO.get(tuple(sorted(set(cfg.given_tags))), "all")
 
 
-def score(args, cfg: GenConfig, stats: dict) -> dict:
+def write_metrics(args, cfg: GenConfig, stats: dict) -> dict:
     """Metrics of every sample in save_dir against the inputs; writes metrics.json / metrics.txt."""
     from sfm.data import LmdbDataset, write_json
     from sfm.data.lattice import as_cell
@@ -150,7 +152,7 @@ def main(argv=None) -> dict | None:
     stats = run_sampling(cfg)
     if args.no_metrics:
         return finish(lambda: {"run": stats, "metrics": None})
-    return finish(lambda: score(args, cfg, stats))
+    return finish(lambda: write_metrics(args, cfg, stats))
 
 
 if __name__ == "__main__":

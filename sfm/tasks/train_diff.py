@@ -17,7 +17,9 @@ model's buffers, so checkpoints carry them and a resumed run keeps them.
 """
 
 from sfm.data import Dictionary, LmdbDataset, parse_tags
+from sfm.data.structure import SLAB_TAGS
 from sfm.models import PRESETS, build_model
+from sfm.models.diffusion.model import DEFAULT_MODE_PROBS
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
 from sfm.tasks.train_args import int_at_least, build_parser, parse_args, train_config
@@ -28,9 +30,9 @@ def main(argv=None) -> dict:
     g = parser.add_argument_group("diffusion")
     g.add_argument("--target", choices=("pos_relaxed", "pos"), default="pos_relaxed",
                    help="positions the generated atoms are drawn toward")
-    g.add_argument("--mode_probs", default="csp=0.25,lattice_given=0.25,inpaint=0.5",
+    g.add_argument("--mode_probs", default=",".join(f"{k}={v}" for k, v in DEFAULT_MODE_PROBS.items()),
                    help="training mix of conditioning modes (csp, lattice_given, inpaint)")
-    g.add_argument("--given_tags", default="0,1", help="tags of the atoms given in inpaint mode (0,1: the slab)")
+    g.add_argument("--given_tags", default=",".join(map(str, SLAB_TAGS)), help="tags of the atoms given in inpaint mode (0,1: the slab)")
     g.add_argument("--placement_prob", type=float, default=0.0,
                    help="fraction of inpaint structures trained on the path from their initial placement `pos` "
                         "(the noisy state at --placement_t) to pos_relaxed; sample with gen.py --t_start PLACEMENT_T "

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sfm.data.structure import tag_mask
+from sfm.data.structure import SLAB_TAGS, tag_mask
 
 MODES = ("csp", "lattice_given", "inpaint")
 
@@ -58,7 +58,7 @@ def _tag_subset(batch, given_tags) -> torch.Tensor:
     return tag_mask(tags, given_tags)
 
 
-def mode_masks(batch, mode: str, given_tags=(0, 1), atom_given: torch.Tensor | None = None) -> Masks:
+def mode_masks(batch, mode: str, given_tags=SLAB_TAGS, atom_given: torch.Tensor | None = None) -> Masks:
     """Masks of one mode for every structure in ``batch`` (``batch.batch`` ``[N]``, ``num_graphs`` B).
 
     ``atom_given`` (``[N]`` bool) overrides ``given_tags`` in ``inpaint`` mode.
@@ -74,7 +74,7 @@ def mode_masks(batch, mode: str, given_tags=(0, 1), atom_given: torch.Tensor | N
     return Masks(given, lattice_given, _tags(batch))
 
 
-def training_masks(batch, mode_probs: dict[str, float], given_tags=(0, 1), tag_dropout: float = 0.0, generator=None) -> Masks:
+def training_masks(batch, mode_probs: dict[str, float], given_tags=SLAB_TAGS, tag_dropout: float = 0.0, generator=None) -> Masks:
     """A mode per structure drawn from ``mode_probs`` (``{mode: weight}``), as masks; tags
     hidden per structure with probability ``tag_dropout``."""
     unknown = set(mode_probs) - set(MODES)

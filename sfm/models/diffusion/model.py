@@ -11,7 +11,7 @@ Reads as the diagram::
          x, lattice -> symmetric tensor T [B, 3, 3] (Cartesian, rotates as R T R^T)
                   -> lattice eps = Q T Q^T   (Q: polar rotation of the lattice)
 
-Symmetry by construction (the contract of DESIGN.md): the backbone sees only
+Symmetry by construction (tested in tests/models/diffusion/test_model.py): the backbone sees only
 distances, relative vectors and ``L L^T``, so ``v`` rotates with the structure and its
 projections on the unit lattice vectors, the fractional-coordinate scores, are
 invariant; atoms permute with their features; a common shift of all fractional
@@ -77,6 +77,7 @@ import torch
 from torch import nn
 
 from sfm.data.lattice import as_cells, cart_to_frac, wrap_frac
+from sfm.data.structure import SLAB_TAGS
 from sfm.models.backbone import BackboneConfig, EquiformerV2
 from sfm.models.diffusion.anchors import anchor_displacements
 from sfm.models.diffusion.coord_noise import FracProcess
@@ -126,7 +127,7 @@ class DiffusionModel(nn.Module):
         backbone_cfg: BackboneConfig,
         target: str = "pos_relaxed",
         mode_probs=None,
-        given_tags=(0, 1),
+        given_tags=SLAB_TAGS,
         sigma_min: float = 0.01,
         coord_weight: float = 1.0,
         lattice_weight: float = 1.0,

@@ -19,6 +19,9 @@ import torch
 
 _MAX_CHUNK = 1 << 21  # pair-image candidates held in memory at once (~25 MB in float32)
 _MAX_IMAGES = 50_000  # more means a degenerate cell (a plane spacing far below the cutoff)
+# a neighbour this close (A) to the last one kept is kept too: fairchem's default, so that a
+# shell of equal distances is taken whole instead of cut by an arbitrary tie-break
+CAP_TOLERANCE = 0.01
 
 
 @torch.no_grad()
@@ -37,8 +40,10 @@ def radius_graph_pbc(
         lattice: ``[B, 3, 3]`` one cell per graph, rows = lattice vectors (A).
         batch: ``[N]`` long, graph index of each atom.
         cutoff: radius in A; an edge has ``|vec| < cutoff``.
-        max_neighbors: if set, keep only the nearest ``max_neighbors`` sources per target
-            (exactly k: a tie at the k-th distance is broken arbitrarily).
+        max_neighbors: if set, keep the nearest ``max_neighbors`` sources per target and
+            every further one within ``CAP_TOLERANCE`` of the k-th distance (see
+            :func:`cap_neighbors`): a degenerate shell is kept whole, so the graph does not
+            depend on the orientation, the atom order or the cell choice.
         pbc: periodicity of axes a, b, c. On a periodic axis every image inside the
             cutoff is found: ``ceil(cutoff / h_k)`` images each side, ``h_k`` the spacing
             of the lattice planes (small cells get several). A non-periodic axis gets none.
@@ -108,18 +113,45 @@ def _graph_edges(frac, lattice, cutoff, pbc, max_neighbors, graph):
         rows = torch.arange(lo, min(lo + chunk, n), device=frac.device)
         d2 = torch.addmm(sq_c[None], targets[rows], candidates.T, alpha=-2) + sq_t[rows, None]  # [rows, C]
         d2[rows - lo, self_column[rows]] = math.inf  # no self-edge at zero offset
-        if max_neighbors is None:
-            tgt, col = torch.nonzero(d2 < loose, as_tuple=True)
-            tgt = tgt + lo
-        else:  # nearest first
-            near, col = d2.topk(min(max_neighbors, d2.shape[1]), dim=1, largest=False)
-            inside = near < loose
-            tgt, col = rows[:, None].expand_as(col)[inside], col[inside]
+        tgt, col = torch.nonzero(d2 < loose, as_tuple=True)
+        tgt = tgt + lo
         exact = (candidates[col] - targets[tgt]).pow(2).sum(-1)  # decides the few near the cutoff
         keep = exact < cutoff**2
+        if max_neighbors is not None:  # rows are whole targets, so the cap sees every neighbour
+            keep[keep.clone()] = cap_neighbors(exact[keep].sqrt(), tgt[keep], max_neighbors)
         found.append((tgt[keep], cand_ids[col[keep]]))
     dst, cand = (torch.cat(parts) for parts in zip(*found))
     return cand // num_images, dst, images[cand % num_images]
+
+
+def cap_neighbors(
+    distance: torch.Tensor, target: torch.Tensor, max_neighbors: int, tolerance: float = CAP_TOLERANCE
+) -> torch.Tensor:
+    """Which edges a neighbour cap keeps: ``[E]`` bool.
+
+    Per target, the ``max_neighbors`` nearest edges and every edge within ``tolerance`` (A)
+    of the last of them. The rule depends on distances only, never on edge order, so equal
+    distances (a perfect crystal's shells) are kept or dropped together; a target may get
+    more than ``max_neighbors`` edges.
+
+    Args:
+        distance: ``[E]`` edge lengths (A).
+        target: ``[E]`` long, the target atom of each edge (any order, any ids >= 0).
+        max_neighbors: the cap k (>= 1).
+    """
+    if max_neighbors < 1:
+        raise ValueError(f"max_neighbors must be at least 1, got {max_neighbors}")
+    if distance.numel() == 0:
+        return torch.ones_like(target, dtype=torch.bool)
+    # group by target, nearest first: a stable sort by target after a sort by distance
+    by_distance = torch.argsort(distance)
+    order = by_distance[torch.argsort(target[by_distance], stable=True)]
+    counts = torch.bincount(target)
+    starts = torch.cumsum(counts, 0) - counts
+    kth = torch.full(counts.shape, math.inf, dtype=distance.dtype, device=distance.device)
+    full = counts >= max_neighbors  # targets with fewer edges keep them all
+    kth[full] = distance[order][starts[full] + max_neighbors - 1]
+    return distance <= kth[target] + tolerance
 
 
 def edge_vectors(

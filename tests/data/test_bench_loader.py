@@ -8,5 +8,6 @@ def test_bench_loader_runs(lmdb_file, tmp_path, capsys):
     assert "structures/s" in capsys.readouterr().out
     (row,) = result["rows"]
     assert row["workers"] == 0 and row["structures"] == 3 and row["structures_per_s"] > 0  # first batch not timed
-    assert row["edges_per_structure"] == 20 * (10 + 11 + 12) / 3  # every atom has >= 20 neighbours in 12 A
+    # every atom has >= 20 neighbours in 12 A: the cap keeps 20, and more only on a tie
+    assert 20 * (10 + 11 + 12) / 3 <= row["edges_per_structure"] < 21 * (10 + 11 + 12) / 3
     assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["structures"] == 3

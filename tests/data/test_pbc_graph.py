@@ -4,7 +4,7 @@ import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 
-from sfm.data.pbc_graph import edge_vectors, radius_graph_pbc
+from sfm.data.pbc_graph import CAP_TOLERANCE, cap_neighbors, edge_vectors, radius_graph_pbc
 
 SKEWED = np.array([[10.0, 0, 0], [-4.0, 9.0, 0], [1.5, -2.0, 35.0]])  # OC20-like: oblique, tilted c
 TINY = np.array([[2.5, 0, 0], [1.2, 2.2, 0], [0.3, 0.4, 2.1]])  # cutoff spans several images
@@ -82,18 +82,34 @@ def test_batched_graphs_of_different_sizes():
         start += len(f)
 
 
-def test_max_neighbors_keeps_nearest_k():
+def test_max_neighbors_keeps_nearest_k_and_their_ties():
     rng = np.random.default_rng(6)
     frac = rng.uniform(0, 1, (30, 3)) * [1, 1, 0.4]
-    full, _, d_full = _graph(frac, SKEWED, 8.0)
     kept, _, d_kept = _graph(frac, SKEWED, 8.0, max_neighbors=12)
+    ref = _ase_edges(frac, SKEWED, 8.0, (True, True, True))  # independent distances
     for i in range(30):
-        all_d = d_full.norm(dim=1)[full[1] == i].sort().values
+        all_d = np.sort([d for (a, _, _), d in ref.items() if a == i])
+        expected = all_d[all_d <= all_d[min(12, len(all_d)) - 1] + CAP_TOLERANCE]
         got = d_kept.norm(dim=1)[kept[1] == i]
-        assert len(got) == min(12, len(all_d))
-        assert torch.allclose(got.sort().values, all_d[: len(got)])
+        assert np.allclose(np.sort(got.numpy()), expected)
     few = _graph(np.array([[0.1, 0.1, 0.1], [0.2, 0.2, 0.2]]), np.eye(3) * 20.0, 4.0, max_neighbors=5)[0]
     assert few.shape[1] == 2  # fewer candidates than k: keep all
+
+
+def test_max_neighbors_keeps_a_degenerate_shell_whole():
+    # simple cubic, a = 3: 6 neighbours at 3 A, 12 at 4.24 A; a cap of 8 cuts the second shell
+    ei, _, vec = _graph(np.zeros((1, 3)), np.eye(3) * 3.0, 4.5, max_neighbors=8)
+    assert sorted(np.round(vec.norm(dim=1).numpy(), 6).tolist()) == [3.0] * 6 + [round(18**0.5, 6)] * 12
+
+
+def test_cap_neighbors_rule_and_order_independence():
+    distance = torch.tensor([1.0, 2.0, 2.005, 2.02, 0.5, 3.0, 3.0])
+    target = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    assert cap_neighbors(distance, target, 2).tolist() == [True, True, True, False, True, True, True]
+    perm = torch.randperm(7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cap_neighbors(distance[perm], target[perm], 2), cap_neighbors(distance, target, 2)[perm])
+    with pytest.raises(ValueError, match="max_neighbors"):
+        cap_neighbors(distance, target, 0)
 
 
 def test_edge_vectors_gradients():

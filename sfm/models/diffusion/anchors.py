@@ -15,6 +15,11 @@ conditioning), their Cartesian forms rotate with the structure (they enter the s
 head as equivariant vectors); both are unchanged by a common translation and permute
 with the atoms, so the symmetry contract holds.
 
+A displacement of exactly half a cell has two nearest images, +1/2 and -1/2, and a perfect
+crystal is full of them (atoms at 0 and 1/2): which one rounding picks depends on round-off,
+so it would make the features depend on orientation and atom order. Such a tie (within
+``HALF_CELL_TIE``) counts as 0, the mean of its two images.
+
 Shapes: ``frac [N, 3]``, ``batch [N]``, ``groups [N, G]`` bool -> ``dfrac [N, G, 3]``,
 ``count [N, G]`` (members of the group other than the atom itself; ``dfrac`` is 0 where 0).
 Cost: dense ``[B, n, n, 3]`` per batch (n the largest structure).
@@ -27,6 +32,8 @@ from torch_geometric.utils import to_dense_batch
 
 from sfm.models.diffusion.wrapped_normal import wrap_delta
 
+HALF_CELL_TIE = 1e-4  # fractional; far above float32 round-off of frac, far below any real spacing
+
 
 def anchor_displacements(frac: torch.Tensor, batch: torch.Tensor, groups: torch.Tensor):
     """``(dfrac [N, G, 3], count [N, G])``; see the module doc."""
@@ -34,6 +41,7 @@ def anchor_displacements(frac: torch.Tensor, batch: torch.Tensor, groups: torch.
     member, _ = to_dense_batch(groups.to(frac.dtype), batch)  # [B, n, G], zero on padding
     n = dense.shape[1]
     delta = wrap_delta(dense[:, None, :, :] - dense[:, :, None, :])  # [B, i, j, 3]: f_j - f_i
+    delta = torch.where((delta.abs() - 0.5).abs() < HALF_CELL_TIE, torch.zeros_like(delta), delta)
     others = 1.0 - torch.eye(n, dtype=frac.dtype, device=frac.device)  # j != i
     weight = member[:, None, :, :] * others[None, :, :, None]  # [B, i, j, G]
     count = weight.sum(2)  # [B, i, G]

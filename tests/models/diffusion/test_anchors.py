@@ -34,14 +34,25 @@ def test_matches_brute_force_and_permutes():
 
 
 def test_points_from_vacuum_to_the_slab_mid_plane():
-    # a 4 x 4 x 2 slab at heights 0.20 / 0.25, one atom in the vacuum at height 0.7
+    # a 4 x 4 x 2 slab at heights 0.20 / 0.25, one atom in the vacuum at height 0.68
     ij = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), -1).reshape(-1, 2) / 4
     slab = torch.cat([torch.cat([ij, torch.full((16, 1), z)], 1) for z in (0.20, 0.25)]).double()
-    frac = torch.cat([slab, torch.tensor([[0.1, 0.3, 0.7]], dtype=torch.float64)])
+    frac = torch.cat([slab, torch.tensor([[0.1, 0.3, 0.68]], dtype=torch.float64)])
     given = torch.zeros(len(frac), dtype=torch.bool)
     given[:32] = True
     dfrac, count = anchor_displacements(frac, torch.zeros(len(frac), dtype=torch.long), torch.stack([given, ~given], -1))
     assert count[-1].tolist() == [32, 0]
-    assert abs(dfrac[-1, 0, 2].item() - (0.225 - 0.7)) < 1e-7
+    assert abs(dfrac[-1, 0, 2].item() - (0.225 - 0.68)) < 1e-7
     assert dfrac[-1, 0, :2].abs().max() < 0.1  # in-plane parts average out, up to the wrap boundary (< 1/2 spacing)
     assert dfrac[-1, 1].abs().max() == 0
+
+
+def test_half_cell_ties_count_as_zero_whatever_the_round_off():
+    # atoms at 0 and 1/2: rounding would pick +1/2 or -1/2 by the last bit of frac
+    frac = torch.tensor([[0.0, 0.0, 0.1], [0.5, 0.0, 0.1]], dtype=torch.float64)
+    batch, groups = torch.zeros(2, dtype=torch.long), torch.ones(2, 1, dtype=torch.bool)
+    for nudge in (0.0, 1e-9, -1e-9):
+        dfrac, _ = anchor_displacements(frac + torch.tensor([[0.0, 0.0, 0.0], [nudge, 0.0, 0.0]]), batch, groups)
+        assert dfrac[:, 0, 0].abs().max() < 1e-8
+    far, _ = anchor_displacements(torch.tensor([[0.0, 0.0, 0.1], [0.49, 0.0, 0.1]], dtype=torch.float64), batch, groups)
+    assert torch.allclose(far[:, 0, 0], torch.tensor([0.49, -0.49], dtype=torch.float64))  # not a tie: kept

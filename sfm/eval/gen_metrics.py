@@ -84,7 +84,7 @@ def needs_field(refs: dict, sids, field: str, metrics: str) -> str | None:
     return f"the reference has no {field} (a test split?); {metrics} need it"
 
 
-def evaluate(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="generated",
+def generation_metrics(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="generated",
              energy_key=None) -> dict:
     """Metrics of `samples` (iterable of Data with sid) against `references` (iterable of Data).
 
@@ -159,7 +159,7 @@ def median(dist: np.ndarray) -> float | None:
 
 
 def format_table(m: dict) -> str:
-    """One-screen text table of `evaluate`'s output."""
+    """One-screen text table of `generation_metrics`'s output."""
     K = m["k"]
     rows = [("systems / samples / k", f"{m['systems']} / {m['samples']} / {K}"),
             ("sample sids not in reference", str(m["unmatched_sids"])),
@@ -201,7 +201,7 @@ def main(argv=None) -> dict:
                    help="atoms ADwT scores: the sample's `generated` mask (else tags 2), tags 2, free, all")
     p.add_argument("--energy_key", help="per-sample energy field for placement success@k")
     args = p.parse_args(argv)
-    m = evaluate(LmdbDataset(args.samples), LmdbDataset(args.reference), args.stol, args.ltol,
+    m = generation_metrics(LmdbDataset(args.samples), LmdbDataset(args.reference), args.stol, args.ltol,
                  args.angle_tol, args.adwt_atoms, args.energy_key)
     print(format_table(m))
     if args.json:

@@ -140,7 +140,7 @@ def split_name(path) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def evaluate(model, dataset, kind: str, baselines: dict | None = None, batch_size: int = 16, device="cpu",
+def split_metrics(model, dataset, kind: str, baselines: dict | None = None, batch_size: int = 16, device="cpu",
              progress: bool = True, max_structures: int = 0) -> dict:
     """``{view: view_metrics}`` of ``model`` on ``dataset`` (an LmdbDataset) read as ``kind``."""
     if kind not in KINDS:

@@ -109,6 +109,9 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+UNRESOLVED = object()  # train()'s resume_dir when the caller has not resolved it
+
+
 def resolve_resume(cfg: TrainConfig) -> Path | None:
     """Checkpoint directory to resume from, None for a fresh run; refuses to overwrite a run."""
     ckpt_root = Path(cfg.save_dir) / "checkpoints"
@@ -139,11 +142,14 @@ def check_model(model) -> None:
             raise TypeError(f"{type(model).__name__} has no .{attr}: the trainer needs model.loss(batch) and model.build_kwargs")
 
 
-def train(model, train_set, valid_set, cfg: TrainConfig, meta: dict | None = None, collate_fn=None) -> dict:
+def train(model, train_set, valid_set, cfg: TrainConfig, meta: dict | None = None, collate_fn=None,
+          resume_dir=UNRESOLVED) -> dict:
     """Train `model` on `train_set` (validate on `valid_set`, may be None) as `cfg` says.
 
     meta: entries for the consolidated checkpoint (task, dictionary, args, ...).
     collate_fn: list of Data -> Batch; default sfm.data.collate with cfg.max_sites.
+    resume_dir: what `resolve_resume(cfg)` returned, for a caller that needed it first (to know
+    whether the run is fresh); left out, it is resolved here.
     Returns a summary: step, last train / valid metrics, nonfinite_steps, checkpoint path.
     Runs in the calling process; multi-process runs call it on every rank (torchrun).
     """
@@ -152,7 +158,7 @@ def train(model, train_set, valid_set, cfg: TrainConfig, meta: dict | None = Non
         from sfm.data import collate
 
         collate_fn = partial(collate, max_sites=cfg.max_sites or None)
-    resume_dir = resolve_resume(cfg)
+    resume_dir = resolve_resume(cfg) if resume_dir is UNRESOLVED else resume_dir
     dist = setup_distributed(cfg.strategy)
     try:
         return _train(model, train_set, valid_set, cfg, dict(meta or {}), collate_fn, dist, resume_dir)
@@ -211,7 +217,7 @@ def _train(model, train_set, valid_set, cfg, meta, collate_fn, dist: Dist, resum
             log.write("train", state.step, last_train)
             tally = Tally()
         if run.valid_batches is not None and (epoch_done or state.step == run.total_steps):
-            last_valid = evaluate(run.engine, run.ema, run.valid_batches, cfg, dist)
+            last_valid = validate(run.engine, run.ema, run.valid_batches, cfg, dist)
             log.write("valid", state.step, last_valid)
         # No checkpoint in a run of skipped steps: the last one written stays the last good one.
         if (state.step % cfg.save_interval == 0 and applied) or state.step == run.total_steps:
@@ -413,7 +419,7 @@ class Tally:
         return out
 
 
-def evaluate(engine, ema, batches: ShardedBatches, cfg: TrainConfig, dist: Dist) -> dict:
+def validate(engine, ema, batches: ShardedBatches, cfg: TrainConfig, dist: Dist) -> dict:
     """Mean validation loss and parts (weighted by structures) with the EMA weights, over all ranks.
 
     The noise of stochastic losses (diffusion time and noise) is drawn from a fixed seed, so

@@ -17,7 +17,7 @@ import torch
 import sfm
 from sfm.data import LmdbDataset, write_json
 from sfm.data.views import KINDS
-from sfm.eval.s2ef_eval import evaluate, fit_baselines, format_table, split_name, training_items
+from sfm.eval.s2ef_eval import fit_baselines, format_table, split_metrics, split_name, training_items
 from sfm.tasks.train_args import int_at_least
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
         name = split_name(path)
         while name in report["splits"]:
             name += "+"
-        report["splits"][name] = evaluate(model, LmdbDataset(path), args.data_kind, baselines, args.batch_size,
+        report["splits"][name] = split_metrics(model, LmdbDataset(path), args.data_kind, baselines, args.batch_size,
                                           args.device, not args.no_progress, args.max_structures)
         report["splits"][name]["path"] = str(path)
     print(format_table(report))

@@ -118,7 +118,7 @@ def write_metrics(args, cfg: GenConfig, stats: dict) -> dict:
     """Metrics of every sample in save_dir against the inputs; writes metrics.json / metrics.txt."""
     from sfm.data import LmdbDataset, write_json
     from sfm.data.lattice import as_cell
-    from sfm.eval.gen_metrics import evaluate, format_table
+    from sfm.eval.gen_metrics import format_table, generation_metrics
     from sfm.eval.generation import is_valid
 
     samples = LmdbDataset(Path(cfg.save_dir) / "samples")
@@ -126,7 +126,7 @@ def write_metrics(args, cfg: GenConfig, stats: dict) -> dict:
         nfe = [float(d.nfe) for d in samples if "nfe" in d]
         stats = {**stats, "network_calls_per_sample": sum(nfe) / len(nfe) if nfe else None}
     if cfg.data_path is not None:
-        metrics = evaluate(samples, LmdbDataset(cfg.data_path), args.stol, args.ltol, args.angle_tol, adwt_atoms(args, cfg))
+        metrics = generation_metrics(samples, LmdbDataset(cfg.data_path), args.stol, args.ltol, args.angle_tol, adwt_atoms(args, cfg))
         table = format_table(metrics)
     else:  # compositions: no reference structure, so validity only
         valid = [is_valid(d.pos.double(), as_cell(d.cell).double()) for d in samples]

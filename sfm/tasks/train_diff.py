@@ -59,9 +59,10 @@ def main(argv=None) -> dict:
     except ValueError as err:  # a bad --mode_probs / --target / --placement_* reaches the user as a flag error
         parser.error(str(err))
     meta = {"task": "diffusion", "dictionary": dictionary.tokens, "args": vars(args)}
-    if resolve_resume(cfg) is None:
+    resume_dir = resolve_resume(cfg)
+    if resume_dir is None:  # a fresh run: fit the normaliser its checkpoints will carry
         meta["normalizer"] = model.fit_normalizer(random_subset(train_set, args.normalizer_structures, args.seed))
-    return train(model, train_set, valid_set, cfg, meta)
+    return train(model, train_set, valid_set, cfg, meta, resume_dir=resume_dir)
 
 
 if __name__ == "__main__":

@@ -61,11 +61,12 @@ def main(argv=None) -> dict:
     model = build_model(args.model_type, head="s2ef", forces=args.forces, energy_coef=args.energy_coef,
                         force_coef=args.force_coef, checkpoint=args.activation_checkpointing)
     meta = {"task": "s2ef", "dictionary": dictionary.tokens, "args": vars(args)}
-    if resolve_resume(cfg) is None:
+    resume_dir = resolve_resume(cfg)
+    if resume_dir is None:  # a fresh run: fit the normaliser its checkpoints will carry
         sample = random_subset(train_set, args.normalizer_structures, args.seed)
         sample = without_forces(sample) if args.data_kind == "is2re" else sample
         meta["normalizer"] = model.fit_normalizer(sample, fit_references=args.element_refs)
-    return train(model, train_set, valid_set, cfg, meta)
+    return train(model, train_set, valid_set, cfg, meta, resume_dir=resume_dir)
 
 
 if __name__ == "__main__":

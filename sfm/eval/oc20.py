@@ -62,6 +62,31 @@ def s2ef_metrics(pred_e, target_e, pred_f, target_f, batch, free=None) -> dict[s
             "efwt": efwt(pred_e, target_e, pred_f, target_f, batch, free)}
 
 
+def within_system_metrics(pred_e: Tensor, target_e: Tensor, system: Tensor) -> dict[str, float]:
+    """How well energies rank and space the structures of one system (the frames of one
+    relaxation), which is what a judge of placements needs; a per-element fit cannot.
+
+    ``system [B]`` groups the structures. ``spearman_median`` / ``spearman_mean``: Spearman
+    correlation of predicted and true energies over each system with >= 3 structures
+    (nan for a constant prediction); ``centred_energy_mae`` (eV): MAE after subtracting
+    each system's mean from the predicted and from the true energies.
+    """
+    from scipy.stats import spearmanr
+
+    pred, target, system = (t.detach().double().cpu().numpy() for t in (pred_e, target_e, system))
+    rhos, centred = [], np.empty_like(pred)
+    for sid in np.unique(system):
+        members = system == sid
+        p, t = pred[members], target[members]
+        centred[members] = (p - p.mean()) - (t - t.mean())
+        if members.sum() >= 3:
+            rhos.append(spearmanr(p, t).statistic if np.ptp(p) > 0 and np.ptp(t) > 0 else np.nan)
+    rhos = np.asarray(rhos, dtype=float)
+    return {"spearman_median": float(np.median(rhos)) if len(rhos) else float("nan"),
+            "spearman_mean": float(np.mean(rhos)) if len(rhos) else float("nan"),
+            "centred_energy_mae": float(np.abs(centred).mean())}
+
+
 def is2re_metrics(pred_e: Tensor, target_e: Tensor) -> dict[str, float]:
     """IS2RE metrics: energy_mae, ewt."""
     return {"energy_mae": energy_mae(pred_e, target_e), "ewt": ewt(pred_e, target_e)}

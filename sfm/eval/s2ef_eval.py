@@ -4,7 +4,9 @@ Views of a split (what is predicted against what): ``frames`` of an ``s2ef`` spl
 ``relaxed`` and ``initial`` of an ``is2re`` one, as :mod:`sfm.data.views` defines them.
 
 Metrics (sfm/eval/oc20.py, as fairchem): energy MAE (eV), force MAE on free atoms (eV/A),
-force cosine, EFwT; energy-only views give energy MAE and EwT.
+force cosine, EFwT; energy-only views give energy MAE and EwT. Where a view holds several
+structures of one system (the frames of a relaxation), also the within-system ranking:
+Spearman median over systems and the energy MAE after removing each system's mean.
 
 Baselines, fitted on the training set's energies (the model's training view: ``y`` of s2ef
 frames, or both ``y_relaxed`` and ``y_init`` of is2re entries) and predicting zero forces:
@@ -24,7 +26,7 @@ from tqdm import tqdm
 
 from sfm.data import collate
 from sfm.data.views import KINDS, VIEWS, labelled
-from sfm.eval.oc20 import is2re_metrics, s2ef_metrics
+from sfm.eval.oc20 import is2re_metrics, s2ef_metrics, within_system_metrics
 from sfm.models.normalizer import EnergyNormalizer
 
 BASELINES = ("train_mean", "linear_fit")
@@ -41,12 +43,14 @@ class Predictions:
     atomic_numbers: torch.Tensor  # [N] long
     batch: torch.Tensor          # [N] long, structure of each atom
     free: torch.Tensor           # [N] bool
+    system: torch.Tensor         # [B] long, sid of each structure
 
 
 def predict(model, items, batch_size: int = 16, device="cpu", progress: bool = True, desc: str = "predict",
             total: int | None = None) -> Predictions:
     """Run ``model.predict`` over ``items`` (labelled Data) in batches of ``batch_size``."""
-    parts = {k: [] for k in ("energy", "target_energy", "forces", "target_forces", "atomic_numbers", "batch", "free")}
+    parts = {k: [] for k in ("energy", "target_energy", "forces", "target_forces", "atomic_numbers", "batch", "free",
+                             "system")}
     chunk, offset = [], 0
     bar = tqdm(total=total, desc=desc, unit="struct", disable=not progress, mininterval=1.0)
 
@@ -62,6 +66,8 @@ def predict(model, items, batch_size: int = 16, device="cpu", progress: bool = T
         parts["atomic_numbers"].append(batch.atomic_numbers.long().cpu())
         parts["batch"].append(batch.batch.cpu() + offset)
         parts["free"].append(~batch.fixed.cpu())
+        sid = getattr(batch, "sid", None)  # without one, each structure is its own system
+        parts["system"].append(sid.reshape(-1).long().cpu() if sid is not None else torch.arange(batch.num_graphs) + offset)
         offset += batch.num_graphs
         bar.update(batch.num_graphs)
         chunk.clear()
@@ -117,10 +123,14 @@ def view_metrics(pred: Predictions, baselines: dict[str, EnergyNormalizer] | Non
     """Metrics of the model and of each baseline (zero forces) on one view."""
     num = len(pred.energy)
 
+    several = len(torch.unique(pred.system)) < num  # some system holds several structures
+
     def metrics(energy, forces):
         if pred.target_forces is None:
-            return is2re_metrics(energy, pred.target_energy)
-        return s2ef_metrics(energy, pred.target_energy, forces, pred.target_forces, pred.batch, pred.free)
+            out = is2re_metrics(energy, pred.target_energy)
+        else:
+            out = s2ef_metrics(energy, pred.target_energy, forces, pred.target_forces, pred.batch, pred.free)
+        return {**out, **within_system_metrics(energy, pred.target_energy, pred.system)} if several else out
 
     out = {"structures": num, "free_atoms": int(pred.free.sum()), "model": metrics(pred.energy, pred.forces)}
     for name, norm in (baselines or {}).items():
@@ -157,7 +167,7 @@ def split_metrics(model, dataset, kind: str, baselines: dict | None = None, batc
 def format_table(report: dict) -> str:
     """Text table of ``{"splits": {name: {view: view_metrics}}}``: one row per split, view and predictor."""
     lines = [f"{'split':<18}{'view':<9}{'predictor':<12}{'E MAE eV':>10}{'F MAE eV/A':>12}{'F cos':>8}"
-             f"{'EFwT/EwT':>10}{'n':>7}"]
+             f"{'EFwT/EwT':>10}{'rho med':>9}{'E-c MAE':>9}{'n':>7}"]
     for split, views in report["splits"].items():
         for view, m in views.items():
             if not isinstance(m, dict) or "model" not in m:
@@ -169,6 +179,8 @@ def format_table(report: dict) -> str:
                 fmae = f"{r['force_mae']:.4f}" if "force_mae" in r else "-"
                 fcos = f"{r['force_cos']:.3f}" if "force_cos" in r else "-"
                 within = r.get("efwt", r.get("ewt"))
+                rho = f"{r['spearman_median']:.3f}" if "spearman_median" in r else "-"
+                centred = f"{r['centred_energy_mae']:.4f}" if "centred_energy_mae" in r else "-"
                 lines.append(f"{split:<18}{view:<9}{who:<12}{r['energy_mae']:>10.4f}{fmae:>12}{fcos:>8}"
-                             f"{within:>10.3f}{m['structures']:>7}")
+                             f"{within:>10.3f}{rho:>9}{centred:>9}{m['structures']:>7}")
     return "\n".join(lines)

@@ -83,3 +83,19 @@ def test_success_at_k_by_hand():
     assert success_at_k(energies, ref, 1) == pytest.approx(0.0)
     assert success_at_k(energies, ref, 2) == pytest.approx(2 / 3)
     assert success_at_k(energies, ref, 3, threshold=0.55) == pytest.approx(1.0)
+
+
+def test_within_system_metrics_by_hand():
+    from sfm.eval.oc20 import within_system_metrics
+
+    target = torch.tensor([0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0])
+    system = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    pred = torch.tensor([0.1, 0.9, 2.2, 2.8, 5.0, 4.0, 3.0])  # system 0 in order, system 1 reversed
+    m = within_system_metrics(pred, target, system)
+    assert m["spearman_median"] == pytest.approx(0.0) and m["spearman_mean"] == pytest.approx(0.0)  # (1 + -1) / 2
+    centred0 = (pred[:4] - pred[:4].mean()) - (target[:4] - target[:4].mean())
+    centred1 = (pred[4:] - pred[4:].mean()) - (target[4:] - target[4:].mean())
+    assert m["centred_energy_mae"] == pytest.approx(float(torch.cat([centred0, centred1]).abs().mean()))
+    # a constant prediction (a per-element fit) has no ranking at all
+    flat = within_system_metrics(torch.zeros(7), target, system)
+    assert np.isnan(flat["spearman_median"]) and flat["centred_energy_mae"] == pytest.approx((1.5 + 0.5 + 0.5 + 1.5 + 1 + 0 + 1) / 7)

@@ -178,17 +178,21 @@ class DiffusionModel(nn.Module):
         anchor_feats = torch.cat([dfrac.flatten(1), dcart.norm(dim=-1) / 10.0, (count > 0).to(t.dtype)], dim=-1)
         return self.cond_mlp(torch.cat([graph_feats, flags, anchor_feats], dim=-1))
 
-    def forward(self, atomic_numbers, frac, lattice, batch, t, sigma, masks: Masks) -> dict:
+    def forward(self, atomic_numbers, frac, lattice, batch, t, sigma, masks: Masks, latent=None) -> dict:
         """Network outputs at one noisy state.
 
         ``atomic_numbers [N]``, ``frac [N, 3]``, ``lattice [B, 3, 3]`` (noisy or given),
-        ``batch [N]``, ``t [B]``, ``sigma [B, 3]`` fractional noise per axis, ``masks``.
+        ``batch [N]``, ``t [B]``, ``sigma [B, 3]`` fractional noise per axis, ``masks``;
+        ``latent [B, 3, 3]``: the lattice process state ``Z`` of ``lattice`` when the caller
+        holds it (training and the samplers do), so it is not re-encoded from ``lattice``
+        (None: ``encode(lattice)``).
         Returns ``coord [N, 3]`` (normalised fractional score), ``lattice_eps [B, 3, 3]``
         (noise of the lattice latent, symmetric, rotation invariant), ``lattice_tensor
         [B, 3, 3]`` (``T``, Cartesian), ``lattice_noise [B, 3, 3]`` (``eps Q``: the noise
         in the input lattice's frame, rotating with it).
         """
-        latent = upper_entries(self.lattice_process.encode(lattice)).clamp(-10, 10)
+        z = self.lattice_process.encode(lattice) if latent is None else latent
+        latent = upper_entries(z).clamp(-10, 10)
         groups = torch.stack([masks.atom_given, ~masks.atom_given, masks.tags == 1], -1)
         dfrac, count = anchor_displacements(frac, batch, groups)
         dcart = dfrac @ lattice[batch]  # [N, 3, 3]
@@ -222,9 +226,9 @@ class DiffusionModel(nn.Module):
         outer = pool(u @ w.transpose(-1, -2))  # [B, 3, 3]
         return unit.transpose(-1, -2) @ m @ unit + 0.5 * (outer + outer.transpose(-1, -2))
 
-    def predict(self, atomic_numbers, frac, lattice, batch, t, sigma, masks: Masks):
-        """``(coord [N, 3], lattice_eps [B, 3, 3])``: what the samplers call."""
-        out = self(atomic_numbers, frac, lattice, batch, t, sigma, masks)
+    def predict(self, atomic_numbers, frac, lattice, batch, t, sigma, masks: Masks, latent=None):
+        """``(coord [N, 3], lattice_eps [B, 3, 3])``: what the samplers call (``latent``: see forward)."""
+        out = self(atomic_numbers, frac, lattice, batch, t, sigma, masks, latent)
         return out["coord"], out["lattice_eps"]
 
     # ---- training ---------------------------------------------------------------------
@@ -257,10 +261,12 @@ class DiffusionModel(nn.Module):
             xt = torch.where(at, on_path, xt)
             coord_target = torch.where(at, self.frac_process.score_target(on_path, x0, sigma[index]), coord_target)
         xt = torch.where(given, x0, xt)
-        zt, eps = self.lattice_process.add_noise(self.lattice_process.encode(cell), t)
-        lattice_in = torch.where(masks.lattice_given[:, None, None], cell, self.lattice_process.decode(zt))
+        z0 = self.lattice_process.encode(cell)
+        zt, eps = self.lattice_process.add_noise(z0, t)
+        lattice_given = masks.lattice_given[:, None, None]
+        lattice_in = torch.where(lattice_given, cell, self.lattice_process.decode(zt))
 
-        out = self(numbers, xt, lattice_in, index, t, sigma, masks)
+        out = self(numbers, xt, lattice_in, index, t, sigma, masks, latent=torch.where(lattice_given, z0, zt))
         free = (~given).to(pos.dtype)
         coord_loss = ((out["coord"] - coord_target) ** 2 * free).sum() / (3 * free.sum()).clamp(min=1)
         gen = (~masks.lattice_given).to(pos.dtype)

@@ -25,8 +25,10 @@ fixes the result.
 
 The model is duck-typed: ``model.frac_process`` (``FracProcess``),
 ``model.lattice_process`` (``LatticeProcess``), ``model.given_tags`` and
-``model.predict(atomic_numbers, frac, lattice, batch, t, sigma, masks)`` returning the
-normalised coordinate score ``[N, 3]`` and the lattice noise ``[B, 3, 3]``.
+``model.predict(atomic_numbers, frac, lattice, batch, t, sigma, masks, latent)`` returning the
+normalised coordinate score ``[N, 3]`` and the lattice noise ``[B, 3, 3]``; ``latent`` is the
+lattice state ``Z`` ``[B, 3, 3]`` of ``lattice`` (the sampled state, or a given lattice's encoding),
+so the model need not re-encode the lattice it is handed.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class _Run:
         self.dtype = cell.dtype if cell is not None else torch.float32
         self.cell = as_cells(cell) if cell is not None else torch.eye(3, dtype=self.dtype).expand(self.num_graphs, 3, 3)
         self.lengths = model.frac_process.axis_lengths(self.cell, masks.lattice_given)
+        self.z_given = model.lattice_process.encode(self.cell)  # the state of a given lattice, once per call
 
     def times(self, t: float) -> torch.Tensor:
         return torch.full((self.num_graphs,), t, dtype=self.dtype, device=self.batch.device)
@@ -72,11 +75,16 @@ class _Run:
         gen = self.model.lattice_process.decode(z)
         return torch.where(self.masks.lattice_given[:, None, None], self.cell, gen)
 
+    def latent(self, z: torch.Tensor) -> torch.Tensor:
+        """The state the model is conditioned on: ``z``, or a given lattice's own encoding."""
+        return torch.where(self.masks.lattice_given[:, None, None], self.z_given, z)
+
     def predict(self, x, z, t: float):
         """``(score [N, 3] in fractional units, eps [B, 3, 3])`` at state ``(x, z)``, time ``t``."""
         tt = self.times(t)
         sigma_graph = self.model.frac_process.sigma(tt, self.lengths)
-        coord, eps = self.model.predict(self.numbers, x, self.lattice(z), self.batch, tt, sigma_graph, self.masks)
+        coord, eps = self.model.predict(self.numbers, x, self.lattice(z), self.batch, tt, sigma_graph, self.masks,
+                                        self.latent(z))  # fmt: skip
         sigma = sigma_graph[self.batch]
         return coord * wrapped_normal.score_norm(sigma), self.model.lattice_process.clip_eps(z, eps, tt)
 

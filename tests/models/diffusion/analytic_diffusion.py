@@ -25,14 +25,13 @@ class AnalyticModel(nn.Module):
         self.lat_mean, self.lat_var = lat_mean.double(), lat_var
         self.calls = 0
 
-    def predict(self, atomic_numbers, frac, lattice, batch, t, sigma, masks):
+    def predict(self, atomic_numbers, frac, lattice, batch, t, sigma, masks, latent):
         self.calls += 1
         sig = sigma[batch].double()
         mu = self.centres[atomic_numbers]
         total = (sig**2 + self.tau**2).sqrt()
         coord = wrapped_normal.score(frac.double(), mu, total) / wrapped_normal.score_norm(sig)
-        # the sampler passes the decoded lattice; recover Z_t (exact inverse of decode)
-        zt = self.lattice_process.encode(lattice.double())
+        zt = latent.double()  # the sampler hands the state Z_t itself
         ab = self.lattice_process.alpha_bar(t.double())[:, None, None]
         eps = (1 - ab).sqrt() * (zt - ab.sqrt() * self.lat_mean) / (ab * self.lat_var + 1 - ab)
         return coord.to(frac.dtype), eps.to(frac.dtype)

@@ -127,8 +127,8 @@ def test_placement_training_starts_from_the_initial_placement(batch):
         seen = {}
         forward = m.forward
 
-        def spy(numbers, frac, lattice, index, t, sigma, masks):
-            out = forward(numbers, frac, lattice, index, t, sigma, masks)
+        def spy(numbers, frac, lattice, index, t, sigma, masks, latent=None):
+            out = forward(numbers, frac, lattice, index, t, sigma, masks, latent)
             seen.update(frac=frac, t=t, sigma=sigma, coord=out["coord"].detach(), given=masks.atom_given)
             return out
 
@@ -174,3 +174,22 @@ def test_sampling_with_the_network_holds_masks(model, batch):
     assert torch.equal(out.pos[given], batch.pos[given]) and torch.equal(out.cell, batch.cell)
     assert out.frac.min() >= 0 and out.frac.max() < 1
     assert not model.training
+
+
+def test_forward_takes_the_lattice_state_as_it_is(model, batch):
+    """The latent handed in (the process state Z) is what conditions the network: handing the
+    encoding of the lattice is bit for bit the default path, and handing Z for decode(Z) (what
+    training and the samplers do, no encode round trip) differs by round-off only."""
+    from sfm.models.diffusion.lattice_noise import sym_noise
+
+    numbers, frac, cell, index, t, sigma, masks = inputs(batch, "csp")
+    lat = model.lattice_process
+    z = lat.encode(cell) + 0.5 * sym_noise(2, torch.Generator().manual_seed(3))
+    noisy = lat.decode(z)
+    with torch.no_grad():
+        default = model(numbers, frac, noisy, index, t, sigma, masks)
+        encoded = model(numbers, frac, noisy, index, t, sigma, masks, latent=lat.encode(noisy))
+        state = model(numbers, frac, noisy, index, t, sigma, masks, latent=z)
+    for key in ("coord", "lattice_eps", "lattice_noise"):
+        assert torch.equal(default[key], encoded[key])
+        assert rel_close(state[key], default[key], rel=1e-4)

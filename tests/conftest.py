@@ -1,4 +1,6 @@
-"""Shared fixtures: small random OC20-like structures (no files needed)."""
+"""Shared fixtures: small random OC20-like structures (no files needed), the test device."""
+
+import os
 
 import numpy as np
 import pytest
@@ -49,3 +51,23 @@ def lmdb_file(tmp_path):
     path = tmp_path / "data.lmdb"
     write_lmdb(path, (oc20_like(i, natoms=8 + i) for i in range(5)))
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs on SFM_TEST_DEVICE (scripts/gpu_check.sh selects these)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:  # a test that takes the `device` fixture is a device test
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker("device")
+
+
+@pytest.fixture
+def device():
+    """``torch.device`` of ``SFM_TEST_DEVICE`` (default cpu): ``SFM_TEST_DEVICE=cuda pytest -m device``
+    runs the device tests on a GPU (``scripts/gpu_check.sh`` does)."""
+    device = torch.device(os.environ.get("SFM_TEST_DEVICE", "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"SFM_TEST_DEVICE={device} but torch sees no CUDA device")
+    return device

@@ -3,7 +3,8 @@
     python -m sfm.tasks.benchmark_report --out DIR [--readme README.md] name=path.json[#key][@col,col] [...]
 
 Each input is what a benchmark command wrote with ``--json``: a list of rows, a dict
-whose ``rows`` / ``results`` entry is that list, or one flat dict (one row); ``@col,col``
+whose ``rows`` / ``results`` entry is that list, or one flat dict (one row); or a pytest
+JUnit XML file (``--junitxml``, a ``.xml`` path: one row per test); ``@col,col``
 picks the table's columns (default: every scalar field). The page gets the machine description
 (CPU, cores, load, torch, accelerator) and one table per benchmark, numbers as measured.
 ``--readme`` also puts the page, one heading level down, between the lines
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
@@ -50,6 +52,18 @@ def rows_of(result) -> list[dict]:
         if isinstance(result.get(key), list):
             return result[key]
     return [result]
+
+
+def junit_rows(path: Path) -> dict:
+    """A pytest JUnit XML file as ``{"tests", "passed", "failed", "skipped", "rows": [{test, outcome, seconds}]}``."""
+    rows = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        tags = {child.tag for child in case}
+        outcome = "failed" if tags & {"failure", "error"} else "skipped" if "skipped" in tags else "passed"
+        rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
+                     "seconds": float(case.get("time", 0.0))})  # fmt: skip
+    count = {k: sum(r["outcome"] == k for r in rows) for k in ("passed", "failed", "skipped")}
+    return {"tests": len(rows), **count, "rows": rows}
 
 
 def _cell(value) -> str:
@@ -95,7 +109,7 @@ def main(argv=None) -> None:
             parser.error(f"input '{item}' is not name=path.json")
         path, _, columns = path.partition("@")
         path, _, key = path.partition("#")  # path.json#key: that entry of the file
-        result = json.loads(Path(path).read_text())
+        result = junit_rows(Path(path)) if path.endswith(".xml") else json.loads(Path(path).read_text())
         result = result[key] if key else result
         report["benchmarks"][name] = result
         page += [f"## {name}", "", markdown_table(rows_of(result), columns.split(",") if columns else None), ""]

@@ -10,11 +10,12 @@ SKEWED = np.array([[10.0, 0, 0], [-4.0, 9.0, 0], [1.5, -2.0, 35.0]])  # OC20-lik
 TINY = np.array([[2.5, 0, 0], [1.2, 2.2, 0], [0.3, 0.4, 2.1]])  # cutoff spans several images
 
 
-def _graph(frac, cell, cutoff, **kw):
-    frac, cell = torch.tensor(frac), torch.tensor(cell)
-    batch = torch.zeros(len(frac), dtype=torch.long)
+def _graph(frac, cell, cutoff, device="cpu", **kw):
+    frac, cell = torch.tensor(frac, device=device), torch.tensor(cell, device=device)
+    batch = torch.zeros(len(frac), dtype=torch.long, device=device)
     edge_index, offsets = radius_graph_pbc(frac, cell[None], batch, cutoff, **kw)
-    return edge_index, offsets, edge_vectors(frac, cell[None], batch, edge_index, offsets)
+    vec = edge_vectors(frac, cell[None], batch, edge_index, offsets)
+    return edge_index.cpu(), offsets.cpu(), vec.cpu()
 
 
 def _ase_edges(frac, cell, cutoff, pbc):
@@ -23,8 +24,8 @@ def _ase_edges(frac, cell, cutoff, pbc):
     return {(a, b, tuple(s)): dist for a, b, s, dist in zip(i.tolist(), j.tolist(), shifts.tolist(), d)}
 
 
-def _compare(frac, cell, cutoff, pbc=(True, True, True)):
-    edge_index, offsets, vec = _graph(frac, cell, cutoff, pbc=pbc)
+def _compare(frac, cell, cutoff, pbc=(True, True, True), device="cpu"):
+    edge_index, offsets, vec = _graph(frac, cell, cutoff, device, pbc=pbc)
     ours = {
         (i, j, tuple(o)): d
         for j, i, o, d in zip(*edge_index.tolist(), offsets.long().tolist(), vec.norm(dim=1).tolist())
@@ -39,12 +40,12 @@ def _compare(frac, cell, cutoff, pbc=(True, True, True)):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_matches_ase_on_oc20_like_slab(seed):
+def test_matches_ase_on_oc20_like_slab(seed, device):
     rng = np.random.default_rng(seed)
     frac = rng.uniform(0, 1, (40, 3)) * [1, 1, 0.4]
-    edge_index = _compare(frac, SKEWED, 8.0)
+    edge_index = _compare(frac, SKEWED, 8.0, device=device)
     assert edge_index.shape[1] > 1000
-    _compare(frac, SKEWED, 8.0, pbc=(True, True, False))  # slab as ASE sees it
+    _compare(frac, SKEWED, 8.0, pbc=(True, True, False), device=device)  # slab as ASE sees it
 
 
 def test_matches_ase_on_tiny_cell_and_single_atom():

@@ -43,10 +43,10 @@ def energy_of(model, batch, pos, cell):
     return model(batch.atomic_numbers, pos, cell, batch.batch, forces=False)["energy"]
 
 
-def test_conservative_forces_and_stress_are_energy_derivatives(eqv2_cell):
-    model = s2ef_model(torch.float64, forces="conservative", max_neighbors=None)
+def test_conservative_forces_and_stress_are_energy_derivatives(eqv2_cell, device):
+    model = s2ef_model(torch.float64, forces="conservative", max_neighbors=None).to(device)
     model.normalizer.std.fill_(50.0)  # forces of order 0.01-0.1 eV/A
-    batch = structures(eqv2_cell, dtype=torch.float64)
+    batch = structures(eqv2_cell, dtype=torch.float64).to(device)
     out = model.predict(batch, stress=True)
     h = 1e-5
     for atom, axis in [(0, 0), (3, 2), (6, 1)]:
@@ -58,22 +58,22 @@ def test_conservative_forces_and_stress_are_energy_derivatives(eqv2_cell):
     # stress: homogeneous strain of cell and positions, (1/V) dE/d(strain)
     volume = torch.linalg.det(batch.cell).abs()
     for a, b in [(0, 0), (1, 2), (2, 2)]:
-        eps = torch.zeros(3, 3, dtype=torch.float64)
+        eps = torch.zeros(3, 3, dtype=torch.float64, device=device)
         eps[a, b] = eps[b, a] = h / 2 if a != b else h
         energies = []
         for sign in (1, -1):
-            strain = torch.eye(3, dtype=torch.float64) + sign * eps
+            strain = torch.eye(3, dtype=torch.float64, device=device) + sign * eps
             energies.append(energy_of(model, batch, batch.pos @ strain, batch.cell @ strain))
         numeric = (energies[0] - energies[1]) / (2 * h) / volume
         assert torch.allclose(numeric, out["stress"][:, a, b], rtol=1e-6, atol=1e-10)
 
 
-def test_forces_rotate_and_energy_is_invariant(eqv2_cell):
+def test_forces_rotate_and_energy_is_invariant(eqv2_cell, device):
     torch.manual_seed(5)
-    rot = o3.rand_matrix()
+    rot = o3.rand_matrix().to(device)
     for mode in ("direct", "conservative"):
-        model = s2ef_model(forces=mode, grid_resolution=32)
-        batch = structures(eqv2_cell)
+        model = s2ef_model(forces=mode, grid_resolution=32).to(device)
+        batch = structures(eqv2_cell).to(device)
         out = model.predict(batch)
         batch.pos, batch.cell = batch.pos @ rot.T, batch.cell @ rot.T
         out_rot = model.predict(batch)
@@ -96,9 +96,9 @@ def test_loss_uses_free_atoms_only_and_energy_only_without_forces(eqv2_cell):
 
 
 @pytest.mark.parametrize("mode", ["direct", "conservative"])
-def test_training_step_reaches_every_parameter(eqv2_cell, mode):
-    model = s2ef_model(forces=mode).train()
-    loss, _ = model.loss(structures(eqv2_cell))
+def test_training_step_reaches_every_parameter(eqv2_cell, mode, device):
+    model = s2ef_model(forces=mode).to(device).train()
+    loss, _ = model.loss(structures(eqv2_cell).to(device))
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert missing == []  # DDP needs every parameter used

@@ -51,3 +51,18 @@ def test_readme_without_markers_is_refused_and_left_as_is(tmp_path):
     with pytest.raises(SystemExit, match="no '<!-- benchmark:start -->'"):
         main(["--out", str(tmp_path / "out"), "--readme", str(readme), f"x={tmp_path / 'a.json'}"])
     assert readme.read_text() == "no markers\n"
+
+
+def test_junit_xml_input_is_one_row_per_test(tmp_path):
+    (tmp_path / "t.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="3">'
+        '<testcase classname="tests.a" name="test_ok" time="0.5"/>'
+        '<testcase classname="tests.a" name="test_bad" time="1.0"><failure message="x">trace</failure></testcase>'
+        '<testcase classname="tests.b" name="test_gpu" time="0"><skipped message="no gpu"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    main(["--out", str(tmp_path / "out"), f"device tests={tmp_path / 't.xml'}"])
+    tests = json.loads((tmp_path / "out" / "benchmark.json").read_text())["benchmarks"]["device tests"]
+    assert (tests["tests"], tests["passed"], tests["failed"], tests["skipped"]) == (3, 1, 1, 1)
+    assert tests["rows"][1] == {"test": "tests.a::test_bad", "outcome": "failed", "seconds": 1.0}
+    assert "| tests.a::test_bad | failed | 1 |" in (tmp_path / "out" / "benchmark.md").read_text()

@@ -167,9 +167,13 @@ def test_build_kwargs_rebuild_and_normalisers_in_state_dict(batch):
         build_model("tiny", head="diffusion", mode_probs="cps=1")
 
 
-def test_sampling_with_the_network_holds_masks(model, batch):
-    batch = with_collate_fields(batch)
-    out = model.sample(batch, "inpaint", "ode", steps=2, generator=torch.Generator().manual_seed(0))
+def test_sampling_with_the_network_holds_masks(model, batch, device):
+    batch = with_collate_fields(batch).to(device)
+    model.to(device)
+    try:
+        out = model.sample(batch, "inpaint", "ode", steps=2, generator=torch.Generator(device).manual_seed(0))
+    finally:
+        model.cpu()  # the module-scoped model stays on the CPU for the other tests
     given = mode_masks(batch, "inpaint").atom_given
     assert torch.equal(out.pos[given], batch.pos[given]) and torch.equal(out.cell, batch.cell)
     assert out.frac.min() >= 0 and out.frac.max() < 1

@@ -13,7 +13,9 @@ graph (12 A cutoff, 20 neighbours) unless ``--preset_graph``. Per model:
   process per model, so only a rough figure).
 Times are medians over ``--repeats`` after one warm-up: wall clock (``*_s``) and this
 process's CPU time (``*_cpu_s``; with one thread, the wall time it would take on an idle
-core, which is what to compare on a shared machine).
+core, which is what to compare on a shared machine); ``train_over_forward`` is their ratio
+(CPU times). ``--profile`` adds, per model, where the time goes (torch.profiler, self time
+per op, after the timed runs) in the eval forward, the training forward and the backward.
 """
 
 from __future__ import annotations
@@ -65,8 +67,25 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def profile_ops(fn, rows: int = 8) -> dict:
+    """``{"total_s", "ops": [{"op", "self_s", "calls"}]}``: torch.profiler's self time per op
+    (top ``rows``) of one call of ``fn`` (profiler overhead included; compare within a run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return {
+        "total_s": round(sum(e.self_cpu_time_total for e in events) / 1e6, 3),
+        "ops": [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 3), "calls": e.count} for e in events[:rows]],
+    }
+
+
 def bench_one(
-    model_type: str, device: str, repeats: int, preset_graph: bool, bf16: bool, checkpoint: bool = False
+    model_type: str, device: str, repeats: int, preset_graph: bool, bf16: bool, checkpoint: bool = False,
+    profile: bool = False, num_layers: int | None = None,
 ) -> dict:
     """Measure one preset in this process (see the module docstring)."""
     from sfm.models import build_model
@@ -74,6 +93,8 @@ def bench_one(
     device = torch.device(device)
     graph = {} if preset_graph else {"cutoff": 12.0, "max_neighbors": 20}
     torch.manual_seed(0)
+    if num_layers is not None:
+        graph["num_layers"] = num_layers
     model = build_model(model_type, head="s2ef", bf16=bf16, checkpoint=checkpoint, **graph).to(device)
     batch = synthetic_slabs().to(device)
     num_params = sum(p.numel() for p in model.parameters())
@@ -112,6 +133,16 @@ def bench_one(
             cpu_times.append(time.process_time() - cpu_start)
         out[f"{name}_s"] = round(statistics.median(times), 4)
         out[f"{name}_cpu_s"] = round(statistics.median(cpu_times), 4)
+    out["train_over_forward"] = round(out["train_step_cpu_s"] / out["forward_cpu_s"], 3)
+    if profile:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        losses = []
+        out["profile"] = {
+            "forward": profile_ops(forward),
+            "train_forward": profile_ops(lambda: losses.append(model.loss(batch)[0])),
+            "backward": profile_ops(lambda: (losses.pop().backward(), _sync(device))),
+        }
     return out
 
 
@@ -125,16 +156,20 @@ def main(argv=None):
     )
     parser.add_argument("--bf16", action="store_true", help="autocast the blocks to bfloat16")
     parser.add_argument("--checkpoint", action="store_true", help="activation checkpointing per block")
+    parser.add_argument("--profile", action="store_true", help="also print the top ops of forward and backward")
+    parser.add_argument("--num_layers", type=int, help="override the preset's number of blocks (shorter profiles)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--_one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = parser.parse_args(argv)
     if args._one:
-        result = bench_one(args._one, args.device, args.repeats, args.preset_graph, args.bf16, args.checkpoint)
+        result = bench_one(args._one, args.device, args.repeats, args.preset_graph, args.bf16, args.checkpoint,
+                           args.profile, args.num_layers)  # fmt: skip
         print(json.dumps(result))
         return
     results = []
     for model_type in args.models:
-        flags = [f"--{f}" for f in ("preset_graph", "bf16", "checkpoint") if getattr(args, f)]
+        flags = [f"--{f}" for f in ("preset_graph", "bf16", "checkpoint", "profile") if getattr(args, f)]
+        flags += ["--num_layers", str(args.num_layers)] if args.num_layers is not None else []
         cmd = [sys.executable, "-m", "sfm.models.bench", "--_one", model_type, "--device", args.device,
                "--repeats", str(args.repeats), *flags]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -146,11 +181,15 @@ def main(argv=None):
             f"{result['model']:>10}  {result['params'] / 1e6:7.2f}M params  "
             f"{result['atoms']} atoms {result['edges']} edges  "
             f"forward {result['forward_s']:8.3f} s (cpu {result['forward_cpu_s']:.3f})  "
-            f"fwd+bwd {result['train_step_s']:8.3f} s (cpu {result['train_step_cpu_s']:.3f})  "
+            f"fwd+bwd {result['train_step_s']:8.3f} s (cpu {result['train_step_cpu_s']:.3f}, "
+            f"{result['train_over_forward']:.2f}x forward)  "
             f"peak {result['peak_mb_forward']:7.1f} / {result['peak_mb_train_step']:7.1f} MB  ({result['device']}, "
             f"{result['threads']} threads)",
             flush=True,
         )
+        for part, prof in result.get("profile", {}).items():
+            ops = ", ".join(f"{o['op'].removeprefix('aten::')} {o['self_s']:.2f}" for o in prof["ops"])
+            print(f"{'':>10}  profile {part:>13}: {prof['total_s']:7.2f} s  {ops}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

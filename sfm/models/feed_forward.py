@@ -34,6 +34,7 @@ class FeedForward(nn.Module):
         self.lin2 = SO3Linear(hidden_channels, out_channels, lmax)
 
     def forward(self, x):
-        gates = self.scalar_mlp(x[:, 0])
+        gates = self.scalar_mlp(x.split([1, x.shape[1] - 1], dim=1)[0])  # not slices: see SO2Convolution
         h = self.grid.apply(self.grid_mlp, self.lin1(x))
-        return self.lin2(torch.cat([gates[:, None].to(h.dtype), h[:, 1:]], dim=1))
+        _, h = h.split([1, h.shape[1] - 1], dim=1)
+        return self.lin2(torch.cat([gates.to(h.dtype), h], dim=1))

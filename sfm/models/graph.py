@@ -7,6 +7,27 @@ from dataclasses import dataclass
 import torch
 
 
+class _Gather(torch.autograd.Function):
+    """``x.index_select(0, index)`` whose backward is an ``index_add_`` into zeros.
+
+    Autograd's own backward of ``index_select`` (and of ``x[index]``) scatters through an
+    index expanded to the gradient's full shape: about 7x slower on CPU for edge features.
+    The backward is written in differentiable ops, so double backward (forces by autograd
+    in training) runs through it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.save_for_backward(index)
+        ctx.num_rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros((ctx.num_rows, *grad.shape[1:])).index_add(0, index, grad), None
+
+
 @dataclass
 class EdgeGraph:
     """The periodic radius graph of a batch and what the blocks need of it.
@@ -38,7 +59,7 @@ class EdgeGraph:
 
     def gather_pair(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, ..., C] -> [E, ..., 2C]``: source and target features side by side."""
-        return torch.cat([x[self.src], x[self.dst]], dim=-1)
+        return torch.cat([_Gather.apply(x, self.src), _Gather.apply(x, self.dst)], dim=-1)
 
     def sum_at_targets(self, msg: torch.Tensor) -> torch.Tensor:
         """``[E, ...] -> [N, ...]``: sum of incoming messages per centre atom."""

@@ -28,10 +28,11 @@ class EquivariantLayerNormSH(nn.Module):
         self.register_buffer("balance", balance, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scalars = nn.functional.layer_norm(x[:, 0], x.shape[-1:], self.weight[0], self.bias, self.eps)
         if self.lmax == 0:
-            return scalars[:, None]
-        rest = x[:, 1:]
+            return nn.functional.layer_norm(x, x.shape[-1:], self.weight[0], self.bias, self.eps)
+        # split, not x[:, 0] / x[:, 1:]: a slice's backward fills a zero tensor of x's size
+        scalars, rest = x.split([1, x.shape[1] - 1], dim=1)
+        scalars = nn.functional.layer_norm(scalars, x.shape[-1:], self.weight[0], self.bias, self.eps)
         ms = torch.einsum("nic,i->n", rest.pow(2), self.balance.to(rest.dtype)) / rest.shape[-1]
         rest = rest * torch.rsqrt(ms + self.eps)[:, None, None] * self.weight[self.degree[1:]]
-        return torch.cat([scalars[:, None], rest], dim=1)
+        return torch.cat([scalars, rest], dim=1)

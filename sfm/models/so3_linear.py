@@ -26,4 +26,5 @@ class SO3Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight[self.degree]  # [dim, in, out]
         out = torch.einsum("nic,ico->nio", x, weight.to(x.dtype))
-        return torch.cat([out[:, :1] + self.bias.to(out.dtype), out[:, 1:]], dim=1)
+        scalars, rest = out.split([1, out.shape[1] - 1], dim=1)  # not slices: see SO2Convolution
+        return torch.cat([scalars + self.bias.to(out.dtype), rest], dim=1)

@@ -26,7 +26,10 @@ def so2_conv_reference(conv: SO2Convolution, x, radial):
     num_edges, n0 = x.shape[0], conv.layout.lmax + 1
     x0 = x[:, :n0].reshape(num_edges, n0 * conv.cin) * radial[:, : n0 * conv.cin]
     out0 = conv.fc_m0(x0)
-    pieces, offset = [out0[:, : n0 * conv.cout].reshape(num_edges, n0, conv.cout)], n0 * conv.cin
+    pieces, offset = (
+        [out0[:, : n0 * conv.cout].reshape(num_edges, n0, conv.cout)],
+        n0 * conv.cin,
+    )
     for (m, start, n), fc in zip(conv.layout.m_slices[1:], conv.fc_m):
         pair = x[:, start : start + 2 * n].reshape(num_edges, 2, n * conv.cin)
         pair = pair * radial[:, None, offset : offset + n * conv.cin]
@@ -37,10 +40,14 @@ def so2_conv_reference(conv: SO2Convolution, x, radial):
 
 
 def layer_norm_reference(norm: EquivariantLayerNormSH, x):
-    scalars = nn.functional.layer_norm(x[:, 0], x.shape[-1:], norm.weight[0], norm.bias, norm.eps)
+    scalars = nn.functional.layer_norm(
+        x[:, 0], x.shape[-1:], norm.weight[0], norm.bias, norm.eps
+    )
     rest = x[:, 1:]
     ms = torch.einsum("nic,i->n", rest.pow(2), norm.balance) / rest.shape[-1]
-    rest = rest * torch.rsqrt(ms + norm.eps)[:, None, None] * norm.weight[norm.degree[1:]]
+    rest = (
+        rest * torch.rsqrt(ms + norm.eps)[:, None, None] * norm.weight[norm.degree[1:]]
+    )
     return torch.cat([scalars[:, None], rest], dim=1)
 
 
@@ -51,7 +58,11 @@ def so3_linear_reference(lin: SO3Linear, x):
 
 def silu_on_grid_reference(grid: S2Grid, x):
     """SiLU on the grid in plain autograd ops: values, activation and projection back."""
-    return torch.einsum("ng,mgc->mnc", grid.from_grid, nn.functional.silu(torch.einsum("gn,mnc->mgc", grid.to_grid, x)))
+    return torch.einsum(
+        "ng,mgc->mnc",
+        grid.from_grid,
+        nn.functional.silu(torch.einsum("gn,mnc->mgc", grid.to_grid, x)),
+    )
 
 
 def assert_same(fast, ref, inputs, params, rtol=1e-5):
@@ -75,7 +86,12 @@ def test_so2_convolution_equals_slice_and_select_reference(lmax, mmax):
     conv = SO2Convolution(layout, 6, 5, extra_channels=3)
     x = torch.randn(40, layout.n_reduced, 6, requires_grad=True)
     radial = torch.randn(40, layout.n_half * 6, requires_grad=True)
-    assert_same(conv(x, radial), so2_conv_reference(conv, x, radial), [x, radial], conv.parameters())
+    assert_same(
+        conv(x, radial),
+        so2_conv_reference(conv, x, radial),
+        [x, radial],
+        conv.parameters(),
+    )
     y, extra = SO2Convolution(layout, 6, 5)(x)
     assert extra is None and y.shape == (40, layout.n_reduced, 5)
 
@@ -106,17 +122,29 @@ def test_separable_activation_and_fused_silu_backward_equal_autograd():
     grid = S2Grid(4, 18, layout.reduced)
     x = torch.randn(50, layout.n_reduced, 8, requires_grad=True)
     scalars = torch.randn(50, 8, requires_grad=True)
-    reference = torch.cat([nn.functional.silu(scalars)[:, None], silu_on_grid_reference(grid, x)[:, 1:]], dim=1)
+    reference = torch.cat(
+        [nn.functional.silu(scalars)[:, None], silu_on_grid_reference(grid, x)[:, 1:]],
+        dim=1,
+    )
     assert_same(SeparableS2Activation(grid)(scalars, x), reference, [scalars, x], [])
 
 
 def test_gather_pair_backward_equals_indexing():
     torch.manual_seed(3)
     src, dst = torch.randint(0, 9, (60,)), torch.randint(0, 9, (60,))
-    graph = EdgeGraph(src, dst, *[None] * 6, tokens=torch.zeros(9, dtype=torch.long), batch=None, num_graphs=1)
+    graph = EdgeGraph(
+        src,
+        dst,
+        *[None] * 6,
+        tokens=torch.zeros(9, dtype=torch.long),
+        batch=None,
+        num_graphs=1,
+    )
     x = torch.randn(9, 4, 3, dtype=torch.float64, requires_grad=True)
     assert_same(graph.gather_pair(x), torch.cat([x[src], x[dst]], dim=-1), [x], [])
-    torch.autograd.gradgradcheck(graph.gather_pair, (x,))  # double backward (conservative-force training)
+    torch.autograd.gradgradcheck(
+        graph.gather_pair, (x,)
+    )  # double backward (conservative-force training)
 
 
 @pytest.mark.parametrize("forces", ["direct", "conservative"])
@@ -142,14 +170,28 @@ def test_s2ef_loss_and_gradients_equal_reference_layers(forces, monkeypatch, eqv
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     loss, grads = loss_and_grads()
-    monkeypatch.setattr(SO2Convolution, "forward", lambda self, x, radial=None: so2_conv_reference_any(self, x, radial))
+    monkeypatch.setattr(
+        SO2Convolution,
+        "forward",
+        lambda self, x, radial=None: so2_conv_reference_any(self, x, radial),
+    )
     monkeypatch.setattr(EquivariantLayerNormSH, "forward", layer_norm_reference)
     monkeypatch.setattr(SO3Linear, "forward", so3_linear_reference)
-    monkeypatch.setattr(EdgeGraph, "gather_pair", lambda self, x: torch.cat([x[self.src], x[self.dst]], dim=-1))
+    monkeypatch.setattr(
+        EdgeGraph,
+        "gather_pair",
+        lambda self, x: torch.cat([x[self.src], x[self.dst]], dim=-1),
+    )
     ref_loss, ref_grads = loss_and_grads()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=0)
     for name, g in grads.items():
-        torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-5 * ref_grads[name].abs().max().item(), msg=name)
+        torch.testing.assert_close(
+            g,
+            ref_grads[name],
+            rtol=1e-4,
+            atol=1e-5 * ref_grads[name].abs().max().item(),
+            msg=name,
+        )
 
 
 def so2_conv_reference_any(conv, x, radial):

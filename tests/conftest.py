@@ -1,4 +1,5 @@
-"""Shared fixtures: small random OC20-like structures (no files needed), the test device."""
+"""Shared fixtures: small random OC20-like structures (no files needed), the test device, and a
+tiny demo world with its dense split (built once per session)."""
 
 import os
 
@@ -71,3 +72,16 @@ def device():
     if device.type == "cuda" and not torch.cuda.is_available():
         pytest.fail(f"SFM_TEST_DEVICE={device} but torch sees no CUDA device")
     return device
+
+
+@pytest.fixture(scope="session")
+def dense_world(tmp_path_factory):
+    """A 4-train-system demo world (2 systems in each other split) with ``is2re_dense`` built by
+    ``python -m sfm.data.demo --dense``: test_id (2 systems), 1 val_id and 1 train system, at most
+    2 heuristic and 2 random placements each. Returns the world folder."""
+    from sfm.data import demo
+
+    out = tmp_path_factory.mktemp("dense") / "world"
+    demo.main(["--out", str(out), "--num_systems", "4", "--workers", "2", "--dense", "--dense_val", "1",
+               "--dense_train", "1", "--dense_sites", "2", "--dense_random", "2"])  # fmt: skip
+    return out

@@ -1,6 +1,9 @@
 """The demo world: a small OC20-format dataset built locally with ASE and EMT.
 
-``python -m sfm.data.demo --out DIR [--small] [--seed S] [--num_systems N] [--workers K] [--force]``
+``python -m sfm.data.demo --out DIR [--small] [--seed S] [--num_systems N] [--workers K] [--force] [--dense ...]``
+
+``--dense`` also builds ``DIR/is2re_dense``, many relaxed placements per held-out system and their
+minimum (OC20-Dense style; :mod:`sfm.data.dense`).
 
 Every system is an adsorbate on a metal slab, made and relaxed like an OC20 system, but
 with ASE's EMT potential instead of DFT. EMT's H/C/N/O parameters are not physical: this
@@ -714,13 +717,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frame_every", type=int, default=5, help="S2EF: keep every k-th relaxation step")
     parser.add_argument("--workers", type=int, default=2, help="processes (output does not depend on it)")
     parser.add_argument("--force", action="store_true", help="rebuild even if --out holds a complete build")
+    dense = parser.add_argument_group("dense split (sfm.data.dense: many relaxed placements per system)")
+    dense.add_argument("--dense", action="store_true", help="also build (or reuse) OUT/is2re_dense")
+    dense.add_argument("--dense_val", type=int, default=25, help="val_id systems (test_id: all)")
+    dense.add_argument("--dense_train", type=int, default=25, help="train systems")
+    dense.add_argument("--dense_sites", type=int, default=8, help="heuristic placements per system at most (0: all)")
+    dense.add_argument("--dense_random", type=int, default=8, help="random placements per system")
+    dense.add_argument("--dense_force", action="store_true", help="rebuild OUT/is2re_dense even if complete")
     args = parser.parse_args(argv)
     if args.num_systems is not None and args.num_systems < 1:
         parser.error("--num_systems must be >= 1")
     if args.workers < 1 or args.frame_every < 1:
         parser.error("--workers and --frame_every must be >= 1")
+    if min(args.dense_val, args.dense_train, args.dense_sites, args.dense_random) < 0:
+        parser.error("--dense_val, --dense_train, --dense_sites and --dense_random must be >= 0")
     summary = make_demo(args.out, args.small, args.seed, args.num_systems, args.frame_every, args.workers, args.force)
     print(format_summary(summary, args.out))
+    if args.dense:
+        # imported here, not at the top: sfm.data.dense builds on this module
+        from sfm.data import dense
+
+        config = dense.DenseConfig(args.dense_val, args.dense_train, args.dense_sites or None, args.dense_random, args.seed)
+        summary["dense"] = dense.make_dense(args.out, config, args.workers, args.dense_force)
+        print(dense.format_dense_summary(summary["dense"], Path(args.out) / "is2re_dense"))
     return summary
 
 

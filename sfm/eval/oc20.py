@@ -117,12 +117,17 @@ def adwt(mean_dist: Tensor | np.ndarray) -> float:
     return float((d[None, :] < ADWT_THRESHOLDS[:, None]).mean())
 
 
-def success_at_k(energies: np.ndarray, ref: np.ndarray, k: int, threshold: float = 0.1) -> float:
-    """Fraction of systems whose lowest relaxed energy among their first k samples is at most
-    `threshold` eV above the reference (lower counts as success too).
+def successes(energies: np.ndarray, ref: np.ndarray, k: int, threshold: float = 0.1) -> np.ndarray:
+    """[S] bool: the lowest relaxed energy among a system's first k samples is at most
+    `threshold` eV above its reference (lower counts as success too).
 
     energies: [S, K] eV, nan for a missing or anomalous sample (never a success); ref: [S] eV.
     """
     e = np.asarray(energies, dtype=float)[:, :k]
     best = np.where(np.isnan(e), np.inf, e).min(axis=1)
-    return float((best - np.asarray(ref, dtype=float) <= threshold).mean())
+    return best - np.asarray(ref, dtype=float) <= threshold
+
+
+def success_at_k(energies: np.ndarray, ref: np.ndarray, k: int, threshold: float = 0.1) -> float:
+    """Fraction of systems that are :func:`successes` at k."""
+    return float(successes(energies, ref, k, threshold).mean())

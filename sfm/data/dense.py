@@ -1,0 +1,301 @@
+"""The dense demo split (OC20-Dense, as AdsorbML built it): many relaxed placements per system and
+their minimum, the reference that placement success@k is measured against.
+
+``python -m sfm.data.demo --out DIR --dense [--dense_val N] [--dense_train N] [--dense_sites H]
+[--dense_random R] [--dense_force]``
+
+Systems
+    Every system of ``test_id`` and the first N of ``val_id`` and of ``train`` of the demo world
+    in DIR (same sid, catalyst and adsorbate). The slab is the entry's slab atoms (tags 0, 1) at
+    ``pos`` (bulk-terminated, as placed); the adsorbate is its OC20 entry (SMILES from
+    ``data_mapping.json``).
+Placements (:mod:`sfm.data.placements`, fairchem-data-oc's heuristic and random placement)
+    ``heur<i>``: the heuristic sites; when there are more than H (an alloy slab has 100-300), the
+    first H of fairchem's shuffled list, a uniform subset. ``rand<i>``: R random sites. ``demo``:
+    the demo world's own placement and relaxation (stored, not recomputed).
+Relaxation and energies
+    :func:`sfm.data.demo.relax` (EMT, LBFGS to fmax 0.05 eV/A within 300 steps, subsurface
+    fixed), the clean slab relaxed the same way. Energies are referenced like the demo world's
+    ``y_relaxed``: ``y = E - E_slab - E_gas`` (eV), so a dense energy and a demo energy of the same
+    sid compare directly (the slab positions are the stored float32 ones: E_slab agrees with the
+    demo's to about 1e-5 eV).
+Anomalies and the reference
+    Each relaxed placement is checked with :func:`sfm.data.anomaly.detect_atoms` against the
+    relaxed clean slab (desorbed, dissociated, surface_changed, intercalated), and an unconverged
+    relaxation is flagged ``unconverged``. The reference (AdsorbML's) is the lowest ``y_relaxed``
+    over the placements with no flag; a system without one has reference ``null`` and no part in
+    success@k.
+Layout (OC20's, under ``DIR/is2re_dense``)
+    ``{test_id,val_id,train}/data.lmdb``: one IS2RE entry per placement: ``sid`` (the system's),
+    ``config_idx`` (its position in the system's ``configs`` in the mapping), ``atomic_numbers``,
+    ``pos`` (the placement), ``pos_relaxed``, ``cell``, ``natoms``, ``tags``, ``fixed``,
+    ``y_init``, ``y_relaxed``. Entries of one sid are consecutive, in ``configs`` order.
+    ``mapping.json`` (AdsorbML's ``oc20dense_mapping`` and targets in one file): sid ->
+    ``split, catalyst, facet, adsorbate, e_slab, e_gas`` (eV, to reference a raw EMT energy),
+    ``reference`` (eV or null), ``reference_config``, and ``configs``: a list of ``config_id,
+    source, site [3] A (null for demo), y_init, y_relaxed, steps, anomalies`` (flag names).
+    ``summary.json``: settings, counts and timings.
+
+Determinism: system ``sid`` draws its placements from ``SeedSequence([seed, sid])``; the output
+does not depend on ``--workers``. Built in a temporary folder renamed onto ``is2re_dense`` when
+complete; reused when the settings match, rebuilt with ``--dense_force``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.constraints import FixAtoms
+from tqdm import tqdm
+
+from sfm.data.anomaly import detect_atoms
+from sfm.data.demo import gas_references, relax, to_is2re, warm_caches
+from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter
+from sfm.data.placements import oc20_adsorbate, placements
+
+DENSE_SPLITS = ("test_id", "val_id", "train")
+VERSION = 1  # bump when the output changes: an is2re_dense built by another version is not reused
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """What a dense build depends on (stored in ``summary.json``; a mismatch means rebuild).
+
+    ``num_val`` / ``num_train``: systems taken from val_id / train (test_id: all);
+    ``max_sites``: heuristic placements per system at most (None: every site);
+    ``num_random``: random placements per system; ``seed``."""
+
+    num_val: int = 25
+    num_train: int = 25
+    max_sites: int | None = 8
+    num_random: int = 8
+    seed: int = 0
+    version: int = VERSION
+
+
+@dataclass(frozen=True)
+class Job:
+    """One system to relax densely: its demo entry as arrays (A, eV) and its metadata."""
+
+    split: str
+    sid: int
+    numbers: np.ndarray
+    tags: np.ndarray
+    cell: np.ndarray
+    pos: np.ndarray
+    pos_relaxed: np.ndarray
+    y_init: float
+    y_relaxed: float
+    meta: dict
+    config: DenseConfig
+
+
+def relax_clean_slab(slab: Atoms) -> Atoms:
+    """A relaxed copy of the clean slab ``slab`` (tags 0, 1; subsurface fixed), as the demo world
+    relaxes its clean slabs; RuntimeError if it does not converge."""
+    clean = slab.copy()
+    clean.set_constraint(FixAtoms(mask=clean.get_tags() == 0))
+    if not relax(clean).converged:
+        raise RuntimeError(f"clean slab {clean.get_chemical_formula()} did not converge")
+    return clean
+
+
+def relax_placement(atoms: Atoms, clean: Atoms, offset: float) -> dict:
+    """Relax one placement in place (EMT, :func:`sfm.data.demo.relax`) and flag it against the
+    relaxed clean slab ``clean`` (:func:`sfm.data.anomaly.detect_atoms`, plus ``unconverged``).
+
+    ``offset``: ``E_slab + E_gas`` (eV) of the system. Returns ``y_init``, ``y_relaxed`` (eV,
+    referenced), ``steps`` and ``anomalies`` (flag names, [] for a valid placement); ``atoms`` ends
+    relaxed and wrapped."""
+    atoms.set_constraint(FixAtoms(mask=atoms.get_tags() == 0))
+    initial = atoms.copy()
+    traj = relax(atoms)
+    flags = detect_atoms(initial, atoms, clean).labels() + ([] if traj.converged else ["unconverged"])
+    atoms.wrap()
+    return {"y_init": float(traj.energies[0] - offset), "y_relaxed": float(traj.energies[-1] - offset),
+            "steps": len(traj.energies) - 1, "anomalies": flags}  # fmt: skip
+
+
+def relax_system(job: Job) -> dict:
+    """Place, relax and flag every placement of one system; the mapping record plus the
+    structures (``structures``: per config, pos and pos_relaxed [K,3] A) and ``cpu_seconds``."""
+    start = time.process_time()
+    slab_mask = job.tags != 2
+    slab = Atoms(numbers=job.numbers[slab_mask], positions=job.pos[slab_mask], cell=job.cell,
+                 tags=job.tags[slab_mask], pbc=True)  # fmt: skip
+    slab.set_constraint(FixAtoms(mask=slab.get_tags() == 0))
+    try:
+        clean = relax_clean_slab(slab)
+    except RuntimeError as err:
+        raise RuntimeError(f"sid {job.sid}: {err} (the demo world's did)") from err
+    ads = oc20_adsorbate(job.meta["adsorbate"])
+    gas = gas_references()
+    e_gas = float(sum(gas[s] for s in ads.atoms.get_chemical_symbols()))
+    e_slab = float(clean.get_potential_energy())
+    seed = int(np.random.SeedSequence([job.config.seed, job.sid]).generate_state(1)[0])
+
+    configs, structures = [], []
+    for p in placements(slab, ads, job.config.num_random, seed, job.config.max_sites):
+        if not np.array_equal(p.atoms.numbers, job.numbers):
+            raise RuntimeError(f"sid {job.sid}: the placement's atoms are not in the demo entry's order")
+        initial = p.atoms.positions.copy()
+        result = relax_placement(p.atoms, clean, e_slab + e_gas)
+        configs.append({"config_id": p.config_id, "source": p.source, "site": p.site.round(4).tolist(), **result})
+        structures.append((initial, p.atoms.positions.copy()))
+    # the demo world's own placement: its relaxation is stored already
+    initial = Atoms(numbers=job.numbers, positions=job.pos, cell=job.cell, tags=job.tags, pbc=True)
+    final = Atoms(numbers=job.numbers, positions=job.pos_relaxed, cell=job.cell, tags=job.tags, pbc=True)
+    configs.append({"config_id": "demo", "source": "demo", "site": None, "y_init": job.y_init,
+                    "y_relaxed": job.y_relaxed, "steps": int(job.meta["steps"]),
+                    "anomalies": detect_atoms(initial, final, clean).labels()})  # fmt: skip
+    structures.append((job.pos, job.pos_relaxed))
+
+    valid = [c for c in configs if not c["anomalies"]]
+    best = min(valid, key=lambda c: c["y_relaxed"]) if valid else None
+    record = {"split": job.split, **{k: job.meta[k] for k in ("catalyst", "facet", "adsorbate")},
+              "e_slab": e_slab, "e_gas": e_gas, "reference": best["y_relaxed"] if best else None,
+              "reference_config": best["config_id"] if best else None, "configs": configs}  # fmt: skip
+    return {"record": record, "structures": structures, "cpu_seconds": time.process_time() - start}
+
+
+def jobs(world: Path, config: DenseConfig) -> list[Job]:
+    """The systems to build, split by split in :data:`DENSE_SPLITS` order, read from ``world``."""
+    if not (world / "data_mapping.json").is_file():
+        raise FileNotFoundError(f"{world}: no demo world here (no data_mapping.json) to build the dense split from")
+    mapping = json.loads((world / "data_mapping.json").read_text())
+    sizes = {"test_id": None, "val_id": config.num_val, "train": config.num_train}
+    out = []
+    for split in DENSE_SPLITS:
+        path = world / "is2re" / split / "data.lmdb"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no demo world split to build the dense split from")
+        data = LmdbDataset(path)
+        n = len(data) if sizes[split] is None else min(sizes[split], len(data))
+        for i in range(n):
+            d = data[i]
+            sid = int(d.sid)
+            if str(sid) not in mapping:
+                raise KeyError(f"{world / 'data_mapping.json'}: no entry for sid {sid} of {path}")
+            out.append(Job(split, sid, d.atomic_numbers.numpy().astype(int), d.tags.numpy().astype(int),
+                           d.cell.reshape(3, 3).double().numpy(), d.pos.double().numpy(),
+                           d.pos_relaxed.double().numpy(), float(d.y_init), float(d.y_relaxed),
+                           mapping[str(sid)], config))  # fmt: skip
+    return out
+
+
+def build_dense(out: Path, world: Path, config: DenseConfig, workers: int, progress: bool = True) -> dict:
+    """Build the dense split of ``world`` into the (new) folder ``out``; return the summary."""
+    start = time.time()
+    todo = jobs(world, config)
+    warm_caches()
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    results = pool.imap(relax_system, todo) if pool else map(relax_system, todo)
+    bar = tqdm(total=len(todo), desc="dense split", unit="system", disable=not progress, mininterval=1.0)
+    mapping, cpu = {}, 0.0
+    try:
+        for split in DENSE_SPLITS:
+            with LmdbWriter(out / split / "data.lmdb") as writer:
+                for job in [j for j in todo if j.split == split]:
+                    result = next(results)
+                    record = result["record"]
+                    for idx, (conf, (pos, pos_relaxed)) in enumerate(zip(record["configs"], result["structures"])):
+                        entry = {"atomic_numbers": job.numbers, "cell": job.cell, "tags": job.tags, "pos": pos,
+                                     "pos_relaxed": pos_relaxed, "y_init": conf["y_init"], "y_relaxed": conf["y_relaxed"]}  # fmt: skip
+                        data = to_is2re(entry, job.sid)
+                        data.config_idx = idx
+                        writer.append(data)
+                    mapping[str(job.sid)] = record
+                    cpu += result["cpu_seconds"]
+                    bar.update()
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    (out / "mapping.json").write_text(json.dumps(mapping, indent=1))
+    summary = summarize(mapping)
+    summary.update(config=asdict(config), build_seconds=round(time.time() - start, 1), workers=workers,
+                   cpu_seconds=round(cpu, 1), cpu_seconds_per_system=round(cpu / max(len(todo), 1), 2))  # fmt: skip
+    return summary
+
+
+def summarize(mapping: dict) -> dict:
+    """Counts of a dense mapping: systems and placements per split, flags, where the minimum came from."""
+    out = {}
+    for split in DENSE_SPLITS:
+        recs = [r for r in mapping.values() if r["split"] == split]
+        if not recs:
+            continue
+        configs = [c for r in recs for c in r["configs"]]
+        flags = {}
+        for c in configs:
+            for f in c["anomalies"]:
+                flags[f] = flags.get(f, 0) + 1
+        sources = {}
+        for r in recs:
+            src = next((c["source"] for c in r["configs"] if c["config_id"] == r["reference_config"]), "none")
+            sources[src] = sources.get(src, 0) + 1
+        per = {s: [sum(c["source"] == s for c in r["configs"]) for r in recs] for s in ("heuristic", "random")}
+        out[split] = {"systems": len(recs), "placements": len(configs),
+                          "heuristic_per_system": {"min": min(per["heuristic"]), "mean": round(float(np.mean(per["heuristic"])), 2),
+                                                    "max": max(per["heuristic"])},
+                          "random_per_system": max(per["random"]), "flagged": dict(sorted(flags.items())),
+                          "flagged_fraction": round(sum(bool(c["anomalies"]) for c in configs) / len(configs), 3),
+                          "systems_without_reference": sum(r["reference"] is None for r in recs),
+                          "reference_from": dict(sorted(sources.items())),
+                          "relax_steps_mean": round(float(np.mean([c["steps"] for c in configs])), 1)}  # fmt: skip
+    return out
+
+
+def make_dense(world: str | os.PathLike, config: DenseConfig = DenseConfig(), workers: int = 2,
+               force: bool = False, progress: bool = True) -> dict:  # fmt: skip
+    """Build (or reuse) ``world/is2re_dense``; return its summary (also its ``summary.json``).
+
+    Reused when it holds a complete build with the same ``config``; rebuilt with ``force``. The
+    build goes to a temporary sibling folder renamed onto ``is2re_dense`` at the end."""
+    world = Path(world)
+    out = world / "is2re_dense"
+    existing = out / "summary.json"
+    if out.exists() and not force:
+        if not existing.is_file():
+            raise FileExistsError(f"{out} exists but holds no complete dense split (no summary.json); use --dense_force")
+        summary = json.loads(existing.read_text())
+        if summary.get("config") != asdict(config):
+            raise FileExistsError(f"{out} was built with {summary.get('config')}, not {asdict(config)}; use --dense_force")
+        return summary
+    tmp = world / f".is2re_dense.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        summary = build_dense(tmp, world, config, workers, progress)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        if out.exists():
+            old = world / f".is2re_dense.old-{os.getpid()}"
+            out.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def format_dense_summary(summary: dict, out) -> str:
+    """A few lines of text (``summary.json`` has it all)."""
+    c = summary["config"]
+    lines = [(f"dense split in {out}: at most {c['max_sites']} heuristic + {c['num_random']} random placements "
+             f"+ the demo's per system, built in {summary['build_seconds']} s with {summary['workers']} worker(s), "
+             f"{summary['cpu_seconds_per_system']} CPU-s per system")]  # fmt: skip
+    for split in DENSE_SPLITS:
+        if split in summary:
+            s = summary[split]
+            lines.append(f"  {split:<8} {s['systems']:>4} systems, {s['placements']:>5} relaxed placements, "
+                         f"{s['flagged_fraction']:.0%} flagged {s['flagged']}, minimum from {s['reference_from']}, "
+                         f"{s['systems_without_reference']} without a valid placement")  # fmt: skip
+    return "\n".join(lines)

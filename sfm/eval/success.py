@@ -1,0 +1,194 @@
+"""Placement success@k against the dense split's minimum (AdsorbML), with bootstrap intervals.
+
+    python -m sfm.eval.success --dense DIR/is2re_dense [--split test_id] [--samples NAME=SAMPLES.lmdb ...]
+        [--k 1,2,5,10] [--resamples 2000] [--seed 0] [--json out.json]
+
+The reference of a system is the lowest relaxed energy over its dense placements with no anomaly
+(``reference`` in ``is2re_dense/mapping.json``, :mod:`sfm.data.dense`); systems without one take
+no part. A set of placements succeeds at k on a system when the lowest energy among its first k
+relaxed placements that carry no anomaly is within 0.1 eV of the reference (lower counts too); an
+anomalous placement (desorbed, dissociated, surface changed, intercalated, or unconverged) is
+never a success, as AdsorbML counts them (:func:`sfm.eval.oc20.successes`).
+
+Placement sets:
+- ``heuristic``, ``random``: the dense split's own heuristic-site and random placements, in
+  their stored (shuffled) order, so "@k" is k of them drawn at random.
+- ``--samples NAME=PATH``: sample LMDBs (as ``gen_oc20.sh`` writes them: ``sid``, ``sample_idx``,
+  slab + adsorbate in the reference's atom order). Each system's first k samples are relaxed with
+  EMT exactly as the dense placements were (:func:`judge_samples`) and flagged against the relaxed clean
+  slab: EMT relaxation is the judge.
+
+Reported per set and k: success (and its 90 % bootstrap interval over systems), the anomaly rate
+of the first k placements, and for the samples the paired bootstrap difference to ``heuristic``
+(:func:`sfm.eval.paired.paired_bootstrap`: the same resampled systems on both sides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from sfm.data import LmdbDataset
+from sfm.data.dense import relax_clean_slab, relax_placement
+from sfm.eval.gen_metrics import group_samples
+from sfm.eval.oc20 import successes
+from sfm.eval.paired import paired_bootstrap
+
+KS = (1, 2, 5, 10)
+THRESHOLD = 0.1  # eV above the reference (AdsorbML)
+
+
+def load_mapping(dense: str | Path) -> dict:
+    """``is2re_dense/mapping.json`` of a dense split folder (keys: sid as str)."""
+    path = Path(dense) / "mapping.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dense split here (build one with python -m sfm.data.demo --dense)")
+    return json.loads(path.read_text())
+
+
+def references(mapping: dict, split: str | None = None) -> dict[int, float]:
+    """``{sid: reference energy (eV)}`` of the systems (of ``split``) that have one."""
+    return {int(sid): r["reference"] for sid, r in mapping.items()
+            if r["reference"] is not None and (split is None or r["split"] == split)}  # fmt: skip
+
+
+def source_energies(mapping: dict, sids, source: str) -> list[list[float]]:
+    """Per sid, the relaxed energies (eV) of its ``source`` placements in stored order, nan
+    where a placement carries an anomaly."""
+    return [[np.nan if c["anomalies"] else c["y_relaxed"] for c in mapping[str(sid)]["configs"] if c["source"] == source]
+            for sid in sids]  # fmt: skip
+
+
+def source_flags(mapping: dict, sids, source: str) -> list[list[bool]]:
+    """Per sid, whether each of its ``source`` placements carries an anomaly."""
+    return [[bool(c["anomalies"]) for c in mapping[str(sid)]["configs"] if c["source"] == source] for sid in sids]
+
+
+def _atoms(sample) -> Atoms:
+    """``ase.Atoms`` of a sample (slab + adsorbate), all periodic, tags as stored."""
+    return Atoms(numbers=sample.atomic_numbers.numpy(), positions=sample.pos.double().numpy(),
+                 cell=sample.cell.reshape(3, 3).double().numpy(), tags=sample.tags.numpy(), pbc=True)  # fmt: skip
+
+
+def judge_samples(samples, mapping: dict, sids, k: int) -> dict[int, list[dict]]:
+    """``{sid: [result per sample]}`` for the first k samples of each of ``sids`` the samples
+    hold: each relaxed and flagged exactly as the dense placements were
+    (:func:`sfm.data.dense.relax_placement`; the clean slab, the first sample's tag 0/1 atoms,
+    relaxed once per system), energies referenced with the system's ``e_slab + e_gas``."""
+    groups = group_samples(samples)
+    out = {}
+    for sid in sids:
+        if sid not in groups:
+            continue
+        record = mapping[str(sid)]
+        first = _atoms(groups[sid][0])
+        clean = relax_clean_slab(first[first.get_tags() != 2])
+        out[sid] = [relax_placement(_atoms(s), clean, record["e_slab"] + record["e_gas"]) for s in groups[sid][:k]]
+    return out
+
+
+def success_table(energies: list[list[float]], flags: list[list[bool]], refs: np.ndarray, ks=KS,
+                  threshold: float = THRESHOLD) -> tuple[dict, dict]:  # fmt: skip
+    """Per k: ``[S]`` bool successes and the anomaly rate of the first k placements.
+
+    energies: per system its placements' energies (nan: anomalous or missing), any lengths
+    (a system with fewer than k placements is judged on the ones it has, as with fewer samples).
+    """
+    width = max(max((len(e) for e in energies), default=0), max(ks))
+    e = np.full((len(energies), width), np.nan)
+    for i, row in enumerate(energies):
+        e[i, : len(row)] = row
+    wins = {k: successes(e, refs, k, threshold) for k in ks}
+    rates = {k: float(np.mean([f for row in flags for f in row[:k]] or [np.nan])) for k in ks}
+    return wins, rates
+
+
+def evaluate(mapping: dict, split: str, judged: dict[str, dict[int, list[dict]]] | None = None, ks=KS,
+             resamples: int = 2000, seed: int = 0) -> dict:  # fmt: skip
+    """Success@k of the heuristic and random placements of ``split`` and of each judged sample
+    set (``{name: judge_samples(...)}``), on the systems with a reference (module docstring)."""
+    refs = references(mapping, split)
+    if not refs:
+        raise ValueError(f"dense split {split!r}: no system with a valid reference")
+    sids = sorted(refs)
+    ref = np.array([refs[s] for s in sids])
+    sets = {src: (source_energies(mapping, sids, src), source_flags(mapping, sids, src)) for src in ("heuristic", "random")}
+    for name, per_sid in (judged or {}).items():
+        rows = [per_sid.get(s, []) for s in sids]
+        sets[name] = ([[np.nan if j["anomalies"] else j["y_relaxed"] for j in row] for row in rows],
+                      [[bool(j["anomalies"]) for j in row] for row in rows])  # fmt: skip
+    out = {"split": split, "systems": len(sids), "threshold_eV": THRESHOLD, "resamples": resamples, "sets": {}}
+    table = {name: success_table(e, f, ref, ks) for name, (e, f) in sets.items()}
+    base = table["heuristic"][0]
+    for name, (wins, rates) in table.items():
+        rows = {}
+        for k in ks:
+            boot = paired_bootstrap(wins[k].astype(float), base[k].astype(float), np.mean, resamples, seed)
+            rows[f"@{k}"] = {"success": float(wins[k].mean()), "interval_90": boot["interval_90_a"],
+                             "anomaly_rate": rates[k]}  # fmt: skip
+            if name != "heuristic":
+                rows[f"@{k}"].update(vs_heuristic=boot["difference"], vs_heuristic_interval_90=boot["interval_90"])
+        out["sets"][name] = {"placements_per_system": max(len(e) for e in sets[name][0]), **rows}
+    return out
+
+
+def format_result(r: dict) -> str:
+    """Text table: one row per placement set, success@k with its 90 % interval, anomaly rate."""
+    ks = [k for k in next(iter(r["sets"].values())) if k.startswith("@")]
+    lines = [(f"dense {r['split']}: {r['systems']} systems with a reference; success = within "
+             f"{r['threshold_eV']} eV of the minimum (90 % bootstrap intervals, {r['resamples']} resamples)")]  # fmt: skip
+    lines.append(f"{'placements':<22}" + "".join(f"{'success' + k:>22}" for k in ks) + f"{'anomalies@' + ks[-1][1:]:>14}")
+    for name, s in r["sets"].items():
+        cells = "".join(f"{s[k]['success']:>8.2f} ({s[k]['interval_90'][0]:.2f}-{s[k]['interval_90'][1]:.2f})" + " " * 3
+                        for k in ks)  # fmt: skip
+        label = f"{name} ({s['placements_per_system']}/system)"
+        lines.append(f"{label:<22}{cells}{s[ks[-1]]['anomaly_rate']:>14.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dense", required=True, help="the dense split folder (DIR/is2re_dense)")
+    p.add_argument("--split", default="test_id", help="dense split to score (test_id, val_id, train)")
+    p.add_argument("--samples", action="append", default=[], metavar="NAME=PATH",
+                   help="sample LMDB(s) to relax with EMT and score (repeat for several)")
+    p.add_argument("--k", default=",".join(map(str, KS)), help="comma list of k")
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the result (and the judged samples) here")
+    args = p.parse_args(argv)
+    try:
+        ks = tuple(sorted({int(k) for k in args.k.split(",")}))
+    except ValueError:
+        p.error(f"--k must be a comma list of integers, got {args.k!r}")
+    if min(ks) < 1 or args.resamples < 1:
+        p.error("--k values and --resamples must be >= 1")
+    sets = {}
+    for spec in args.samples:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).exists():
+            p.error(f"--samples wants NAME=PATH of an existing LMDB, got {spec!r}")
+        sets[name] = path
+    try:
+        mapping = load_mapping(args.dense)
+    except FileNotFoundError as err:
+        p.error(str(err))
+    sids = sorted(references(mapping, args.split))
+    judged = {name: judge_samples(LmdbDataset(path), mapping, sids, max(ks)) for name, path in sets.items()}
+    try:
+        out = evaluate(mapping, args.split, judged, ks, args.resamples, args.seed)
+    except ValueError as err:
+        p.error(str(err))
+    print(format_result(out))
+    if args.json:
+        out["judged"] = {name: {str(s): v for s, v in per.items()} for name, per in judged.items()}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

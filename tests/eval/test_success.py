@@ -1,0 +1,97 @@
+"""Placement success@k against the dense minimum (sfm.eval.success): hand-made mappings counted by
+hand, and the EMT judge of sample LMDBs reproducing the dense split's own relaxations."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sfm.data import LmdbDataset, write_lmdb
+from sfm.eval.success import evaluate, main, references, success_table
+
+
+def conf(source, y, flags=()):
+    return {"config_id": source, "source": source, "y_relaxed": y, "anomalies": list(flags)}
+
+
+def mapping():
+    """Three systems; energies in eV, the reference the lowest unflagged one."""
+    return {
+        "0": {"split": "test_id", "reference": -1.0,
+              "configs": [conf("heuristic", -0.5), conf("heuristic", -0.95), conf("random", -1.0), conf("random", -3.0, ["desorbed"])]},
+        "1": {"split": "test_id", "reference": -2.0,
+              "configs": [conf("heuristic", -2.0), conf("random", -1.0), conf("random", -1.85)]},
+        "2": {"split": "test_id", "reference": None, "configs": [conf("heuristic", 0.0, ["dissociated"])]},
+        "3": {"split": "val_id", "reference": 0.0, "configs": [conf("heuristic", 0.0)]},
+    }  # fmt: skip
+
+
+def test_success_table_by_hand():
+    energies = [[-0.5, -0.95], [np.nan, -2.0, 0.0]]
+    flags = [[False, False], [True, False, False]]
+    wins, rates = success_table(energies, flags, np.array([-1.0, -2.0]), ks=(1, 2, 3))
+    assert wins[1].tolist() == [False, False]  # 0.5 eV above; the other anomalous
+    assert wins[2].tolist() == [True, True]  # -0.95 is within 0.1 eV; -2.0 hits it
+    assert wins[3].tolist() == [True, True]  # a system with fewer placements keeps its best
+    assert rates[1] == 0.5 and rates[2] == 0.25 and rates[3] == pytest.approx(1 / 5)
+
+
+def test_evaluate_by_hand():
+    m = mapping()
+    assert references(m, "test_id") == {0: -1.0, 1: -2.0}
+    r = evaluate(m, "test_id", ks=(1, 2), resamples=200)
+    assert r["systems"] == 2
+    heur, rand = r["sets"]["heuristic"], r["sets"]["random"]
+    assert heur["@1"]["success"] == 0.5 and heur["@2"]["success"] == 1.0
+    assert rand["@1"]["success"] == 0.5 and rand["@2"]["success"] == 0.5  # -1.85 is 0.15 eV above -2.0
+    assert rand["@2"]["anomaly_rate"] == 0.25
+    assert rand["@1"]["vs_heuristic"] == 0.0
+    low, high = heur["@1"]["interval_90"]
+    assert 0.0 <= low <= 0.5 <= high <= 1.0
+    judged = {"gen": {0: [{"y_relaxed": -1.05, "anomalies": []}], 1: [{"y_relaxed": -5.0, "anomalies": ["desorbed"]}]}}
+    g = evaluate(m, "test_id", judged, ks=(1, 2), resamples=200)["sets"]["gen"]
+    assert g["@1"]["success"] == 0.5 and g["@2"]["success"] == 0.5 and g["@1"]["anomaly_rate"] == 0.5
+    assert g["@2"]["vs_heuristic"] == -0.5
+    with pytest.raises(ValueError, match="no system with a valid reference"):
+        evaluate(m, "train")
+
+
+def test_judge_reproduces_the_dense_relaxations(dense_world, tmp_path, capsys):
+    """Samples that are the dense split's own heuristic placements, judged by EMT relaxation:
+    the same energies and flags as stored, so the same success as the heuristic set."""
+    root = dense_world / "is2re_dense"
+    m = json.loads((root / "mapping.json").read_text())
+    samples = []
+    for d in LmdbDataset(root / "test_id" / "data.lmdb"):
+        c = m[str(int(d.sid))]["configs"][int(d.config_idx)]
+        if c["source"] == "heuristic":
+            s = d.clone()
+            del s.pos_relaxed, s.y_relaxed, s.y_init
+            s.sample_idx = int(d.config_idx)
+            s.generated = d.tags == 2
+            samples.append(s)
+    write_lmdb(tmp_path / "heur.lmdb", samples)
+    out = tmp_path / "success.json"
+    r = main(["--dense", str(root), "--samples", f"again={tmp_path / 'heur.lmdb'}", "--k", "1,2",
+              "--resamples", "100", "--json", str(out)])  # fmt: skip
+    assert "again" in capsys.readouterr().out
+    for sid, judged in r["judged"]["again"].items():
+        stored = [c for c in m[sid]["configs"] if c["source"] == "heuristic"]
+        assert [j["y_relaxed"] for j in judged] == pytest.approx([c["y_relaxed"] for c in stored], abs=1e-4)
+        assert [j["anomalies"] for j in judged] == [c["anomalies"] for c in stored]
+    for k in ("@1", "@2"):
+        assert r["sets"]["again"][k]["success"] == r["sets"]["heuristic"][k]["success"]
+    assert json.loads(out.read_text())["sets"] == r["sets"]
+
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--dense", str(tmp_path)])  # no mapping.json
+    (tmp_path / "mapping.json").write_text(json.dumps(mapping()))
+    with pytest.raises(SystemExit):
+        main(["--dense", str(tmp_path), "--samples", "nopath"])
+    with pytest.raises(SystemExit):
+        main(["--dense", str(tmp_path), "--k", "0"])
+    with pytest.raises(SystemExit):
+        main(["--dense", str(tmp_path), "--split", "train"])
+    assert main(["--dense", str(tmp_path), "--k", "1", "--resamples", "10"])["systems"] == 2

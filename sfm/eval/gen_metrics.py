@@ -3,7 +3,7 @@ lattice statistics (definitions in sfm/eval/generation.py and oc20.py).
 
     python -m sfm.eval.gen_metrics --samples SAMPLES.lmdb --reference REF.lmdb [--json out.json]
         [--stol 0.5 --ltol 0.3 --angle_tol 10] [--adwt_atoms generated|adsorbate|free|all]
-        [--energy_key y_relaxed]
+        [--energy_key y_relaxed [--dense DIR/is2re_dense]]
 
 Samples are matched to reference entries by `sid`; the samples of one sid are ordered by
 their `sample_idx` (else by position in the file), so "@1" is each system's first sample and
@@ -15,7 +15,9 @@ ADwT scores the generated atoms (the samples' `generated` mask, as sfm.pipeline.
 writes it; else the adsorbate, tags 2) and needs the sample's atoms in the reference's order
 (same atomic_numbers sequence, as the samplers write them); other samples count as misses.
 With --energy_key (a per-sample energy field written by scoring) and reference `y_relaxed`,
-placement success@1/@k is added.
+placement success@1/@k is added; with --dense, success is measured against the dense split's
+minimum over all relaxed placements of each system (AdsorbML's reference, sfm.data.dense) on the
+systems that have one, not against the reference's one `y_relaxed`.
 """
 
 from __future__ import annotations
@@ -85,11 +87,12 @@ def needs_field(refs: dict, sids, field: str, metrics: str) -> str | None:
 
 
 def generation_metrics(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="generated",
-             energy_key=None) -> dict:
+                       energy_key=None, dense_refs: dict | None = None) -> dict:
     """Metrics of `samples` (iterable of Data with sid) against `references` (iterable of Data).
 
     Metrics that need the reference's `pos_relaxed` (match, ADwT, distance) or `y_relaxed`
-    (success) are left out when it has none, and `out["skipped"]` says which and why."""
+    (success) are left out when it has none, and `out["skipped"]` says which and why. `dense_refs`
+    ({sid: eV}, sfm.eval.success.references): success against these minima instead."""
     refs = {sid_of(r): r for r in references}
     groups = group_samples(samples)
     missing = [sid for sid in groups if sid not in refs]
@@ -100,7 +103,7 @@ def generation_metrics(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGL
     no_relaxed = needs_field(refs, list(groups), "pos_relaxed", "match rate, ADwT and distances")
     if no_relaxed:
         skipped["match, ADwT, distance"] = no_relaxed
-    if energy_key is not None:
+    if energy_key is not None and dense_refs is None:
         no_energy = needs_field(refs, list(groups), "y_relaxed", "placement success")
         if no_energy:
             skipped["success"] = no_energy
@@ -145,9 +148,16 @@ def generation_metrics(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGL
                     "per_sample": {"match_rate": float(np.isfinite(rms[present]).mean()),
                                    "adwt": adwt(dist[present])}})
     if energy_key is not None and "success" not in skipped:
-        ref_e = np.array([float(refs[sid].y_relaxed) if "y_relaxed" in refs[sid] else np.nan for sid in groups])
-        out["success@1"] = success_at_k(energy, ref_e, 1)
-        out[f"success@{K}"] = success_at_k(energy, ref_e, K)
+        if dense_refs is None:
+            ref_e = np.array([float(refs[sid].y_relaxed) if "y_relaxed" in refs[sid] else np.nan for sid in groups])
+        else:
+            ref_e = np.array([dense_refs.get(sid, np.nan) for sid in groups])
+            if np.isnan(ref_e).all():
+                raise ValueError("no sample sid has a dense reference (is the dense split of this reference split?)")
+        rows = ~np.isnan(ref_e)
+        out["success@1"] = success_at_k(energy[rows], ref_e[rows], 1)
+        out[f"success@{K}"] = success_at_k(energy[rows], ref_e[rows], K)
+        out["success_reference"] = f"dense minimum ({int(rows.sum())} systems)" if dense_refs is not None else "y_relaxed"
     return out
 
 
@@ -173,6 +183,8 @@ def format_table(m: dict) -> str:
             rows.append((f"median distance @{k}  (A)", f"{m[f'distance@{k}']:.3f}"))
         if f"success@{k}" in m:
             rows.append((f"placement success @{k}", f"{m[f'success@{k}']:.3f}"))
+    if "success_reference" in m:
+        rows.append(("placement success against", m["success_reference"]))
     if K > 1 and "per_sample" in m:
         per = m["per_sample"]
         rows.append(("every sample: match rate / ADwT", f"{per['match_rate']:.3f} / {per['adwt']:.3f}"))
@@ -200,9 +212,20 @@ def main(argv=None) -> dict:
     p.add_argument("--adwt_atoms", choices=["generated", "adsorbate", "free", "all"], default="generated",
                    help="atoms ADwT scores: the sample's `generated` mask (else tags 2), tags 2, free, all")
     p.add_argument("--energy_key", help="per-sample energy field for placement success@k")
+    p.add_argument("--dense", help="dense split folder (DIR/is2re_dense): success@k against its minima")
     args = p.parse_args(argv)
+    if args.dense and not args.energy_key:
+        p.error("--dense needs --energy_key (the per-sample energies success is measured with)")
+    dense_refs = None
+    if args.dense:
+        from sfm.eval.success import load_mapping, references  # sfm.eval.success builds on this module
+
+        try:
+            dense_refs = references(load_mapping(args.dense))
+        except FileNotFoundError as err:
+            p.error(str(err))
     m = generation_metrics(LmdbDataset(args.samples), LmdbDataset(args.reference), args.stol, args.ltol,
-                 args.angle_tol, args.adwt_atoms, args.energy_key)
+                           args.angle_tol, args.adwt_atoms, args.energy_key, dense_refs)
     print(format_table(m))
     if args.json:
         write_json(args.json, m)

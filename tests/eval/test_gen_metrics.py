@@ -1,6 +1,7 @@
 """gen_metrics CLI on small hand-made sample / reference LMDBs."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -112,3 +113,25 @@ def test_reference_without_relaxed_fields_skips_with_reason(lmdbs, tmp_path, cap
     write_lmdb(tmp_path / "mixed.lmdb", mixed)
     with pytest.raises(ValueError, match=r"1 of 3 reference entries have no pos_relaxed, e.g. sid\(s\) \[1\]"):
         main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(tmp_path / "mixed.lmdb")])
+
+
+def test_success_against_the_dense_minimum(lmdbs, tmp_path, capsys):
+    """--dense: success against each system's dense minimum, on the systems that have one (here
+    y_relaxed = sid is beaten by a lower placement of system 2; system 1 has no valid placement)."""
+    dense = tmp_path / "is2re_dense"
+    dense.mkdir()
+    mapping = {"0": {"split": "test_id", "reference": 0.0}, "1": {"split": "test_id", "reference": None},
+               "2": {"split": "test_id", "reference": 1.7}}  # fmt: skip
+    (dense / "mapping.json").write_text(json.dumps(mapping))
+    m = main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"),
+              "--energy_key", "energy", "--dense", str(dense)])  # fmt: skip
+    # system 0: 0.05 within 0.1 of 0.0; system 2: 2.3 / 1.9 both > 0.1 above 1.7
+    assert m["success@1"] == 0.5 and m["success@2"] == 0.5
+    assert m["success_reference"] == "dense minimum (2 systems)"
+    assert re.search(r"placement success against +dense minimum \(2 systems\)", capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"), "--dense", str(dense)])
+    (dense / "mapping.json").write_text(json.dumps({"7": {"split": "test_id", "reference": 0.0}}))
+    with pytest.raises(ValueError, match="no sample sid has a dense reference"):
+        main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"),
+              "--energy_key", "energy", "--dense", str(dense)])  # fmt: skip

@@ -19,7 +19,8 @@ from sfm.data.views import KINDS, IS2REAsS2EF
 from sfm.models import PRESETS, build_model
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
-from sfm.tasks.train_args import int_at_least, build_parser, parse_args, train_config
+from sfm.models.s2ef import OC20_AVG_NUM_ATOMS
+from sfm.tasks.train_args import build_parser, float_in, int_at_least, parse_args, train_config
 
 
 def without_forces(items):
@@ -38,6 +39,8 @@ def main(argv=None) -> dict:
                    help="direct: l=1 head (EquiformerV2); conservative: minus the autograd gradient of the energy")
     g.add_argument("--energy_coef", type=float, default=4.0, help="energy loss weight (EquiformerV2: 4)")
     g.add_argument("--force_coef", type=float, default=100.0, help="force loss weight (EquiformerV2: 100)")
+    g.add_argument("--avg_num_atoms", type=float_in(0.0, low_open=True), default=OC20_AVG_NUM_ATOMS,
+                   help="the summed per-atom energies are divided by this (EquiformerV2: 77.81, OC20's mean size)")
     g.add_argument("--normalizer_structures", type=int_at_least(0), default=10000,
                    help="training structures the normaliser is fitted on (0: all)")
     g.add_argument("--element_refs", action=argparse.BooleanOptionalAction, default=True,
@@ -59,7 +62,8 @@ def main(argv=None) -> dict:
 
     seed_everything(args.seed)  # same initial weights on every rank
     model = build_model(args.model_type, head="s2ef", forces=args.forces, energy_coef=args.energy_coef,
-                        force_coef=args.force_coef, checkpoint=args.activation_checkpointing)
+                        force_coef=args.force_coef, avg_num_atoms=args.avg_num_atoms,
+                        checkpoint=args.activation_checkpointing)
     meta = {"task": "s2ef", "dictionary": dictionary.tokens, "args": vars(args)}
     resume_dir = resolve_resume(cfg)
     if resume_dir is None:  # a fresh run: fit the normaliser its checkpoints will carry

@@ -1,0 +1,125 @@
+"""Does the model relax a placement to where the true potential does? (AdsorbML's ML+SP)
+
+    python -m sfm.tasks.mlsp_bench --checkpoint S2EF/model.pt --data data/demo/is2re/val_id \
+        [--num_systems 100] [--optimizer lbfgs] [--steps 300] [--fmax 0.05] [--json OUT.json]
+
+For each system of an IS2RE split with references (``pos_relaxed``, ``y_relaxed``: the true
+potential's relaxation of the initial placement ``pos``, with L-BFGS in the demo world), the
+model relaxes ``pos`` (batched, L-BFGS by default like the reference, subsurface fixed), then EMT, the demo world's true potential, gives a single point at
+the model's minimum on the reference's energy scale (:class:`~sfm.relax.emt_judge.EMTJudge`).
+
+Rows, side by side on the same systems:
+
+- ``model relaxation + EMT single point`` (ML+SP);
+- ``initial placement, EMT single point``: no relaxation at all (the floor);
+- ``EMT relaxation`` (the truth: ``pos_relaxed``, ``y_relaxed``; distance 0 by definition).
+
+Columns: ``success`` (AdsorbML: the single-point energy at most 0.1 eV above ``y_relaxed``;
+lower counts too), ``within_0.1`` (|dE| <= 0.1 eV), the median |dE| (eV), the model's own
+energy error at its minimum (|E_model - E_EMT|, eV), the adsorbate's mean minimum-image
+distance to the reference relaxed adsorbate (median, A) and ADwT on adsorbate atoms, the
+fraction converged and the mean optimiser steps. Paired per system, so the rows compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfm import load_checkpoint
+from sfm.data import LmdbDataset, collate
+from sfm.data.structure import sid_of
+from sfm.eval.oc20 import adwt, mean_distance
+from sfm.relax.emt_judge import EMTJudge
+from sfm.relax.relax_batch import OPTIMIZERS
+from sfm.relax.relax_structures import RelaxSettings, relax_structures
+
+
+def adsorbate_distance(structures, pos) -> np.ndarray:
+    """[S] mean minimum-image distance (A) of each structure's adsorbate atoms (tag 2) at ``pos``
+    to the reference ``pos_relaxed``."""
+    batch = collate(structures)
+    final = torch.cat([p.double() for p in pos])
+    ref = torch.cat([d.pos_relaxed.double() for d in structures])
+    return mean_distance(final, ref, batch.cell.double(), batch.batch, batch.tags == 2).numpy()
+
+
+def row(name: str, sp: np.ndarray, ref: np.ndarray, distance: np.ndarray, model_energy=None, relaxed=None) -> dict:
+    delta = sp - ref
+    out = {"placements": name, "systems": len(ref), "success": float(np.mean(delta <= 0.1)),
+           "within_0.1": float(np.mean(np.abs(delta) <= 0.1)), "median_abs_dE": float(np.median(np.abs(delta))),
+           "median_distance": float(np.median(distance)), "adwt": adwt(distance)}  # fmt: skip
+    if model_energy is not None:
+        out["median_model_error"] = float(np.median(np.abs(model_energy - sp)))
+    if relaxed is not None:
+        out["converged"] = float(np.mean([r["converged"] for r in relaxed]))
+        out["steps_mean"] = float(np.mean([r["relax_steps"] for r in relaxed]))
+    return out
+
+
+def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSettings()) -> dict:
+    """The three rows (module docstring) on the first ``num_systems`` entries of ``data``;
+    ``model``: an S2EF model or any energy/force function :func:`relax_structures` takes."""
+    dataset = LmdbDataset(data)
+    structures = [dataset[i] for i in range(min(num_systems, len(dataset)))]
+    missing = [i for i, d in enumerate(structures) if "pos_relaxed" not in d or "y_relaxed" not in d]
+    if missing:
+        raise ValueError(f"{data}: entries {missing[:5]} have no pos_relaxed / y_relaxed (a test split?); "
+                         "ML+SP needs the reference relaxation")  # fmt: skip
+    start = time.perf_counter()
+    relaxed = relax_structures(model, structures, settings, desc="model relaxation")
+    relax_s = time.perf_counter() - start
+    judge, references = EMTJudge(settings=settings), {sid_of(d): d for d in structures}
+    ref = np.array([float(d.y_relaxed) for d in structures])
+    final = [r["pos"] for r in relaxed]
+    sp = np.asarray(judge(structures, final, references)[0], dtype=float)
+    sp_initial = np.asarray(judge(structures, [d.pos for d in structures], references)[0], dtype=float)
+    rows = [
+        row("model relaxation + EMT single point", sp, ref, adsorbate_distance(structures, final),
+            np.array([r["energy"] for r in relaxed]), relaxed),
+        row("initial placement, EMT single point", sp_initial, ref,
+            adsorbate_distance(structures, [d.pos for d in structures])),
+        row("EMT relaxation (the reference)", ref, ref, np.zeros(len(ref))),
+    ]  # fmt: skip
+    return {"data": str(data), "settings": vars(settings), "rows": rows,
+            "model_relax_wall_s": relax_s}
+
+
+def format_table(report: dict) -> str:
+    cols = ["success", "within_0.1", "median_abs_dE", "median_model_error", "median_distance", "adwt", "converged",
+            "steps_mean"]  # fmt: skip
+    lines = ["| placements | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    for r in report["rows"]:
+        cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else "" for c in cols]
+        lines.append(f"| {r['placements']} ({r['systems']} systems) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="S2EF checkpoint (model.pt)")
+    p.add_argument("--data", required=True, help="IS2RE split with pos_relaxed / y_relaxed (e.g. data/demo/is2re/val_id)")
+    p.add_argument("--num_systems", type=int, default=100)
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs", help="the demo world's references: lbfgs")
+    p.add_argument("--steps", type=int, default=300, help="optimiser step cap")
+    p.add_argument("--fmax", type=float, default=0.05, help="eV/A, convergence on free atoms")
+    p.add_argument("--batch_size", type=int, default=32, help="structures relaxed together")
+    p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--no_progress", action="store_true")
+    args = p.parse_args(argv)
+    settings = RelaxSettings(optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, batch_size=args.batch_size, progress=not args.no_progress)
+    report = {"checkpoint": args.checkpoint, **run(load_checkpoint(args.checkpoint), args.data, args.num_systems, settings)}
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()

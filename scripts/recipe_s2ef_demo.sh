@@ -6,13 +6,16 @@
 #   DATA_KIND=is2re bash scripts/recipe_s2ef_demo.sh         # IS2RE LMDBs alone (energies at pos, pos_relaxed)
 #   STAGES="place" GEN_SAMPLES=runs/gen_val_id/samples bash scripts/recipe_s2ef_demo.sh   # placement only
 #
-# Stages (STAGES, default "train eval"; "all" = train eval place):
+# Stages (STAGES, default "train eval mlsp"; "all" = train eval mlsp place):
 #   train  torchrun sfm/tasks/train_s2ef.py (via scripts/train_s2ef.sh) on DEMO_DIR/s2ef/train
 #          (or DEMO_DIR/is2re/train with DATA_KIND=is2re), NPROC processes (DDP), no validation
 #          during training (the eval stage measures), RUN_DIR/model.pt
 #   eval   python -m sfm.tasks.eval_s2ef on DEMO_DIR/s2ef/val_id (frames: y, force) and on the
 #          held-out IS2RE splits (relaxed structures: y_relaxed, zero force; initial: y_init), next to
 #          the training-mean / per-element linear-fit baselines (zero forces): RUN_DIR/eval_*.json
+#   mlsp   python -m sfm.tasks.mlsp_bench on the first MLSP_SYSTEMS systems of DEMO_DIR/is2re/val_id:
+#          AdsorbML's ML+SP of the initial placements (model relaxation, EMT single point) next to no
+#          relaxation and the EMT reference: RUN_DIR/mlsp_val_id.json
 #   place  the first PLACE_SYSTEMS systems of DEMO_DIR/is2re/val_id: the initial placement (pos, k=1),
 #          PLACE_K random placements (sfm.tasks.place_random) and, if GEN_SAMPLES is set, the first
 #          PLACE_K generated inpaint samples of each system (GEN_SAMPLES: one or more sample folders,
@@ -25,6 +28,7 @@
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_s2ef[_is2re])  MODEL_TYPE (tiny)
 #   NPROC (2)  TRAIN_STEPS (3000)  BATCH_SIZE (4 per process)  LR (1e-3)  WARMUP (100)  FORCES (direct)
+#   TRAIN_FLAGS (extra flags for train_s2ef.py, e.g. "--avg_num_atoms 1")  MLSP_SYSTEMS (100)
 #   PLACE_SYSTEMS (40)  PLACE_K (5)  RELAX_STEPS (200)  EXCLUDE (desorbed,surface_changed,intercalated: see below)
 # EXCLUDE: anomaly kinds that disqualify a relaxed placement. AdsorbML excludes dissociated ones too,
 # but in the EMT world most reference relaxations already count as "dissociated" by fairchem's rule
@@ -45,8 +49,8 @@ suffix=; [ "$DATA_KIND" = is2re ] && suffix=_is2re
 RUN_DIR=${RUN_DIR:-runs/recipe_s2ef$suffix}
 MODEL_TYPE=${MODEL_TYPE:-tiny}
 NPROC=${NPROC:-2}
-STAGES=${STAGES:-train eval}
-[ "$STAGES" = all ] && STAGES="train eval place"
+STAGES=${STAGES:-train eval mlsp}
+[ "$STAGES" = all ] && STAGES="train eval mlsp place"
 PLACE_SYSTEMS=${PLACE_SYSTEMS:-40}
 PLACE_K=${PLACE_K:-5}
 RELAX_STEPS=${RELAX_STEPS:-200}
@@ -69,7 +73,7 @@ if [[ " $STAGES " == *" train "* ]]; then
   timed train env VALID_DATA= DATA_DIR="$DEMO_DIR/$DATA_KIND" SAVE_DIR="$RUN_DIR" MODEL_TYPE="$MODEL_TYPE" \
     NPROC="$NPROC" STRATEGY=$([ "$NPROC" -gt 1 ] && echo DDP || echo Single) BATCH_SIZE="${BATCH_SIZE:-4}" \
     LR="${LR:-1e-3}" WARMUP="${WARMUP:-100}" DATA_KIND="$DATA_KIND" FORCES="${FORCES:-direct}" LOG_INTERVAL=100 \
-    SAVE_INTERVAL=1000000 bash scripts/train_s2ef.sh --total_num_steps "${TRAIN_STEPS:-3000}" --ema_decay 0.99
+    SAVE_INTERVAL=1000000 bash scripts/train_s2ef.sh --total_num_steps "${TRAIN_STEPS:-3000}" --ema_decay 0.99 ${TRAIN_FLAGS:-}
 fi
 
 ckpt="$RUN_DIR/model.pt"
@@ -79,6 +83,11 @@ if [[ " $STAGES " == *" eval "* ]]; then
   timed eval_is2re "$py" -m sfm.tasks.eval_s2ef --checkpoint "$ckpt" --data_kind is2re \
     --data_path "$DEMO_DIR"/is2re/{val_id,test_id,val_ood_ads,val_ood_cat} --json "$RUN_DIR/eval_is2re.json" \
     --batch_size 16 --no_progress
+fi
+
+if [[ " $STAGES " == *" mlsp "* ]]; then
+  timed mlsp "$py" -m sfm.tasks.mlsp_bench --checkpoint "$ckpt" --data "$DEMO_DIR/is2re/val_id" \
+    --num_systems "${MLSP_SYSTEMS:-100}" --json "$RUN_DIR/mlsp_val_id.json" --no_progress
 fi
 
 if [[ " $STAGES " == *" place "* ]]; then

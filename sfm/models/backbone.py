@@ -138,11 +138,18 @@ class EquiformerV2(nn.Module):
         c = self.cfg
         return FeedForward(c.sphere_channels, c.ffn_hidden_channels, out_channels, c.lmax, self.grid_nodes)
 
-    def build_graph(self, atomic_numbers, frac, lattice, batch, pbc=(True, True, True)) -> EdgeGraph:
-        """Radius graph (no grad) and the differentiable per-edge quantities."""
-        edge_index, offsets = radius_graph_pbc(
-            frac.detach(), lattice.detach(), batch, self.cfg.cutoff, self.cfg.max_neighbors, tuple(pbc)
-        )
+    def build_graph(self, atomic_numbers, frac, lattice, batch, pbc=(True, True, True), edges=None) -> EdgeGraph:
+        """Radius graph (no grad) and the differentiable per-edge quantities.
+
+        ``edges``: ``(edge_index [2, E], offsets [E, 3])`` already found for these ``frac``
+        with this backbone's cutoff and cap (e.g. by :class:`~sfm.data.neighbor_list.SkinNeighborList`
+        during a relaxation); ``None``: :func:`radius_graph_pbc` finds them.
+        """
+        if edges is None:
+            edges = radius_graph_pbc(
+                frac.detach(), lattice.detach(), batch, self.cfg.cutoff, self.cfg.max_neighbors, tuple(pbc)
+            )
+        edge_index, offsets = edges
         vec = edge_vectors(frac, lattice, batch, edge_index, offsets.to(frac.dtype))
         dist = torch.sqrt(vec.pow(2).sum(-1) + 1e-12)  # finite gradient for coincident atoms
         return EdgeGraph(
@@ -151,9 +158,9 @@ class EquiformerV2(nn.Module):
             tokens=self.atom_tokens(atomic_numbers), batch=batch, num_graphs=lattice.shape[0],
         )  # fmt: skip
 
-    def encode(self, atomic_numbers, frac, lattice, batch, cond=None, pbc=(True, True, True)):
-        """``-> (x [N, dim, C], graph)``; see the class docstring."""
-        graph = self.build_graph(atomic_numbers, frac, lattice, batch, pbc)
+    def encode(self, atomic_numbers, frac, lattice, batch, cond=None, pbc=(True, True, True), edges=None):
+        """``-> (x [N, dim, C], graph)``; see the class docstring (``edges``: :meth:`build_graph`)."""
+        graph = self.build_graph(atomic_numbers, frac, lattice, batch, pbc, edges)
         scalars = self.embedding(graph.tokens)
         x = torch.cat([scalars[:, None], scalars.new_zeros(len(scalars), self.layout.dim - 1, scalars.shape[1])], 1)
         x = x + self.edge_degree(graph)

@@ -67,7 +67,7 @@ class S2EFModel(nn.Module):
         self.force_head = self.backbone.make_attention(1) if forces == "direct" else None
         self.normalizer = EnergyNormalizer()
 
-    def forward(self, atomic_numbers, pos, cell, batch, forces: bool = True, stress: bool = False) -> dict:
+    def forward(self, atomic_numbers, pos, cell, batch, forces: bool = True, stress: bool = False, edges=None) -> dict:
         conservative = self.forces_mode == "conservative" and (forces or stress)
         if stress and not conservative:
             raise ValueError("stress needs forces='conservative'")
@@ -77,7 +77,7 @@ class S2EFModel(nn.Module):
             strain = torch.zeros_like(cell, requires_grad=True) if stress else None
             lattice = cell + cell @ strain if stress else cell
             frac = cart_to_frac(pos, cell[batch])  # strain moves atoms with the cell: frac fixed
-            x, graph = self.backbone.encode(atomic_numbers, frac, lattice, batch, pbc=self.pbc)
+            x, graph = self.backbone.encode(atomic_numbers, frac, lattice, batch, pbc=self.pbc, edges=edges)
             per_atom = self.energy_head(self.backbone.scalars(x))[:, 0]
             e_norm = per_atom.new_zeros(cell.shape[0]).index_add_(0, batch, per_atom) / self.avg_num_atoms
             out = {"energy_norm": e_norm, "energy": self.normalizer.energy(e_norm, atomic_numbers, batch)}
@@ -93,9 +93,12 @@ class S2EFModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict(self, batch, stress: bool = False) -> dict:
-        """Inference: ``energy [B]`` (eV), ``forces [N, 3]`` (eV/A) [, ``stress [B, 3, 3]``], detached."""
-        out = self(*batch_tensors(batch), forces=True, stress=stress)
+    def predict(self, batch, stress: bool = False, edges=None) -> dict:
+        """Inference: ``energy [B]`` (eV), ``forces [N, 3]`` (eV/A) [, ``stress [B, 3, 3]``], detached.
+
+        ``edges``: the graph at these positions, if already found (see ``EquiformerV2.build_graph``).
+        """
+        out = self(*batch_tensors(batch), forces=True, stress=stress, edges=edges)
         return {k: out[k].detach() for k in ("energy", "forces", "stress") if k in out}
 
     def loss(self, batch):

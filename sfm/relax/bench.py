@@ -65,9 +65,9 @@ def load_structures(n: int, data: str | None, seed: int = 0):
     return datas, batch_to_atoms(Batch.from_data_list(datas))
 
 
-def build(model: str, device: str):
+def build(model: str, device: str, force_std: float | None = None):
     """(relax_batch model_or_fn, ASE calculator factory) for 'emt', a preset name (untrained,
-    seed 0) or a checkpoint path."""
+    seed 0; `force_std` scales its forces, eV/A) or a checkpoint path."""
     if model == "emt":
         from ase.calculators.emt import EMT
 
@@ -79,13 +79,16 @@ def build(model: str, device: str):
     if model in PRESETS:
         torch.manual_seed(0)
         net = build_model(model, head="s2ef").to(device).eval()
+        if force_std is not None:
+            net.normalizer.force_std.fill_(force_std)
     else:
         net = as_model(model, device)
     return net, lambda: SFMCalculator(net, device=device)
 
 
 def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: int,
-        max_atoms: int | None = None, repeat: int = 1) -> dict:
+        max_atoms: int | None = None, repeat: int = 1, skin: float | None = 1.0,
+        force_std: float | None = None) -> dict:
     """Relax the same n structures both ways, `repeat` times alternating (best time of each
     kept: the machine may be shared); structures/s, steps, agreement of final energies."""
     from ase.optimize import FIRE
@@ -93,14 +96,14 @@ def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: i
 
     from sfm.relax.relax_batch import relax_batch
 
-    fn, calc = build(model, device)
+    fn, calc = build(model, device, force_std)
     datas, atoms_list = load_structures(n, data)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     relax_batch(fn, Batch.from_data_list(datas[:2]).to(device), fmax=fmax, steps=2)  # warm-up
     batch = Batch.from_data_list(datas).to(device)
 
     def batched():
-        res = relax_batch(fn, batch, optimizer="fire", fmax=fmax, steps=steps, max_atoms=max_atoms)
+        res = relax_batch(fn, batch, optimizer="fire", fmax=fmax, steps=steps, max_atoms=max_atoms, skin=skin)
         sync()
         return res
 
@@ -125,7 +128,7 @@ def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: i
     ase_e, ase_steps, ase_conv = (np.array(x, dtype=float) for x in zip(*ase))
     natoms = np.array([len(a) for a in atoms_list])
     de = np.abs(res.energy.double().cpu().numpy() - ase_e) / natoms
-    return {"n": n, "device": device, "model": model, "max_atoms": max_atoms, "atoms_mean": float(natoms.mean()),
+    return {"n": n, "device": device, "model": model, "max_atoms": max_atoms, "skin": skin, "atoms_mean": float(natoms.mean()),
             "batched_per_s": n / t_batched, "ase_per_s": n / t_ase, "ratio": t_ase / t_batched,
             "batched_s": t_batched, "ase_s": t_ase,
             "steps_batched": float(res.steps.double().mean()), "steps_ase": float(ase_steps.mean()),
@@ -143,6 +146,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=100, help="step cap per structure")
     p.add_argument("--max_atoms", type=int, help="relax_batch: atoms per model call (default: all at once)")
     p.add_argument("--repeat", type=int, default=1, help="alternate the two paths this often, keep the best")
+    p.add_argument("--skin", type=float, default=1.0, help="relax_batch's neighbour-list skin, A (0: search every step)")
+    p.add_argument("--force_std", type=float,
+                   help="untrained preset: its force scale, eV/A (e.g. 30: relaxations of about 100 steps)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     print(vars(args))
@@ -151,7 +157,8 @@ def main(argv=None) -> list[dict]:
           f"{'steps b/a':>11} {'conv b/a':>11} {'max dE/atom':>12}")
     for device in args.device:
         for n in args.n:
-            r = run(n, device, args.model, args.data, args.fmax, args.steps, args.max_atoms, args.repeat)
+            r = run(n, device, args.model, args.data, args.fmax, args.steps, args.max_atoms, args.repeat,
+                    args.skin or None, args.force_std)
             rows.append(r)
             print(f"{n:>5} {device:>6} {r['atoms_mean']:>6.1f} {r['batched_per_s']:>10.2f} {r['ase_per_s']:>8.2f} "
                   f"{r['ratio']:>6.1f}x {r['steps_batched']:>5.1f}/{r['steps_ase']:<5.1f} "

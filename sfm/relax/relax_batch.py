@@ -15,7 +15,8 @@ from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from sfm.data.lattice import cart_to_frac, wrap_frac
+from sfm.data.lattice import as_cells, cart_to_frac, wrap_frac
+from sfm.data.neighbor_list import SkinNeighborList
 from sfm.data.structure import fixed_mask
 from sfm.relax.fire import FIRE
 from sfm.relax.lbfgs import LBFGS
@@ -49,11 +50,12 @@ class RelaxFrame:
 
 
 def energy_forces_fn(model_or_fn) -> Callable[[Batch], tuple[Tensor, Tensor]]:
-    """`fn(batch) -> (energy [B], forces [N, 3])` from a model with `.predict(batch) -> dict` or a fn."""
+    """`fn(batch) -> (energy [B], forces [N, 3])` from a model with `.predict(batch) -> dict` or a fn.
+    A model's fn also takes `edges` (the graph at these positions, see `skin_neighbor_list`)."""
     predict = getattr(model_or_fn, "predict", None)
     if predict is not None:
-        def fn(batch):
-            out = predict(batch)
+        def fn(batch, edges=None):
+            out = predict(batch) if edges is None else predict(batch, edges=edges)
             return out["energy"], out["forces"]
         return fn
     if callable(model_or_fn):
@@ -76,20 +78,42 @@ def split_batch(batch: Batch, max_atoms: int | None) -> list[tuple[Batch, slice]
     return [(Batch.from_data_list(batch.index_select(range(a, b))), slice(ptr[a], ptr[b])) for a, b in bounds]
 
 
-def evaluate(fn, parts: list[tuple[Batch, slice]], pos: Tensor) -> tuple[Tensor, Tensor]:
-    """fn on each part at positions pos [N, 3] (whole batch); energies [B] and forces [N, 3] joined."""
+def skin_neighbor_list(model_or_fn, skin: float | None) -> SkinNeighborList | None:
+    """A neighbour list with a skin that follows the model's own graph rule (cutoff, cap,
+    periodicity), for a model whose ``predict`` takes ``edges`` (sfm's S2EF model); None for
+    plain functions, or when ``skin`` is None."""
+    backbone = getattr(model_or_fn, "backbone", None)
+    if skin is None or backbone is None or not hasattr(model_or_fn, "predict"):
+        return None
+    pbc = getattr(model_or_fn, "pbc", (True, True, True))
+    return SkinNeighborList(backbone.cfg.cutoff, backbone.cfg.max_neighbors, pbc, skin)
+
+
+def evaluate(fn, parts: list[tuple[Batch, slice]], pos: Tensor, whole: Batch,
+             neighbors: SkinNeighborList | None = None) -> tuple[Tensor, Tensor]:
+    """fn on each part at positions pos [N, 3] of the batch `whole`; energies [B] and forces
+    [N, 3] joined. With `neighbors`, each part's graph comes from that list (model.predict(part,
+    edges=...)), found on the whole batch and split by part (edges never cross structures)."""
+    if neighbors is not None:
+        cell = as_cells(whole.cell).to(pos.dtype)  # as the model reads it
+        edge_index, offsets = neighbors(cart_to_frac(pos, cell[whole.batch]), cell, whole.batch)
     outs = []
     for part, atoms in parts:
         part.pos = pos[atoms]
         if "frac" in part:  # collate's wrapped fractional coordinates follow pos
             part.frac = wrap_frac(cart_to_frac(part.pos, part.cell[part.batch]))
-        outs.append([t.detach() for t in fn(part)])
+        if neighbors is None:
+            outs.append([t.detach() for t in fn(part)])
+            continue
+        start = atoms.start or 0
+        mine = (edge_index[1] >= start) & (edge_index[1] < start + part.num_nodes)
+        outs.append([t.detach() for t in fn(part, edges=(edge_index[:, mine] - start, offsets[mine]))])
     return torch.cat([e for e, _ in outs]), torch.cat([f for _, f in outs])
 
 
 def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float = 0.05,
                 steps: int = 300, callback: Callable[[RelaxFrame], None] | None = None,
-                max_atoms: int | None = None, **optimizer_kwargs) -> RelaxResult:
+                max_atoms: int | None = None, skin: float | None = 1.0, **optimizer_kwargs) -> RelaxResult:
     """Relax the atoms of every structure of a PyG batch with a batched FIRE or L-BFGS (see
     fire.py, lbfgs.py); the cell is held (no cell relaxation: not needed for OC20 slabs).
 
@@ -101,6 +125,10 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
     max_atoms: call fn on parts of at most this many atoms (whole structures) instead of on
         all active structures at once: bounds memory, and on CPU (where a model's cost is
         linear in atoms and large activations fall out of cache) it is also faster.
+    skin: for sfm's S2EF model, its graph comes from a neighbour list searched with this
+        margin (A) and searched again only when an atom has moved more than skin / 2
+        (`sfm.data.neighbor_list`): the same edges as the model's own search, found once per
+        few steps instead of every step. None: the model searches every call.
     Converged: max |F| over free atoms < fmax (as ASE). A structure stops on convergence or
     after `steps` optimiser steps and then leaves the batch: it costs no more model calls.
     Optimiser state is float64, but fn sees positions in batch.pos's dtype: float32 runs drift
@@ -123,10 +151,11 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
     atom_index = torch.arange(N, device=device)  # active atoms, in input numbering
     pos = batch.pos.detach().to(torch.float64)
     free = ~fixed_mask(batch)
+    neighbors = skin_neighbor_list(model_or_fn, skin)
     nsteps = 0
     while True:
         sub.pos = pos.to(dtype)
-        energy, forces = evaluate(fn, parts, sub.pos)
+        energy, forces = evaluate(fn, parts, sub.pos, sub, neighbors)
         held = torch.where(free[:, None], forces.to(torch.float64), torch.zeros_like(pos))
         fm = scatter(held.norm(dim=-1), sub.batch, dim=0, dim_size=len(index), reduce="max")
         if callback is not None:
@@ -144,6 +173,8 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
                 return out
             keep, atoms_keep = ~done, ~atoms_done
             opt.keep(atoms_keep, keep)
+            if neighbors is not None:
+                neighbors.keep(atoms_keep)
             sub = Batch.from_data_list(sub.index_select(keep.nonzero().flatten()))
             parts = split_batch(sub, max_atoms)
             index, atom_index = index[keep], atom_index[atoms_keep]

@@ -111,3 +111,37 @@ def test_max_atoms_splits_calls_not_results(slabs):
     parts = split_batch(batch, 1)  # each structure alone when none fits
     assert [p.num_graphs for p, _ in parts] == [1] * len(slabs)
     assert torch.equal(torch.cat([batch.pos[s] for _, s in parts]), batch.pos)
+
+
+
+def test_s2ef_model_with_skin_list_equals_search_per_call_and_the_ase_loop(slabs, device, monkeypatch):
+    """An S2EF model relaxes the same with its graph from a skin list as with a search per call,
+    and as ASE's FIRE looping over SFMCalculator (float64: no round-off chaos over the steps)."""
+    import importlib
+
+    from sfm.models import build_model
+    from sfm.relax.calculator import SFMCalculator
+
+    rb = importlib.import_module("sfm.relax.relax_batch")  # the module (sfm.relax.relax_batch is the function)
+    torch.manual_seed(0)
+    model = build_model("tiny", head="s2ef").double().to(device).eval()
+    model.normalizer.force_std.fill_(30.0)  # an untrained model's forces, scaled to move atoms ~0.1 A a step
+    slabs = slabs[:3]
+    batch = to_batch(slabs).to(device)
+    lists = []
+    make_list = rb.skin_neighbor_list
+    monkeypatch.setattr(rb, "skin_neighbor_list", lambda m, s: lists.append(make_list(m, s)) or lists[-1])
+    res = relax_batch(model, batch, fmax=0.05, steps=25, max_atoms=40)
+    ref = relax_batch(model, batch, fmax=0.05, steps=25, max_atoms=40, skin=None)
+    assert (res.pos - batch.pos).abs().max() > 0.3  # atoms moved past half the skin
+    assert 1 < lists[0].searches < 25 and lists[1] is None
+    assert torch.equal(res.steps, ref.steps)
+    torch.testing.assert_close(res.energy, ref.energy, rtol=0, atol=1e-9)
+    torch.testing.assert_close(res.pos, ref.pos, rtol=0, atol=1e-9)
+    for i, atoms in enumerate(slabs):
+        atoms = atoms.copy()
+        atoms.calc = SFMCalculator(model, device=device)
+        opt = FIRE(atoms, logfile=None)
+        opt.run(fmax=0.05, steps=25)
+        assert opt.nsteps == res.steps[i].item()
+        assert abs(atoms.get_potential_energy() - res.energy[i].item()) / len(atoms) < 1e-6

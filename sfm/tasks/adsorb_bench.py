@@ -18,8 +18,9 @@ count as missing), anomaly rate, mean optimiser steps.
 
 Timing (``timing_relaxer``, an S2EF checkpoint): the placements of the first ``timing_systems``
 systems relaxed with the batched relaxer (``relax_batch``) and with ASE's loop over the same
-model's ``SFMCalculator``, same optimiser, fmax and step cap: wall time of each, and the largest
-energy difference between the two. Results go to ``out/benchmark.json`` and ``out/benchmark.md``
+model's ``SFMCalculator``, same optimiser, exactly ``timing_steps`` steps each (fmax 1e-9: none
+stops early, so both do the same work): wall time of each, and the largest energy difference
+between the two. Results go to ``out/benchmark.json`` and ``out/benchmark.md``
 with the machine load (``os.getloadavg``). The per-system searches sit in ``out/systems/<sid>``
 and resume on a rerun.
 """
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.1, help="eV, success window above the best-known energy")
     p.add_argument("--timing_relaxer", help="S2EF checkpoint to time batched vs ASE-loop relaxation with")
     p.add_argument("--timing_systems", type=int, default=2)
+    p.add_argument("--timing_steps", type=int, default=50, help="optimiser steps of every timed relaxation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--no_progress", action="store_true")
@@ -167,8 +169,8 @@ def main(argv=None) -> dict:
 
         structures = [a for s in systems[: args.timing_systems]
                       for a in ase.io.read(s["folder"] / "work" / "placements.extxyz", ":")]  # fmt: skip
-        tcfg = AdsorbConfig(out=str(out), relaxer=args.timing_relaxer, optimizer=args.optimizer, fmax=args.fmax,
-                            steps=args.steps, batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
+        tcfg = AdsorbConfig(out=str(out), relaxer=args.timing_relaxer, optimizer=args.optimizer, fmax=1e-9,
+                            steps=args.timing_steps, batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
         report["timing"] = {"relaxer": args.timing_relaxer, **timing(args.timing_relaxer, structures, tcfg)}
     report["load_average_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
     text = format_report(report)

@@ -218,8 +218,9 @@ def test_benchmark_command_runs_on_the_demo_world(demo_world, tmp_path):
 
     s2ef = tiny_checkpoint(tmp_path / "s2ef.pt", "s2ef", "s2ef")
     report = bench(["--data", str(demo_world / "is2re" / "train"), "--num_systems", "1", "--max_heuristic", "2",
-                    "--random", "2", "--steps", "15", "--timing_relaxer", s2ef, "--timing_systems", "1",
+                    "--random", "2", "--steps", "15", "--timing_relaxer", s2ef, "--timing_systems", "1", "--timing_steps", "3",
                     "--out", str(tmp_path / "bench"), "--no_progress"])  # fmt: skip
     assert set(report["by_source"]) <= {"heuristic", "random"} and report["timing"]["structures"] == 4
+    assert report["timing"]["batched_mean_steps"] == report["timing"]["ase_loop_mean_steps"] == 3
     assert report["timing"]["max_abs_energy_difference_eV"] < 1e-3  # the same model, optimiser and steps
     assert (tmp_path / "bench" / "benchmark.md").read_text().startswith("# Adsorption search benchmark")

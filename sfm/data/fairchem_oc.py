@@ -11,7 +11,7 @@ fairchem's own code. (:mod:`sfm.data.placements` imports the placement modules i
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import sys
 import types
 
@@ -27,7 +27,8 @@ def _no_download(*args, **kwargs):
 
 def _bulk_and_slab() -> tuple[type, type]:
     """fairchem-data-oc's ``Bulk`` and ``Slab`` classes (module docstring)."""
-    if importlib.util.find_spec("fairchem.core") is None and _DOWNLOADER not in sys.modules:
+    # the stand-in, once registered, is in sys.modules (find_spec of a stand-in module would raise)
+    if _DOWNLOADER not in sys.modules and importlib.util.find_spec("fairchem.core") is None:
         for name in ("fairchem.core", "fairchem.core.scripts", _DOWNLOADER):
             sys.modules.setdefault(name, types.ModuleType(name))
         sys.modules[_DOWNLOADER].download_file_group = _no_download

@@ -18,3 +18,11 @@ def test_fcc111_cut_is_tiled_tagged_and_held():
     np.testing.assert_array_equal(np.sort(slab.constraints[0].get_indices()), np.flatnonzero(~top))
     spacing = np.diff(np.unique(np.round(z, 2)))
     np.testing.assert_allclose(spacing, 3.6 / np.sqrt(3), atol=0.02)  # (111) interlayer distance a / sqrt(3)
+
+
+def test_a_second_cut_in_the_same_process():
+    """The stand-in for fairchem-core is registered once; later cuts reuse it."""
+    first = slabs_from_bulk(bulk("Pt", "fcc", a=3.92), (1, 0, 0))
+    second = slabs_from_bulk(bulk("Pt", "fcc", a=3.92), (1, 0, 0))
+    assert len(first) == len(second) >= 1
+    np.testing.assert_allclose(first[0].positions, second[0].positions)

@@ -6,6 +6,7 @@
 - ``masks``: csp / lattice_given / inpaint conditioning.
 - ``model.DiffusionModel``: backbone + heads, ``loss(batch)``, ``sample(batch, ...)``.
 - ``samplers.sample``: predictor-corrector (reference) and few-step Heun ODE.
+- ``baselines.sample_baseline``: the initial structure and uniformly random coordinates.
 """
 
 from sfm.models.diffusion.model import DiffusionModel

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sfm.data.structure import SLAB_TAGS, tag_mask
+from sfm.data.structure import SLAB_TAGS, UNKNOWN_TAG, tag_mask
 
 MODES = ("csp", "lattice_given", "inpaint")
 
@@ -48,7 +48,7 @@ class Masks:
 
 def _tags(batch) -> torch.Tensor:
     tags = getattr(batch, "tags", None)
-    return torch.full_like(batch.batch, -1) if tags is None else tags.long()
+    return torch.full_like(batch.batch, UNKNOWN_TAG) if tags is None else tags.long()
 
 
 def _tag_subset(batch, given_tags) -> torch.Tensor:

@@ -60,3 +60,12 @@ def test_contract_against_ase(make_structure):
         expected = torch.as_tensor(atoms.get_scaled_positions(wrap=True))
         diff = b.frac[b.batch == g].double() - expected
         assert (diff - diff.round()).abs().max() < 1e-5  # equal up to the wrap at exactly 0 / 1
+
+
+def test_frac_is_bit_for_bit_the_batched_conversion(make_structure):
+    """Models and samplers read batch.frac instead of converting pos themselves: the per-structure
+    conversion here gives exactly what the batched one over cell[batch] gives."""
+    from sfm.data.lattice import wrap_frac
+
+    b = collate([make_structure(i, natoms=5 + 3 * i) for i in range(6)])
+    assert torch.equal(b.frac, wrap_frac(cart_to_frac(b.pos, b.cell[b.batch])))

@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from sfm.data.anomaly import detect_atoms
 from sfm.data.demo import gas_references, relax, to_is2re, warm_caches
+from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter
 from sfm.data.placements import oc20_adsorbate, placements
 
@@ -185,7 +186,7 @@ def jobs(world: Path, config: DenseConfig) -> list[Job]:
             if str(sid) not in mapping:
                 raise KeyError(f"{world / 'data_mapping.json'}: no entry for sid {sid} of {path}")
             out.append(Job(split, sid, d.atomic_numbers.numpy().astype(int), d.tags.numpy().astype(int),
-                           d.cell.reshape(3, 3).double().numpy(), d.pos.double().numpy(),
+                           as_cell(d.cell).double().numpy(), d.pos.double().numpy(),
                            d.pos_relaxed.double().numpy(), float(d.y_init), float(d.y_relaxed),
                            mapping[str(sid)], config))  # fmt: skip
     return out

@@ -99,14 +99,8 @@ def generation_metrics(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGL
     groups = {sid: g for sid, g in groups.items() if sid in refs}
     if not groups:
         raise ValueError(f"no sample sid is in the reference ({len(missing)} sids unmatched)")
-    skipped = {}
-    no_relaxed = needs_field(refs, list(groups), "pos_relaxed", "match rate, ADwT and distances")
-    if no_relaxed:
-        skipped["match, ADwT, distance"] = no_relaxed
-    if energy_key is not None and dense_refs is None:
-        no_energy = needs_field(refs, list(groups), "y_relaxed", "placement success")
-        if no_energy:
-            skipped["success"] = no_energy
+    skipped = skipped_metrics(refs, list(groups), energy_key is not None and dense_refs is None)
+    no_relaxed = "match, ADwT, distance" in skipped
     K = max(len(g) for g in groups.values())
     S = len(groups)
     matcher = structure_matcher(stol, ltol, angle_tol)
@@ -148,17 +142,36 @@ def generation_metrics(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGL
                     "per_sample": {"match_rate": float(np.isfinite(rms[present]).mean()),
                                    "adwt": adwt(dist[present])}})
     if energy_key is not None and "success" not in skipped:
-        if dense_refs is None:
-            ref_e = np.array([float(refs[sid].y_relaxed) if "y_relaxed" in refs[sid] else np.nan for sid in groups])
-        else:
-            ref_e = np.array([dense_refs.get(sid, np.nan) for sid in groups])
-            if np.isnan(ref_e).all():
-                raise ValueError("no sample sid has a dense reference (is the dense split of this reference split?)")
-        rows = ~np.isnan(ref_e)
-        out["success@1"] = success_at_k(energy[rows], ref_e[rows], 1)
-        out[f"success@{K}"] = success_at_k(energy[rows], ref_e[rows], K)
-        out["success_reference"] = f"dense minimum ({int(rows.sum())} systems)" if dense_refs is not None else "y_relaxed"
+        out.update(placement_success(energy, [refs[sid] for sid in groups], list(groups), dense_refs))
     return out
+
+
+def skipped_metrics(refs: dict, sids: list, wants_y_relaxed: bool) -> dict[str, str]:
+    """``{metrics: why}`` of the metrics the references cannot give (:func:`needs_field`)."""
+    skipped = {}
+    no_relaxed = needs_field(refs, sids, "pos_relaxed", "match rate, ADwT and distances")
+    if no_relaxed:
+        skipped["match, ADwT, distance"] = no_relaxed
+    no_energy = needs_field(refs, sids, "y_relaxed", "placement success") if wants_y_relaxed else None
+    if no_energy:
+        skipped["success"] = no_energy
+    return skipped
+
+
+def placement_success(energy: np.ndarray, refs: list, sids: list, dense_refs: dict | None) -> dict:
+    """success@1 and success@K of ``energy`` ``[S, K]`` (eV) against each system's ``y_relaxed``
+    or, given ``dense_refs``, its dense minimum (systems without one left out)."""
+    K = energy.shape[1]
+    if dense_refs is None:
+        ref_e = np.array([float(r.y_relaxed) if "y_relaxed" in r else np.nan for r in refs])
+    else:
+        ref_e = np.array([dense_refs.get(sid, np.nan) for sid in sids])
+        if np.isnan(ref_e).all():
+            raise ValueError("no sample sid has a dense reference (is the dense split of this reference split?)")
+    rows = ~np.isnan(ref_e)
+    return {"success@1": success_at_k(energy[rows], ref_e[rows], 1),
+            f"success@{K}": success_at_k(energy[rows], ref_e[rows], K),
+            "success_reference": f"dense minimum ({int(rows.sum())} systems)" if dense_refs is not None else "y_relaxed"}
 
 
 def median(dist: np.ndarray) -> float | None:

@@ -30,9 +30,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from ase import Atoms
 
-from sfm.data import LmdbDataset
+from sfm.data import LmdbDataset, data_to_atoms
 from sfm.data.dense import relax_clean_slab, relax_placement
 from sfm.eval.gen_metrics import group_samples
 from sfm.eval.oc20 import successes
@@ -68,12 +67,6 @@ def source_flags(mapping: dict, sids, source: str) -> list[list[bool]]:
     return [[bool(c["anomalies"]) for c in mapping[str(sid)]["configs"] if c["source"] == source] for sid in sids]
 
 
-def _atoms(sample) -> Atoms:
-    """``ase.Atoms`` of a sample (slab + adsorbate), all periodic, tags as stored."""
-    return Atoms(numbers=sample.atomic_numbers.numpy(), positions=sample.pos.double().numpy(),
-                 cell=sample.cell.reshape(3, 3).double().numpy(), tags=sample.tags.numpy(), pbc=True)  # fmt: skip
-
-
 def judge_samples(samples, mapping: dict, sids, k: int) -> dict[int, list[dict]]:
     """``{sid: [result per sample]}`` for the first k samples of each of ``sids`` the samples
     hold: each relaxed and flagged exactly as the dense placements were
@@ -85,9 +78,9 @@ def judge_samples(samples, mapping: dict, sids, k: int) -> dict[int, list[dict]]
         if sid not in groups:
             continue
         record = mapping[str(sid)]
-        first = _atoms(groups[sid][0])
+        first = data_to_atoms(groups[sid][0])
         clean = relax_clean_slab(first[first.get_tags() != 2])
-        out[sid] = [relax_placement(_atoms(s), clean, record["e_slab"] + record["e_gas"]) for s in groups[sid][:k]]
+        out[sid] = [relax_placement(data_to_atoms(s), clean, record["e_slab"] + record["e_gas"]) for s in groups[sid][:k]]
     return out
 
 

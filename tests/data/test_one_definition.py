@@ -33,7 +33,8 @@ ONE_HOME = {
     # NaN-to-None JSON
     r"isfinite\(\w+\) else \w+|def _strict\b|def json_safe\b": {"data/strict_json.py": "the definition"},
     # Data-to-Atoms
-    r"Atoms\(numbers=": {"data/atoms.py": "the definition"},
+    r"Atoms\(numbers=": {"data/atoms.py": "the definition",
+                          "data/dense.py": "the dense world builds ase structures from its own arrays, no Data"},
     # the IS2RE-as-S2EF views
     r"y=float\(\w+\.y_(init|relaxed)\)|class IS2REAsS2EF|def labelled\b": {"data/views.py": "the definition"},
     # the given-tags mask and its flag text

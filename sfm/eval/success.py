@@ -1,14 +1,17 @@
 """Placement success@k against the dense split's minimum (AdsorbML), with bootstrap intervals.
 
     python -m sfm.eval.success --dense DIR/is2re_dense [--split test_id] [--samples NAME=SAMPLES.lmdb ...]
-        [--k 1,2,5,10] [--resamples 2000] [--seed 0] [--json out.json]
+        [--k 1,2,5,10] [--exclude desorbed,surface_changed,intercalated] [--resamples 2000] [--seed 0]
+        [--json out.json]
 
-The reference of a system is the lowest relaxed energy over its dense placements with no anomaly
-(``reference`` in ``is2re_dense/mapping.json``, :mod:`sfm.data.dense`); systems without one take
-no part. A set of placements succeeds at k on a system when the lowest energy among its first k
-relaxed placements that carry no anomaly is within 0.1 eV of the reference (lower counts too); an
-anomalous placement (desorbed, dissociated, surface changed, intercalated, or unconverged) is
-never a success, as AdsorbML counts them (:func:`sfm.eval.oc20.successes`).
+The reference of a system is the lowest relaxed energy over its dense placements that are not
+disqualified (:func:`sfm.data.dense.reference`: unconverged, or flagged with a kind in
+``--exclude``; default desorbed, surface_changed, intercalated, as the demo world's scripts score;
+AdsorbML's own list adds dissociated, which EMT's stretched X-H bonds trip on most placements);
+systems without one take no part. A set of placements succeeds at k on a system when the lowest
+energy among its first k relaxed placements that are not disqualified is within 0.1 eV of the
+reference (lower counts too); a disqualified placement is never a success, as AdsorbML counts
+anomalies (:func:`sfm.eval.oc20.successes`).
 
 Placement sets:
 - ``heuristic``, ``random``: the dense split's own heuristic-site and random placements, in
@@ -19,7 +22,7 @@ Placement sets:
   slab: EMT relaxation is the judge.
 
 Reported per set and k: success (and its 90 % bootstrap interval over systems), the anomaly rate
-of the first k placements, and for the samples the paired bootstrap difference to ``heuristic``
+of the first k placements (any AdsorbML flag or unconverged, whatever ``--exclude`` says), and for the samples the paired bootstrap difference to ``heuristic``
 (:func:`sfm.eval.paired.paired_bootstrap`: the same resampled systems on both sides).
 """
 
@@ -32,7 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from sfm.data import LmdbDataset, data_to_atoms
-from sfm.data.dense import relax_clean_slab, relax_placement
+from sfm.data.anomaly import KINDS
+from sfm.data.dense import (
+    EXCLUDE,
+    disqualified,
+    reference,
+    relax_clean_slab,
+    relax_placement,
+)
 from sfm.eval.gen_metrics import group_samples
 from sfm.eval.oc20 import successes
 from sfm.eval.paired import paired_bootstrap
@@ -49,22 +59,15 @@ def load_mapping(dense: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def references(mapping: dict, split: str | None = None) -> dict[int, float]:
+def references(mapping: dict, split: str | None = None, exclude=EXCLUDE) -> dict[int, float]:
     """``{sid: reference energy (eV)}`` of the systems (of ``split``) that have one."""
-    return {int(sid): r["reference"] for sid, r in mapping.items()
-            if r["reference"] is not None and (split is None or r["split"] == split)}  # fmt: skip
+    best = {int(sid): reference(r, exclude) for sid, r in mapping.items() if split is None or r["split"] == split}
+    return {sid: b["y_relaxed"] for sid, b in best.items() if b is not None}
 
 
-def source_energies(mapping: dict, sids, source: str) -> list[list[float]]:
-    """Per sid, the relaxed energies (eV) of its ``source`` placements in stored order, nan
-    where a placement carries an anomaly."""
-    return [[np.nan if c["anomalies"] else c["y_relaxed"] for c in mapping[str(sid)]["configs"] if c["source"] == source]
-            for sid in sids]  # fmt: skip
-
-
-def source_flags(mapping: dict, sids, source: str) -> list[list[bool]]:
-    """Per sid, whether each of its ``source`` placements carries an anomaly."""
-    return [[bool(c["anomalies"]) for c in mapping[str(sid)]["configs"] if c["source"] == source] for sid in sids]
+def source_configs(mapping: dict, sids, source: str) -> list[list[dict]]:
+    """Per sid, its ``source`` placements (``configs`` entries) in stored order."""
+    return [[c for c in mapping[str(sid)]["configs"] if c["source"] == source] for sid in sids]
 
 
 def judge_samples(samples, mapping: dict, sids, k: int) -> dict[int, list[dict]]:
@@ -84,38 +87,37 @@ def judge_samples(samples, mapping: dict, sids, k: int) -> dict[int, list[dict]]
     return out
 
 
-def success_table(energies: list[list[float]], flags: list[list[bool]], refs: np.ndarray, ks=KS,
+def success_table(placements: list[list[dict]], refs: np.ndarray, ks=KS, exclude=EXCLUDE,
                   threshold: float = THRESHOLD) -> tuple[dict, dict]:  # fmt: skip
     """Per k: ``[S]`` bool successes and the anomaly rate of the first k placements.
 
-    energies: per system its placements' energies (nan: anomalous or missing), any lengths
+    placements: per system its relaxed placements in order (dicts with ``y_relaxed`` and
+    ``anomalies``, as the mapping's ``configs`` and :func:`judge_samples` give them), any lengths
     (a system with fewer than k placements is judged on the ones it has, as with fewer samples).
     """
-    width = max(max((len(e) for e in energies), default=0), max(ks))
-    e = np.full((len(energies), width), np.nan)
-    for i, row in enumerate(energies):
-        e[i, : len(row)] = row
+    width = max(max((len(row) for row in placements), default=0), max(ks))
+    e = np.full((len(placements), width), np.nan)
+    for i, row in enumerate(placements):
+        e[i, : len(row)] = [np.nan if disqualified(c, exclude) else c["y_relaxed"] for c in row]
     wins = {k: successes(e, refs, k, threshold) for k in ks}
-    rates = {k: float(np.mean([f for row in flags for f in row[:k]] or [np.nan])) for k in ks}
+    rates = {k: float(np.mean([bool(c["anomalies"]) for row in placements for c in row[:k]] or [np.nan])) for k in ks}
     return wins, rates
 
 
 def evaluate(mapping: dict, split: str, judged: dict[str, dict[int, list[dict]]] | None = None, ks=KS,
-             resamples: int = 2000, seed: int = 0) -> dict:  # fmt: skip
+             exclude=EXCLUDE, resamples: int = 2000, seed: int = 0) -> dict:  # fmt: skip
     """Success@k of the heuristic and random placements of ``split`` and of each judged sample
     set (``{name: judge_samples(...)}``), on the systems with a reference (module docstring)."""
-    refs = references(mapping, split)
+    refs = references(mapping, split, exclude)
     if not refs:
         raise ValueError(f"dense split {split!r}: no system with a valid reference")
     sids = sorted(refs)
     ref = np.array([refs[s] for s in sids])
-    sets = {src: (source_energies(mapping, sids, src), source_flags(mapping, sids, src)) for src in ("heuristic", "random")}
-    for name, per_sid in (judged or {}).items():
-        rows = [per_sid.get(s, []) for s in sids]
-        sets[name] = ([[np.nan if j["anomalies"] else j["y_relaxed"] for j in row] for row in rows],
-                      [[bool(j["anomalies"]) for j in row] for row in rows])  # fmt: skip
-    out = {"split": split, "systems": len(sids), "threshold_eV": THRESHOLD, "resamples": resamples, "sets": {}}
-    table = {name: success_table(e, f, ref, ks) for name, (e, f) in sets.items()}
+    sets = {src: source_configs(mapping, sids, src) for src in ("heuristic", "random")}
+    sets.update({name: [per_sid.get(s, []) for s in sids] for name, per_sid in (judged or {}).items()})
+    out = {"split": split, "systems": len(sids), "threshold_eV": THRESHOLD, "exclude": list(exclude),
+           "resamples": resamples, "sets": {}}  # fmt: skip
+    table = {name: success_table(rows, ref, ks, exclude) for name, rows in sets.items()}
     base = table["heuristic"][0]
     for name, (wins, rates) in table.items():
         rows = {}
@@ -125,7 +127,7 @@ def evaluate(mapping: dict, split: str, judged: dict[str, dict[int, list[dict]]]
                              "anomaly_rate": rates[k]}  # fmt: skip
             if name != "heuristic":
                 rows[f"@{k}"].update(vs_heuristic=boot["difference"], vs_heuristic_interval_90=boot["interval_90"])
-        out["sets"][name] = {"placements_per_system": max(len(e) for e in sets[name][0]), **rows}
+        out["sets"][name] = {"placements_per_system": max(len(row) for row in sets[name]), **rows}
     return out
 
 
@@ -133,7 +135,8 @@ def format_result(r: dict) -> str:
     """Text table: one row per placement set, success@k with its 90 % interval, anomaly rate."""
     ks = [k for k in next(iter(r["sets"].values())) if k.startswith("@")]
     lines = [(f"dense {r['split']}: {r['systems']} systems with a reference; success = within "
-             f"{r['threshold_eV']} eV of the minimum (90 % bootstrap intervals, {r['resamples']} resamples)")]  # fmt: skip
+             f"{r['threshold_eV']} eV of the minimum over placements not unconverged or {','.join(r['exclude'])} "
+             f"(90 % bootstrap intervals, {r['resamples']} resamples)")]  # fmt: skip
     lines.append(f"{'placements':<22}" + "".join(f"{'success' + k:>22}" for k in ks) + f"{'anomalies@' + ks[-1][1:]:>14}")
     for name, s in r["sets"].items():
         cells = "".join(f"{s[k]['success']:>8.2f} ({s[k]['interval_90'][0]:.2f}-{s[k]['interval_90'][1]:.2f})" + " " * 3
@@ -150,6 +153,8 @@ def main(argv=None) -> dict:
     p.add_argument("--samples", action="append", default=[], metavar="NAME=PATH",
                    help="sample LMDB(s) to relax with EMT and score (repeat for several)")
     p.add_argument("--k", default=",".join(map(str, KS)), help="comma list of k")
+    p.add_argument("--exclude", default=",".join(EXCLUDE),
+                   help=f"anomaly kinds that disqualify a placement (comma list of {','.join(KINDS)}; '' for none)")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the result (and the judged samples) here")
@@ -160,6 +165,9 @@ def main(argv=None) -> dict:
         p.error(f"--k must be a comma list of integers, got {args.k!r}")
     if min(ks) < 1 or args.resamples < 1:
         p.error("--k values and --resamples must be >= 1")
+    exclude = tuple(k for k in args.exclude.split(",") if k)
+    if set(exclude) - set(KINDS):
+        p.error(f"--exclude: unknown anomaly kind(s) {sorted(set(exclude) - set(KINDS))}; known: {list(KINDS)}")
     sets = {}
     for spec in args.samples:
         name, sep, path = spec.partition("=")
@@ -170,10 +178,10 @@ def main(argv=None) -> dict:
         mapping = load_mapping(args.dense)
     except FileNotFoundError as err:
         p.error(str(err))
-    sids = sorted(references(mapping, args.split))
+    sids = sorted(references(mapping, args.split, exclude))
     judged = {name: judge_samples(LmdbDataset(path), mapping, sids, max(ks)) for name, path in sets.items()}
     try:
-        out = evaluate(mapping, args.split, judged, ks, args.resamples, args.seed)
+        out = evaluate(mapping, args.split, judged, ks, exclude, args.resamples, args.seed)
     except ValueError as err:
         p.error(str(err))
     print(format_result(out))

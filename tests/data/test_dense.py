@@ -11,7 +11,15 @@ from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
 from sfm.data import LmdbDataset, demo
-from sfm.data.dense import DENSE_SPLITS, DenseConfig, make_dense
+from sfm.data.anomaly import KINDS
+from sfm.data.dense import (
+    ADSORBML_EXCLUDE,
+    DENSE_SPLITS,
+    EXCLUDE,
+    DenseConfig,
+    make_dense,
+    reference,
+)
 
 
 def atoms_of(d, pos):
@@ -33,7 +41,7 @@ def dense(dense_world):
 def test_layout_and_counts(dense_world, dense):
     root, mapping, entries = dense
     summary = json.loads((root / "summary.json").read_text())
-    assert summary["config"] == {"num_val": 1, "num_train": 1, "max_sites": 2, "num_random": 2, "seed": 0, "version": 1}
+    assert summary["config"] == {"num_val": 1, "num_train": 1, "max_sites": 2, "num_random": 2, "seed": 0, "version": 2}
     world = {split: LmdbDataset(dense_world / "is2re" / split / "data.lmdb") for split in DENSE_SPLITS}
     expect = {"test_id": [int(d.sid) for d in world["test_id"]], "val_id": [int(world["val_id"][0].sid)],
               "train": [int(world["train"][0].sid)]}  # fmt: skip
@@ -79,14 +87,20 @@ def test_energies_and_structures_against_emt(dense_world, dense):
         assert rec["e_gas"] == pytest.approx(sum(demo.gas_references()[s] for s in symbols))
 
 
-def test_reference_is_the_minimum_over_valid_placements(dense):
+def test_reference_is_the_minimum_over_placements_not_disqualified(dense):
     _, mapping, _ = dense
     for rec in mapping.values():
-        valid = [c["y_relaxed"] for c in rec["configs"] if not c["anomalies"]]
-        assert rec["reference"] == (min(valid) if valid else None)
-        if valid:
-            best = next(c for c in rec["configs"] if c["config_id"] == rec["reference_config"])
-            assert best["y_relaxed"] == rec["reference"] and not best["anomalies"]
+        for exclude in (EXCLUDE, ADSORBML_EXCLUDE):
+            ok = [c for c in rec["configs"]
+                  if "unconverged" not in c["anomalies"] and not set(c["anomalies"]) & set(exclude)]  # fmt: skip
+            best = reference(rec, exclude)
+            assert best == (min(ok, key=lambda c: c["y_relaxed"]) if ok else None)
+    assert "dissociated" not in EXCLUDE and set(ADSORBML_EXCLUDE) == set(KINDS)
+    bad = {"anomalies": ["dissociated"], "y_relaxed": -9.0}
+    fine = {"anomalies": [], "y_relaxed": -1.0}
+    assert reference({"configs": [bad, fine]}) is bad
+    assert reference({"configs": [bad, fine]}, ADSORBML_EXCLUDE) is fine
+    assert reference({"configs": [{"anomalies": ["unconverged"], "y_relaxed": -9.0}]}, ()) is None
 
 
 def test_cached_and_independent_of_workers(dense_world, dense, tmp_path):

@@ -120,8 +120,10 @@ def test_success_against_the_dense_minimum(lmdbs, tmp_path, capsys):
     y_relaxed = sid is beaten by a lower placement of system 2; system 1 has no valid placement)."""
     dense = tmp_path / "is2re_dense"
     dense.mkdir()
-    mapping = {"0": {"split": "test_id", "reference": 0.0}, "1": {"split": "test_id", "reference": None},
-               "2": {"split": "test_id", "reference": 1.7}}  # fmt: skip
+    def system(*placements):
+        return {"split": "test_id", "configs": [{"y_relaxed": y, "anomalies": flags} for y, flags in placements]}
+
+    mapping = {"0": system((0.0, []), (0.5, [])), "1": system((-3.0, ["desorbed"])), "2": system((1.7, []))}
     (dense / "mapping.json").write_text(json.dumps(mapping))
     m = main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"),
               "--energy_key", "energy", "--dense", str(dense)])  # fmt: skip
@@ -131,7 +133,7 @@ def test_success_against_the_dense_minimum(lmdbs, tmp_path, capsys):
     assert re.search(r"placement success against +dense minimum \(2 systems\)", capsys.readouterr().out)
     with pytest.raises(SystemExit):
         main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"), "--dense", str(dense)])
-    (dense / "mapping.json").write_text(json.dumps({"7": {"split": "test_id", "reference": 0.0}}))
+    (dense / "mapping.json").write_text(json.dumps({"7": system((0.0, []))}))
     with pytest.raises(ValueError, match="no sample sid has a dense reference"):
         main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"),
               "--energy_key", "energy", "--dense", str(dense)])  # fmt: skip

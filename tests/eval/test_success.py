@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sfm.data import LmdbDataset, write_lmdb
+from sfm.data.dense import ADSORBML_EXCLUDE, EXCLUDE
 from sfm.eval.success import evaluate, main, references, success_table
 
 
@@ -15,39 +16,46 @@ def conf(source, y, flags=()):
 
 
 def mapping():
-    """Three systems; energies in eV, the reference the lowest unflagged one."""
+    """Systems 0, 1 with a reference (the lowest placement not disqualified: -1.0, -2.0), system 2
+    with none (its only placement desorbed), system 3 in another split; energies in eV."""
     return {
-        "0": {"split": "test_id", "reference": -1.0,
-              "configs": [conf("heuristic", -0.5), conf("heuristic", -0.95), conf("random", -1.0), conf("random", -3.0, ["desorbed"])]},
-        "1": {"split": "test_id", "reference": -2.0,
-              "configs": [conf("heuristic", -2.0), conf("random", -1.0), conf("random", -1.85)]},
-        "2": {"split": "test_id", "reference": None, "configs": [conf("heuristic", 0.0, ["dissociated"])]},
-        "3": {"split": "val_id", "reference": 0.0, "configs": [conf("heuristic", 0.0)]},
+        "0": {"split": "test_id", "configs": [conf("heuristic", -0.5), conf("heuristic", -0.95, ["dissociated"]),
+                                              conf("random", -1.0), conf("random", -3.0, ["desorbed"])]},
+        "1": {"split": "test_id", "configs": [conf("heuristic", -2.0), conf("random", -1.0), conf("random", -1.85)]},
+        "2": {"split": "test_id", "configs": [conf("heuristic", 0.0, ["desorbed"])]},
+        "3": {"split": "val_id", "configs": [conf("heuristic", 0.0)]},
     }  # fmt: skip
 
 
 def test_success_table_by_hand():
-    energies = [[-0.5, -0.95], [np.nan, -2.0, 0.0]]
-    flags = [[False, False], [True, False, False]]
-    wins, rates = success_table(energies, flags, np.array([-1.0, -2.0]), ks=(1, 2, 3))
-    assert wins[1].tolist() == [False, False]  # 0.5 eV above; the other anomalous
+    rows = [[conf("h", -0.5), conf("h", -0.95)], [conf("h", -5.0, ["surface_changed"]), conf("h", -2.0), conf("h", 0.0)]]
+    wins, rates = success_table(rows, np.array([-1.0, -2.0]), ks=(1, 2, 3))
+    assert wins[1].tolist() == [False, False]  # 0.5 eV above; the other disqualified
     assert wins[2].tolist() == [True, True]  # -0.95 is within 0.1 eV; -2.0 hits it
     assert wins[3].tolist() == [True, True]  # a system with fewer placements keeps its best
     assert rates[1] == 0.5 and rates[2] == 0.25 and rates[3] == pytest.approx(1 / 5)
+    unconverged = [[conf("h", -1.0, ["unconverged"])]]
+    assert not success_table(unconverged, np.array([-1.0]), ks=(1,), exclude=())[0][1][0]
 
 
 def test_evaluate_by_hand():
     m = mapping()
     assert references(m, "test_id") == {0: -1.0, 1: -2.0}
+    assert references(m, "test_id", ADSORBML_EXCLUDE) == {0: -1.0, 1: -2.0}
+    assert references(m, "test_id", ()) == {0: -3.0, 1: -2.0, 2: 0.0}
     r = evaluate(m, "test_id", ks=(1, 2), resamples=200)
-    assert r["systems"] == 2
+    assert r["systems"] == 2 and r["exclude"] == list(EXCLUDE)
     heur, rand = r["sets"]["heuristic"], r["sets"]["random"]
+    # system 0: -0.5 (0.5 above), then -0.95 (dissociated: counts by default, within 0.1 eV)
     assert heur["@1"]["success"] == 0.5 and heur["@2"]["success"] == 1.0
+    assert heur["@2"]["anomaly_rate"] == pytest.approx(1 / 3)
     assert rand["@1"]["success"] == 0.5 and rand["@2"]["success"] == 0.5  # -1.85 is 0.15 eV above -2.0
     assert rand["@2"]["anomaly_rate"] == 0.25
     assert rand["@1"]["vs_heuristic"] == 0.0
     low, high = heur["@1"]["interval_90"]
     assert 0.0 <= low <= 0.5 <= high <= 1.0
+    strict = evaluate(m, "test_id", ks=(2,), exclude=ADSORBML_EXCLUDE, resamples=50)["sets"]["heuristic"]
+    assert strict["@2"]["success"] == 0.5  # AdsorbML's list: the dissociated -0.95 is out
     judged = {"gen": {0: [{"y_relaxed": -1.05, "anomalies": []}], 1: [{"y_relaxed": -5.0, "anomalies": ["desorbed"]}]}}
     g = evaluate(m, "test_id", judged, ks=(1, 2), resamples=200)["sets"]["gen"]
     assert g["@1"]["success"] == 0.5 and g["@2"]["success"] == 0.5 and g["@1"]["anomaly_rate"] == 0.5
@@ -94,4 +102,7 @@ def test_cli_errors(tmp_path):
         main(["--dense", str(tmp_path), "--k", "0"])
     with pytest.raises(SystemExit):
         main(["--dense", str(tmp_path), "--split", "train"])
+    with pytest.raises(SystemExit):
+        main(["--dense", str(tmp_path), "--exclude", "melted"])
     assert main(["--dense", str(tmp_path), "--k", "1", "--resamples", "10"])["systems"] == 2
+    assert main(["--dense", str(tmp_path), "--k", "1", "--resamples", "10", "--exclude", ""])["systems"] == 3

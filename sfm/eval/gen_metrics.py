@@ -28,7 +28,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from sfm.data import LmdbDataset, write_json
+from sfm.data import LmdbDataset, open_dataset, write_json
 from sfm.data.lattice import as_cell, as_cells
 from sfm.data.structure import fixed_mask, sid_of
 from sfm.eval.generation import (ANGLE_TOL, LTOL, STOL, composition_kept, is_valid, lattice_stats, match_at_k,
@@ -217,7 +217,7 @@ def format_table(m: dict) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", required=True, help="sample LMDB (file or folder of shards)")
-    p.add_argument("--reference", required=True, help="reference LMDB (pos_relaxed used where present)")
+    p.add_argument("--reference", required=True, help="reference dataset, any format open_dataset reads (pos_relaxed used where present)")
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--stol", type=float, default=STOL, help="site tolerance, units of (V/n)^(1/3)")
     p.add_argument("--ltol", type=float, default=LTOL, help="fractional lattice-length tolerance")
@@ -237,7 +237,7 @@ def main(argv=None) -> dict:
             dense_refs = references(load_mapping(args.dense))
         except FileNotFoundError as err:
             p.error(str(err))
-    m = generation_metrics(LmdbDataset(args.samples), LmdbDataset(args.reference), args.stol, args.ltol,
+    m = generation_metrics(LmdbDataset(args.samples), open_dataset(args.reference), args.stol, args.ltol,
                            args.angle_tol, args.adwt_atoms, args.energy_key, dense_refs)
     print(format_table(m))
     if args.json:

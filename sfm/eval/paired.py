@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sfm.data import LmdbDataset
+from sfm.data import LmdbDataset, open_dataset
 from sfm.data.structure import sid_of
 from sfm.eval.gen_metrics import group_samples, sample_distance
 from sfm.eval.oc20 import adwt
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
             p.error(f"no such file or folder: {path}")
     if args.resamples < 1:
         p.error(f"--resamples must be >= 1, got {args.resamples}")
-    refs = list(LmdbDataset(args.reference))
+    refs = list(open_dataset(args.reference))
     try:
         out = compare(first_distances(LmdbDataset(args.samples), refs, args.adwt_atoms),
                       first_distances(LmdbDataset(args.baseline), refs, args.adwt_atoms), args.resamples, args.seed)

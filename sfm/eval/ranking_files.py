@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch_geometric.data import Data
 
-from sfm.data import LmdbDataset, atoms_to_data, write_json, write_lmdb
+from sfm.data import LmdbDataset, atoms_to_data, open_dataset, write_json, write_lmdb
 from sfm.data.structure import fixed_mask, plain_sid, sid_of
 from sfm.eval.ranking import ANOMALIES, Ranking, sample_indices
 
@@ -67,8 +67,8 @@ def first_samples(samples: list[Data], k: int) -> list[Data]:
 
 
 def read_references(path) -> dict:
-    """``{sid: Data}`` of a reference LMDB (an IS2RE split)."""
-    dataset = LmdbDataset(path)
+    """``{sid: Data}`` of a reference dataset (an IS2RE split; any path :func:`open_dataset` reads)."""
+    dataset = open_dataset(path)
     return {sid_of(d): d for d in (dataset[i] for i in range(len(dataset)))}
 
 

@@ -25,7 +25,7 @@ import torch
 from pymatgen.core import Composition, Element
 from torch_geometric.data import Data
 
-from sfm.data import LmdbDataset
+from sfm.data import open_dataset
 from sfm.data.structure import fixed_mask, sid_of
 
 
@@ -35,7 +35,7 @@ class LmdbInputs:
     has_structure = True
 
     def __init__(self, path: str | os.PathLike, max_inputs: int | None = None, dictionary=None):
-        self.dataset = LmdbDataset(path, dictionary)
+        self.dataset = open_dataset(path, dictionary)
         self.size = len(self.dataset) if max_inputs is None else min(len(self.dataset), int(max_inputs))
 
     def __len__(self) -> int:

@@ -37,6 +37,7 @@ trajectory), ``seed``, and ``formula`` for composition inputs.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
 
-from sfm.data import Dictionary, LmdbDataset, collate
+from sfm.data import Dictionary, collate, open_dataset
 from sfm.data.lattice import as_cell
 from sfm.data.structure import SLAB_TAGS, fixed_mask, tag_mask
 from sfm.models.diffusion.baselines import BASELINES, sample_baseline
@@ -142,7 +143,7 @@ def check_config(cfg: GenConfig) -> None:
                          + (" (or lattice_data for the csp lattices)" if cfg.sampler == "baseline_random" else ""))  # fmt: skip
     for name in ("checkpoint", "data_path", "lattice_data"):
         path = getattr(cfg, name)
-        if path is not None and not Path(path).exists():
+        if path is not None and not glob.glob(str(path)):  # data paths may be globs of files
             raise FileNotFoundError(f"{name} {path}: no such file or directory")
 
 
@@ -286,7 +287,7 @@ def run_sampling(cfg: GenConfig) -> dict:
     inputs = load_inputs(cfg, dictionary)
     pool = None
     if cfg.sampler == "baseline_random" and cfg.mode == "csp" and cfg.lattice_data is not None:
-        ref = LmdbDataset(cfg.lattice_data)
+        ref = open_dataset(cfg.lattice_data)
         pool = torch.stack([as_cell(ref[i].cell) for i in range(len(ref))])
     counter = CallCounter(model) if model is not None else None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import sfm
-from sfm.data import LmdbDataset, write_json
+from sfm.data import open_dataset, write_json
 from sfm.data.views import KINDS
 from sfm.eval.s2ef_eval import fit_baselines, format_table, split_metrics, split_name, training_items
 from sfm.tasks.train_args import int_at_least
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         if not train_path or not Path(train_path).exists():
             p.error(f"baselines need the training data: --train_data_path (checkpoint names {train_path!r}), "
                     "or --no_baselines")
-        items = training_items(LmdbDataset(train_path), train_kind, args.baseline_structures)
+        items = training_items(open_dataset(train_path), train_kind, args.baseline_structures)
         baselines = fit_baselines(items)
         report["baselines_fitted_on"] = {"path": str(train_path), "kind": train_kind,
                                          "max_entries": args.baseline_structures}
@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
         name = split_name(path)
         while name in report["splits"]:
             name += "+"
-        report["splits"][name] = split_metrics(model, LmdbDataset(path), args.data_kind, baselines, args.batch_size,
+        report["splits"][name] = split_metrics(model, open_dataset(path), args.data_kind, baselines, args.batch_size,
                                           args.device, not args.no_progress, args.max_structures)
         report["splits"][name]["path"] = str(path)
     print(format_table(report))

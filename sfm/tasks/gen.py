@@ -6,7 +6,7 @@
     python -m sfm.tasks.gen --compositions "Cu3Au, NaCl" --formula_units 2 --mode csp ...
     bash scripts/gen_oc20.sh ...                                        (the launcher)
 
-Inputs: `--data_path` (an OC20 LMDB split: compositions, and for lattice_given / inpaint the
+Inputs: `--data_path` (a dataset, any format `sfm.data.open_dataset` reads: compositions, and for lattice_given / inpaint the
 lattice and the given atoms of each entry, at `pos` unless `--given_positions pos_relaxed`)
 or `--compositions` (formulas, or a file of them, one per line; csp only; `--num_atoms` or
 `--formula_units` set the atom count). `--mode inpaint` gives the atoms with tags in
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("what to generate")
     g.add_argument("--checkpoint", help="consolidated diffusion checkpoint (.pt) from train_diff.py")
-    g.add_argument("--data_path", help="OC20 LMDB split (file or folder of *.lmdb) to generate for")
+    g.add_argument("--data_path", help="dataset to generate for: OC20 LMDB, ase.db / .aselmdb, extxyz, ... (sfm.data.open_dataset)")
     g.add_argument("--compositions", help="formulas ('Cu3Au,NaCl') or a file of them, one per line (csp only)")
     g.add_argument("--num_atoms", type=int, help="compositions: reduced formula scaled to this many atoms")
     g.add_argument("--formula_units", type=int, help="compositions: the formula as written, times this")
@@ -116,7 +116,7 @@ def adwt_atoms(args, cfg: GenConfig) -> str:
 
 def write_metrics(args, cfg: GenConfig, stats: dict) -> dict:
     """Metrics of every sample in save_dir against the inputs; writes metrics.json / metrics.txt."""
-    from sfm.data import LmdbDataset, write_json
+    from sfm.data import LmdbDataset, open_dataset, write_json
     from sfm.data.lattice import as_cell
     from sfm.eval.gen_metrics import format_table, generation_metrics
     from sfm.eval.generation import is_valid
@@ -126,7 +126,7 @@ def write_metrics(args, cfg: GenConfig, stats: dict) -> dict:
         nfe = [float(d.nfe) for d in samples if "nfe" in d]
         stats = {**stats, "network_calls_per_sample": sum(nfe) / len(nfe) if nfe else None}
     if cfg.data_path is not None:
-        metrics = generation_metrics(samples, LmdbDataset(cfg.data_path), args.stol, args.ltol, args.angle_tol, adwt_atoms(args, cfg))
+        metrics = generation_metrics(samples, open_dataset(cfg.data_path), args.stol, args.ltol, args.angle_tol, adwt_atoms(args, cfg))
         table = format_table(metrics)
     else:  # compositions: no reference structure, so validity only
         valid = [is_valid(d.pos.double(), as_cell(d.cell).double()) for d in samples]

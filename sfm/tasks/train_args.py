@@ -6,8 +6,8 @@ sees train_batch_size * world_size * gradient_accumulation_steps structures.
 """
 
 import argparse
+import glob
 from dataclasses import fields
-from pathlib import Path
 
 from sfm.pipeline.distributed import STRATEGIES
 from sfm.pipeline.trainer import TrainConfig
@@ -49,8 +49,8 @@ def build_parser(description: str, default_save_dir: str, model_types: list[str]
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dict_path", default=None, help="element dictionary (default: dicts/dict.txt of the package)")
-    g.add_argument("--train_data_path", required=True, help="OC20 LMDB file or folder of *.lmdb shards")
-    g.add_argument("--valid_data_path", default=None, help="LMDB for validation each epoch (optional)")
+    g.add_argument("--train_data_path", required=True, help="dataset: OC20 LMDB (file / folder of shards), ase.db (.aselmdb, .db, .json), extxyz / traj / ... or a glob")
+    g.add_argument("--valid_data_path", default=None, help="validation dataset, any format the training data takes (optional)")
     g.add_argument("--max_sites", type=int_at_least(0), default=D.max_sites,
                    help="drop structures with more atoms than this (0: keep all)")
     g.add_argument("--num_workers", type=int_at_least(0), default=D.num_workers, help="DataLoader workers per process")
@@ -98,7 +98,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     args = parser.parse_args(argv)
     for flag in ("train_data_path", "valid_data_path", "dict_path"):
         path = getattr(args, flag)
-        if path is not None and not Path(path).exists():
+        if path is not None and not glob.glob(str(path)):  # a glob of trajectories is a data path too
             parser.error(f"--{flag} {path}: no such file or directory")
     if args.total_num_steps == 0 and args.total_num_epochs == 0:
         parser.error("give --total_num_epochs or --total_num_steps (both are 0)")

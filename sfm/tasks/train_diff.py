@@ -16,7 +16,7 @@ to `pos_relaxed` (sfm/models/diffusion/model.py), for `gen.py --t_start PLACEMEN
 model's buffers, so checkpoints carry them and a resumed run keeps them.
 """
 
-from sfm.data import Dictionary, LmdbDataset, parse_tags
+from sfm.data import Dictionary, open_dataset, parse_tags
 from sfm.data.structure import SLAB_TAGS
 from sfm.models import PRESETS, build_model
 from sfm.models.diffusion.model import DEFAULT_MODE_PROBS
@@ -48,8 +48,8 @@ def main(argv=None) -> dict:
     cfg = train_config(args)
 
     dictionary = Dictionary.load(args.dict_path)
-    train_set = LmdbDataset(args.train_data_path, dictionary)
-    valid_set = LmdbDataset(args.valid_data_path, dictionary) if args.valid_data_path else None
+    train_set = open_dataset(args.train_data_path, dictionary)
+    valid_set = open_dataset(args.valid_data_path, dictionary) if args.valid_data_path else None
 
     seed_everything(args.seed)  # same initial weights on every rank
     try:

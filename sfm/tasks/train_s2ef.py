@@ -14,13 +14,16 @@ model's buffers, so checkpoints carry it and a resumed run keeps it.
 
 import argparse
 
-from sfm.data import Dictionary, LmdbDataset
+from sfm.data import Dictionary, open_dataset
 from sfm.data.views import KINDS, IS2REAsS2EF
 from sfm.models import PRESETS, build_model
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
 from sfm.models.s2ef import OC20_AVG_NUM_ATOMS
 from sfm.tasks.train_args import build_parser, float_in, int_at_least, parse_args, train_config
+
+
+REQUIRED = {"s2ef": ("y", "force"), "is2re": ("y_init", "y_relaxed", "pos_relaxed")}  # fields per --data_kind
 
 
 def without_forces(items):
@@ -54,8 +57,9 @@ def main(argv=None) -> dict:
     cfg = train_config(args)
 
     dictionary = Dictionary.load(args.dict_path)
-    train_set = LmdbDataset(args.train_data_path, dictionary)
-    valid_set = LmdbDataset(args.valid_data_path, dictionary) if args.valid_data_path else None
+    require = REQUIRED[args.data_kind]  # checked on ASE sources, naming the file and row / frame
+    train_set = open_dataset(args.train_data_path, dictionary, require)
+    valid_set = open_dataset(args.valid_data_path, dictionary, require) if args.valid_data_path else None
     if args.data_kind == "is2re":
         train_set = IS2REAsS2EF(train_set)
         valid_set = IS2REAsS2EF(valid_set) if valid_set is not None else None

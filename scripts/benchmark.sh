@@ -36,8 +36,8 @@ inputs=()
 
 if [[ $stages == *" loader "* ]]; then
   echo "[benchmark] loader"
-  "$py" -m sfm.data.bench_loader --data "$demo/is2re/train" --workers 0 1 2 --repeat 3 --json "$out/loader.json"
-  inputs+=("loader, demo --small is2re/train (structures/s: read + cart->frac + 12 A graph)=$out/loader.json@workers,structures_per_s,edges_per_structure")
+  "$py" -m sfm.data.bench_loader --data "$demo/is2re/train" --workers 0 1 2 --repeat 3 --also aselmdb --json "$out/loader.json"
+  inputs+=("loader, demo --small is2re/train, OC20 LMDB and the same structures as ASE-LMDB (structures/s: read + cart->frac + 12 A graph)=$out/loader.json@format,workers,structures_per_s,edges_per_structure")
 fi
 
 if [[ $stages == *" backbone "* ]]; then

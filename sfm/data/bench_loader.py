@@ -1,11 +1,13 @@
 """Loader benchmark: structures/s for read + convert (cart -> frac) + PBC graph build.
 
-    python -m sfm.data.bench_loader --data DATA/is2re/train [--workers 0 1 2] [--json out.json]
+    python -m sfm.data.bench_loader --data DATA/is2re/train [--workers 0 1 2] [--also aselmdb] [--json out.json]
 
 Each DataLoader worker reads and validates structures, batches them (:func:`collate`,
 which converts to wrapped fractional coordinates) and builds the radius graph, as a
 training step would need. Throughput is measured after the first batch (so worker
-start-up is excluded), with one torch thread per process.
+start-up is excluded), with one torch thread per process. ``--data`` is anything
+:func:`sfm.data.open_dataset` reads; ``--also aselmdb extxyz`` measures the same structures
+again after writing them in those formats (to a temporary folder), one table row per format.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from sfm.data.collate import collate
-from sfm.data.lmdb_dataset import LmdbDataset
+from sfm.data.ase_dataset import disconnect
+from sfm.data.convert import write_dataset
+from sfm.data.dataset import open_dataset
 from sfm.data.pbc_graph import radius_graph_pbc
 
 
@@ -75,34 +80,48 @@ def _resolve(path: Path) -> Path:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="LMDB file, folder of shards, or demo root")
+    parser.add_argument("--data", type=Path, required=True, help="any dataset path open_dataset reads, or a demo root")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cutoff", type=float, default=12.0, help="graph radius, A")
     parser.add_argument("--max-neighbors", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=1, help="passes over the data per setting (small sets)")
+    parser.add_argument("--also", nargs="*", default=[], choices=("aselmdb", "db", "extxyz"),
+                        help="also measure the same structures written in these formats")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     path = _resolve(args.data)
-    dataset = LmdbDataset(path)
-    if args.repeat > 1:
-        dataset = torch.utils.data.ConcatDataset([dataset] * args.repeat)
-    mean_atoms = sum(dataset[i].natoms for i in range(min(256, len(dataset)))) / min(256, len(dataset))
-    print(
-        f"data {path}: {len(dataset)} structures (x{args.repeat}), {mean_atoms:.1f} atoms on average; "
-        f"batch {args.batch_size}, cutoff {args.cutoff} A, max_neighbors {args.max_neighbors}, 1 torch thread/process"
-    )
-    rows = [measure(dataset, w, args.batch_size, args.cutoff, args.max_neighbors) for w in args.workers]
-    graph_s = graph_time(dataset, args.batch_size, args.cutoff, args.max_neighbors)
-    print(f"{'workers':>8} {'structures/s':>13} {'ms/structure':>13} {'edges/structure':>16}")
+    given = open_dataset(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = {type(given).__name__: given}
+        for suffix in args.also:
+            copy = Path(tmp) / f"same.{suffix}"
+            write_dataset(copy, (given[i] for i in range(len(given))))
+            sources[suffix] = open_dataset(copy)
+        rows, graph_s, mean_atoms = [], None, None
+        for name, dataset in sources.items():
+            if args.repeat > 1:
+                dataset = torch.utils.data.ConcatDataset([dataset] * args.repeat)
+            if mean_atoms is None:
+                mean_atoms = sum(dataset[i].natoms for i in range(min(256, len(dataset)))) / min(256, len(dataset))
+                print(f"data {path}: {len(dataset)} structures (x{args.repeat}), {mean_atoms:.1f} atoms on average; "
+                      f"batch {args.batch_size}, cutoff {args.cutoff} A, max_neighbors {args.max_neighbors}, "
+                      "1 torch thread/process")  # fmt: skip
+                graph_s = graph_time(dataset, args.batch_size, args.cutoff, args.max_neighbors)
+            rows += [{"format": name, **measure(dataset, w, args.batch_size, args.cutoff, args.max_neighbors)}
+                     for w in args.workers]  # fmt: skip
+        for suffix in args.also:  # before the temporary folder goes
+            disconnect(Path(tmp) / f"same.{suffix}")
+    print(f"{'format':>14} {'workers':>8} {'structures/s':>13} {'ms/structure':>13} {'edges/structure':>16}")
     for r in rows:
-        print(f"{r['workers']:>8} {r['structures_per_s']:>13.1f} {1e3 / r['structures_per_s']:>13.2f} {r['edges_per_structure']:>16.0f}")
+        print(f"{r['format']:>14} {r['workers']:>8} {r['structures_per_s']:>13.1f} {1e3 / r['structures_per_s']:>13.2f} "
+              f"{r['edges_per_structure']:>16.0f}")  # fmt: skip
     print(f"graph build alone (main process): {graph_s * 1e3:.2f} ms/structure")
     result = {
         "data": str(path),
-        "structures": len(dataset),
+        "structures": len(given) * args.repeat,
         "mean_atoms": mean_atoms,
         "batch_size": args.batch_size,
         "cutoff": args.cutoff,

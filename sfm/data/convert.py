@@ -34,6 +34,7 @@ from sfm.data.ase_fields import ase_from_data
 from sfm.data.dataset import open_dataset
 from sfm.data.energy_reference import RULES, EnergyReference
 from sfm.data.lmdb_dataset import _close_reader, write_lmdb
+from sfm.data.structure import sid_of
 
 XYZ_SUFFIXES = (".extxyz", ".xyz")
 _ASE_ARRAYS = ("numbers", "positions", "tags")  # kept by ase.db itself
@@ -48,11 +49,6 @@ def output_format(path: Path) -> str:
     if path.suffix in XYZ_SUFFIXES:
         return "extxyz"
     raise ValueError(f"{path}: unknown output format; suffixes: .lmdb, {', '.join(DB_TYPES)}, {', '.join(XYZ_SUFFIXES)}")
-
-
-def _sid(data):
-    sid = data.sid
-    return sid.item() if torch.is_tensor(sid) else sid
 
 
 def write_dataset(path: Path, items, dropped: set | None = None) -> int:
@@ -125,7 +121,7 @@ def _split_by_sids(dataset, parts) -> dict[str, list[int]]:
     out = {name: [] for name, _ in parts}
     found = set()
     for i in range(len(dataset)):
-        sid = _sid(dataset[i])
+        sid = sid_of(dataset[i])
         if sid in wanted:
             out[wanted[sid]].append(i)
             found.add(sid)

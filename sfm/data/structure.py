@@ -43,6 +43,15 @@ def sid_of(data):
     return plain_sid(data.sid)
 
 
+def name_structures(data, graphs: torch.Tensor) -> str:
+    """``"sid 4, sid 9"``: the structures ``graphs`` (indices into a Batch, or [0] for a Data) by
+    sid, or by index where there is none (for messages)."""
+    sid = getattr(data, "sid", None)
+    sids = sid.reshape(-1).tolist() if torch.is_tensor(sid) else sid if isinstance(sid, list) else [sid]
+    return ", ".join(f"sid {plain_sid(sids[g])}" if sid is not None and g < len(sids) else f"structure {g}"
+                     for g in graphs.tolist())  # fmt: skip
+
+
 def parse_tags(text: str) -> tuple[int, ...]:
     """``"0,1"`` -> ``(0, 1)``; ValueError naming the text if an item is not an integer."""
     try:

@@ -25,7 +25,12 @@ def labelled(data: Data, view: str, where: str = "entry") -> Data:
     ValueError naming ``where`` and the missing label."""
     missing = [f for f in _NEEDS[view] if f not in data]
     if missing:
-        hint = " (an IS2RE LMDB? use kind 'is2re')" if view == "frames" else " (an S2EF LMDB? use kind 's2ef')"
+        if view == "frames" and "y_relaxed" in data:
+            hint = " (an IS2RE LMDB? use kind 'is2re')"
+        elif view != "frames" and "y" in data:
+            hint = " (an S2EF LMDB? use kind 's2ef')"
+        else:
+            hint = f" (a test split? it stores no {' / '.join(missing)} to evaluate against)"
         raise ValueError(f"{where}: the '{view}' view needs {missing}, not stored{hint}")
     common = dict(atomic_numbers=data.atomic_numbers, cell=data.cell, natoms=data.natoms, tags=data.tags,
                   fixed=fixed_mask(data), **({"sid": data.sid} if "sid" in data else {}))

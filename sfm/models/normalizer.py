@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sfm.data.structure import fixed_mask
+from sfm.data.structure import fixed_mask, name_structures
 
 NUM_ELEMENTS = 119  # index by atomic number Z (0 unused)
 
@@ -71,8 +71,17 @@ class EnergyNormalizer(nn.Module):
             c.index_put_((graph, z), torch.ones(len(z), dtype=torch.float64), accumulate=True)
             counts.append(c)
             energies.append(torch.as_tensor(item.y, dtype=torch.float64).reshape(-1))
+            if not torch.isfinite(energies[-1]).all():
+                bad = (~torch.isfinite(energies[-1])).nonzero().flatten()
+                raise ValueError(f"normaliser fit: non-finite energy label y in item {len(energies) - 1} of the "
+                                 f"fitted data ({name_structures(item, bad)})")
             if getattr(item, "force", None) is not None:
-                free = item.force.double()[~fixed_mask(item)]
+                free_mask = ~fixed_mask(item)
+                if not torch.isfinite(item.force[free_mask]).all():
+                    bad = graph[free_mask & ~torch.isfinite(item.force).all(-1)].unique()
+                    raise ValueError(f"normaliser fit: non-finite force label on a free atom in item "
+                                     f"{len(energies) - 1} of the fitted data ({name_structures(item, bad)})")
+                free = item.force.double()[free_mask]
                 force_sq += float(free.pow(2).sum())
                 force_n += free.numel()
         counts, energies = torch.cat(counts), torch.cat(energies)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sfm.data.lattice import as_cells, cart_to_frac
-from sfm.data.structure import fixed_mask
+from sfm.data.structure import fixed_mask, name_structures
 from sfm.models.backbone import BackboneConfig, EquiformerV2
 from sfm.models.normalizer import EnergyNormalizer
 
@@ -97,9 +97,26 @@ class S2EFModel(nn.Module):
         """Inference: ``energy [B]`` (eV), ``forces [N, 3]`` (eV/A) [, ``stress [B, 3, 3]``], detached.
 
         ``edges``: the graph at these positions, if already found (see ``EquiformerV2.build_graph``).
+        ValueError naming the structures if a prediction is not finite (nothing downstream
+        can use it: an eval would print "MAE nan", a ranking would order nothing).
         """
-        out = self(*batch_tensors(batch), forces=True, stress=stress, edges=edges)
-        return {k: out[k].detach() for k in ("energy", "forces", "stress") if k in out}
+        atomic_numbers, pos, cell, index = batch_tensors(batch)
+        out = self(atomic_numbers, pos, cell, index, forces=True, stress=stress, edges=edges)
+        out = {k: out[k].detach() for k in ("energy", "forces", "stress") if k in out}
+        bad = ~torch.isfinite(out["energy"])
+        bad[index[~torch.isfinite(out["forces"]).all(-1)]] = True
+        if bad.any():
+            self._refuse_nonfinite(batch, bad.nonzero().flatten().cpu())
+        return out
+
+    def _refuse_nonfinite(self, batch, graphs: torch.Tensor) -> None:
+        norm = self.normalizer
+        buffers = {"mean": norm.mean, "std": norm.std, "force_std": norm.force_std, "element_refs": norm.element_refs}
+        broken = [name for name, value in buffers.items() if not torch.isfinite(value).all()]
+        why = (f"its normaliser holds non-finite {', '.join(broken)} (fitted on non-finite labels): retrain it"
+               if broken else "the checkpoint's weights or the input are broken")  # fmt: skip
+        raise ValueError(f"the model predicts a non-finite energy or force for {len(graphs)} structure(s) "
+                         f"({name_structures(batch, graphs[:10])}): {why}")
 
     def loss(self, batch):
         """``(loss, parts)``: weighted energy + force loss, and its parts (detached) incl. MAEs."""

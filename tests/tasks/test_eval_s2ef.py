@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sfm
-from sfm.data import Dictionary, LmdbDataset, collate
+from sfm.data import Dictionary, LmdbDataset, collate, write_lmdb
 from sfm.models import build_model
 from sfm.pipeline.checkpoint import save_consolidated
 from sfm.tasks import eval_s2ef
@@ -112,3 +112,37 @@ def test_bad_inputs(demo_world, tiny_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit):
         eval_s2ef.main(["--checkpoint", str(diff), "--data_path", str(demo_world / "s2ef" / "val_id")])
     assert "not an S2EF one" in capsys.readouterr().err
+
+
+def test_split_without_relaxed_fields_gets_the_right_hint(demo_world, tiny_ckpt, tmp_path):
+    entries = list(LmdbDataset(demo_world / "is2re" / "val_id"))
+    for d in entries:
+        del d.pos_relaxed, d.y_relaxed
+    write_lmdb(tmp_path / "test.lmdb", entries)
+    with pytest.raises(ValueError, match=r"test\.lmdb\[0\]: the 'relaxed' view needs "
+                                         r"\['pos_relaxed', 'y_relaxed'\], not stored \(a test split\? it stores no "
+                                         r"pos_relaxed / y_relaxed"):
+        eval_s2ef.main(["--checkpoint", str(tiny_ckpt), "--data_path", str(tmp_path / "test.lmdb"), "--data_kind",
+                        "is2re", "--no_progress", "--no_baselines"])  # fmt: skip
+
+
+def test_nonfinite_labels_and_predictions_are_refused(demo_world, tiny_ckpt, tmp_path):
+    """A NaN energy label: refused when read, naming the file, key and sid, and by the normaliser
+    fit (API); a model whose normaliser holds NaN: eval refuses it naming the structures."""
+    frames = list(LmdbDataset(demo_world / "s2ef" / "train"))
+    frames[3].y = float("nan")
+    write_lmdb(tmp_path / "nan_y.lmdb", frames)
+    with pytest.raises(ValueError, match=rf"nan_y\.lmdb\[3\] \(sid {int(frames[3].sid)}\): energy label y is nan"):
+        LmdbDataset(tmp_path / "nan_y.lmdb")[3]
+    model = build_model("tiny", head="s2ef")
+    with pytest.raises(ValueError, match=rf"non-finite energy label y in item 3 of the fitted data \(sid {int(frames[3].sid)}\)"):
+        model.fit_normalizer(frames)
+    model = sfm.load_checkpoint(tiny_ckpt)
+    model.normalizer.mean.fill_(float("nan"))  # what fitting on a NaN label used to leave behind
+    save_consolidated(tmp_path / "nan.pt", state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
+                      meta=model.checkpoint)  # fmt: skip
+    val = demo_world / "s2ef" / "val_id"
+    with pytest.raises(ValueError, match=r"predicts a non-finite energy or force for \d+ structure\(s\) \(sid .*"
+                                         r"its normaliser holds non-finite mean"):
+        eval_s2ef.main(["--checkpoint", str(tmp_path / "nan.pt"), "--data_path", str(val), "--no_progress",
+                        "--no_baselines"])  # fmt: skip

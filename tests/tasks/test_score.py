@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import sfm
 from sfm.data import LmdbDataset, collate, write_lmdb
 from sfm.data.lattice import cart_to_frac, minimum_image
 from sfm.data.anomaly import bonds
@@ -231,3 +232,10 @@ def test_any_judge_object_is_handed_to_ranking(entries):
     assert [r["judge_energy"] for r in ranked.rows] == [1.0, 0.0, 2.0]
     assert ranked.summary["judge"] == "index" and ranked.summary["success_energy"] == "judge"
     assert all("pos_judge" not in rec for rec in ranked.records)
+
+
+def test_model_predicting_nan_is_refused(demo_world, entries, tmp_path):
+    model = sfm.load_checkpoint(save_tiny(tmp_path / "m.pt", demo_world))
+    model.normalizer.mean.fill_(float("nan"))  # fitted on a NaN label
+    with pytest.raises(ValueError, match=r"predicts a non-finite energy or force .* normaliser holds non-finite mean"):
+        rank_samples(model, entries, RankingConfig(steps=2, progress=False))

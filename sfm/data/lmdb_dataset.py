@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import os
 import pickle
+import struct
 from pathlib import Path
 from typing import Iterable
 
@@ -30,6 +31,7 @@ from sfm.data.structure import sid_of
 REQUIRED_FIELDS = ("atomic_numbers", "pos", "cell", "natoms", "tags")
 _MAP_SIZE = 1 << 40  # virtual address space only; the file grows with what is written
 _FLOAT_FIELDS = ("pos", "cell", "pos_relaxed", "force")
+_ENERGY_FIELDS = ("y", "y_init", "y_relaxed")
 
 
 def validate(data: Data, where: str, dictionary=None) -> Data:
@@ -37,7 +39,7 @@ def validate(data: Data, where: str, dictionary=None) -> Data:
 
     ``where`` names the entry in messages (e.g. ``"data.lmdb[12] (sid 4021)"``).
     Checks: required fields present, shapes consistent with ``natoms``, finite positions,
-    a usable cell (see :func:`sfm.data.lattice.check_lattice`), atomic numbers in 1..118,
+    forces and energy labels, a usable cell (see :func:`sfm.data.lattice.check_lattice`), atomic numbers in 1..118,
     and, if a ``dictionary`` (:class:`sfm.data.dictionary.Dictionary`) is given, every
     element in it (``KeyError`` naming the element and the dictionary file).
     Normalises: ``atomic_numbers``/``tags`` long, ``fixed`` bool, float fields float32,
@@ -56,10 +58,13 @@ def validate(data: Data, where: str, dictionary=None) -> Data:
     for field in ("atomic_numbers", "tags", "fixed", "pos_relaxed", "force"):
         if field in keys and data[field].shape[0] != n:
             raise ValueError(f"{where}: {field} has {data[field].shape[0]} rows, expected natoms={n}")
-    for field in ("pos", "pos_relaxed"):
+    for field in ("pos", "pos_relaxed", "force"):
         if field in keys and not torch.isfinite(data[field]).all():
             bad = (~torch.isfinite(data[field])).any(-1).nonzero().flatten().tolist()
             raise ValueError(f"{where}: {field} has NaN/inf at atom(s) {bad[:10]}")
+    for field in _ENERGY_FIELDS:
+        if field in keys and not torch.isfinite(torch.as_tensor(data[field], dtype=torch.float64)).all():
+            raise ValueError(f"{where}: energy label {field} is {data[field]} (not finite)")
     if data.cell.numel() != 9:
         raise ValueError(f"{where}: cell must hold 3x3 entries, got shape {list(data.cell.shape)}")
     data.cell = as_cell(data.cell)[None]
@@ -101,6 +106,38 @@ def _shard_paths(path: Path) -> list[Path]:
         raise FileNotFoundError(f"no *.lmdb files in folder {path}")
     return shards
 
+
+def check_lmdb_file(path: Path) -> None:
+    """``ValueError`` naming ``path`` if it is empty, not an LMDB file, or shorter than its own
+    header says (a copy cut short: LMDB maps the file, and reading past its end kills the
+    process with SIGBUS, no message).
+
+    The header is LMDB's two meta pages (lmdb.h, 64-bit little-endian): after a 16-byte page
+    header, ``mm_magic`` 0xBEEFC0DE at +0, the page size in the free DB's ``md_pad`` at +24,
+    ``mm_last_pg`` at +120 and ``mm_txnid`` at +128; the page of the larger txnid is current,
+    and the file needs ``(mm_last_pg + 1) * page_size`` bytes.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes), not an LMDB")
+    with open(path, "rb") as f:
+        head = f.read(_META_END)
+        magic, page_size = struct.unpack_from("<I20xI", head, 16) if len(head) == _META_END else (None, 0)
+        if magic != _LMDB_MAGIC or page_size < _META_END:
+            raise ValueError(f"{path}: not an LMDB file (no LMDB header; {size} bytes)")
+        f.seek(page_size)
+        metas = [head, f.read(_META_END)]
+    if len(metas[1]) < _META_END:
+        raise ValueError(f"{path}: truncated: {size} bytes, shorter than the LMDB header itself")
+    last_page, _ = max((struct.unpack_from("<QQ", m, 136) for m in metas), key=lambda t: t[1])
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise ValueError(f"{path}: truncated: {size} bytes, but its LMDB header says {needed} "
+                         "(a copy or download cut short?)")
+
+
+_LMDB_MAGIC = 0xBEEFC0DE
+_META_END = 152  # bytes of a meta page up to the end of mm_txnid
 
 _readers: dict[str, lmdb.Environment] = {}  # this process's read-only environments
 _readers_pid = None
@@ -148,6 +185,7 @@ class LmdbDataset(torch.utils.data.Dataset):
         self.shards = [str(s.resolve()) for s in _shard_paths(self.path)]
         self._keys = []  # per shard: sorted integer keys, np.int64
         for shard in self.shards:
+            check_lmdb_file(Path(shard))
             with _reader(shard).begin() as txn:
                 keys = [k for k in txn.cursor().iternext(values=False) if k.isdigit()]
             self._keys.append(np.sort(np.array([int(k) for k in keys], dtype=np.int64)))
@@ -160,10 +198,16 @@ class LmdbDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: int) -> Data:
         shard, key = self._locate(idx)
-        where = f"{Path(self.shards[shard]).name}[{key}]"
+        where = f"{self.shards[shard]}[{key}]"
         with _reader(self.shards[shard]).begin() as txn:
             raw = txn.get(str(key).encode("ascii"))
-        data = _upgrade_legacy(pickle.loads(raw))
+        try:
+            data = _upgrade_legacy(pickle.loads(raw))
+        except Exception as err:  # any unpickling failure: re-raised, naming what failed
+            raise ValueError(f"{where} (entry {idx} of {self.path}): the value is not a readable pickle "
+                             f"({type(err).__name__}: {err})") from err
+        if not isinstance(data, Data):
+            raise ValueError(f"{where} (entry {idx} of {self.path}): holds a {type(data).__name__}, not a PyG Data")
         if "sid" in data:
             where += f" (sid {sid_of(data)})"
         return validate(data, where, self.dictionary)

@@ -158,3 +158,41 @@ def test_nan_positions_and_natoms_mismatch(tmp_path, make_structure):
     data.natoms = 99
     with pytest.raises(ValueError, match="natoms=99"):
         _dataset_with(tmp_path, data)[0]
+
+
+def test_truncated_empty_and_foreign_files_are_named_before_reading(tmp_path, make_structure):
+    """A file cut short would crash the process with SIGBUS while keys are listed: refused
+    from its header first, naming the file (alone, and as one shard of a folder)."""
+    write_lmdb(tmp_path / "whole.lmdb", [make_structure(i, natoms=40) for i in range(50)])
+    raw = (tmp_path / "whole.lmdb").read_bytes()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.lmdb").write_bytes(raw)
+    (shards / "b.lmdb").write_bytes(raw[: len(raw) // 2])  # a shard missing its tail
+    with pytest.raises(ValueError, match=rf"b\.lmdb: truncated: {len(raw) // 2} bytes, but its LMDB header says "
+                                         rf"{len(raw)}"):
+        LmdbDataset(shards)
+    (tmp_path / "cut.lmdb").write_bytes(raw[:3000])  # shorter than the second meta page
+    with pytest.raises(ValueError, match=r"cut\.lmdb: truncated: 3000 bytes"):
+        LmdbDataset(tmp_path / "cut.lmdb")
+    (shards / "b.lmdb").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"b\.lmdb: the file is empty \(0 bytes\)"):
+        LmdbDataset(shards)
+    (shards / "b.lmdb").write_bytes(b"not lmdb at all" * 100)
+    with pytest.raises(ValueError, match=r"b\.lmdb: not an LMDB file"):
+        LmdbDataset(shards)
+
+
+def test_corrupt_value_names_file_key_and_index(tmp_path, make_structure):
+    shards = tmp_path / "shards"
+    write_lmdb(shards / "a.lmdb", [make_structure(i) for i in range(3)])
+    write_lmdb(shards / "b.lmdb", [make_structure(i) for i in range(3, 6)])
+    env = lmdb.open(str(shards / "b.lmdb"), subdir=False, lock=False)
+    with env.begin(write=True) as txn:
+        txn.put(b"1", bytes(range(7, 200)))  # random bytes instead of a pickle
+    env.close()
+    dataset = LmdbDataset(shards)
+    assert int(dataset[3].sid) == 3
+    with pytest.raises(ValueError, match=r"b\.lmdb\[1\] \(entry 4 of .*shards\): the value is not a readable pickle "
+                                         r"\(UnpicklingError"):
+        dataset[4]

@@ -79,6 +79,11 @@ def load_checkpoint(path, map_location="cpu", build_fn=None):
     build_fn(**build_kwargs) builds the architecture; default `sfm.models.build_model`.
     """
     ckpt = read_consolidated(path, map_location)
+    stored, embedded = ckpt.get("dictionary"), ckpt["build_kwargs"].get("dictionary")
+    if stored is not None and embedded is not None and list(stored) != list(embedded):
+        # written before the model was built with --dict_path: it would accept elements it never saw
+        raise ValueError(f"{path}: the checkpoint's dictionary ({len(stored)} tokens) is not the one its model "
+                         f"embeds with ({len(embedded)} tokens); retrain it")
     if build_fn is None:
         from sfm.models import build_model as build_fn
     model = build_fn(**ckpt["build_kwargs"])

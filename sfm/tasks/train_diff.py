@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     try:
         model = build_model(args.model_type, head="diffusion", target=args.target, mode_probs=args.mode_probs,
                             given_tags=given_tags, placement_prob=args.placement_prob, placement_t=args.placement_t,
-                            checkpoint=args.activation_checkpointing)  # fmt: skip
+                            checkpoint=args.activation_checkpointing, dictionary=dictionary.tokens)  # fmt: skip
     except ValueError as err:  # a bad --mode_probs / --target / --placement_* reaches the user as a flag error
         parser.error(str(err))
     meta = {"task": "diffusion", "dictionary": dictionary.tokens, "args": vars(args)}

@@ -118,3 +118,35 @@ def test_s2ef_launcher_zero2_on_two_cpu_processes(demo_world, tmp_path):
 def test_diffusion_trains_under_bf16_autocast(demo_world, tmp_path):
     out = train_diff.main(flags(demo_world, tmp_path / "run", "is2re", "--bf16", "--total_num_steps", "1"))
     assert out["nonfinite_steps"] == 0 and torch.isfinite(torch.tensor(out["train"]["loss"]))
+
+
+def test_dict_path_is_the_dictionary_the_model_embeds_with(demo_world, tmp_path):
+    """--dict_path reaches the embedding; an element outside it is refused by the calculator and
+    relax_batch, naming it; a checkpoint whose stored dictionary is not its model's is refused."""
+    from ase.data import chemical_symbols
+
+    from sfm.pipeline.checkpoint import save_consolidated
+    from sfm.relax import SFMCalculator, batch_to_atoms, relax_batch
+
+    frames = [*LmdbDataset(demo_world / "s2ef_few" / "train"), *LmdbDataset(demo_world / "s2ef_few" / "val_id")]
+    present = sorted({int(z) for d in frames for z in d.atomic_numbers})
+    tokens = ["<pad>", "<mask>", *(chemical_symbols[z] for z in present)]
+    (tmp_path / "small.txt").write_text("\n".join(tokens) + "\n")
+    train_s2ef.main(flags(demo_world, tmp_path / "run", "s2ef_few", "--dict_path", str(tmp_path / "small.txt"),
+                          "--total_num_steps", "1"))  # fmt: skip
+    model = sfm.load_checkpoint(tmp_path / "run" / "model.pt")
+    assert model.checkpoint["dictionary"] == model.checkpoint["build_kwargs"]["dictionary"] == tokens
+    assert model.backbone.atom_tokens.num_tokens == len(tokens)
+    iron = frames[0].clone()
+    iron.atomic_numbers[0] = 26
+    atoms = batch_to_atoms(collate([iron]))[0]
+    atoms.calc = SFMCalculator(tmp_path / "run" / "model.pt")
+    with pytest.raises(KeyError, match=r"\['Fe'\] are not in the model's dictionary"):
+        atoms.get_potential_energy()
+    with pytest.raises(KeyError, match=r"\['Fe'\] are not in the model's dictionary"):
+        relax_batch(model, collate([iron]), steps=1)
+    save_consolidated(tmp_path / "mixed.pt", state_dict=build_model("tiny").state_dict(),
+                      build_kwargs=build_model("tiny").build_kwargs, meta={"task": "s2ef", "dictionary": tokens})  # fmt: skip
+    with pytest.raises(ValueError, match=rf"mixed\.pt: the checkpoint's dictionary \({len(tokens)} tokens\) is not "
+                                         "the one its model embeds with"):
+        sfm.load_checkpoint(tmp_path / "mixed.pt")

@@ -34,6 +34,10 @@ class ShardedBatches:
     def __len__(self) -> int:
         return math.ceil(self.sampler.num_samples / self.batch_size)
 
+    def batch_len(self, k: int) -> int:
+        """Structures in this rank's batch ``k`` of an epoch (the last one may be short)."""
+        return min(self.batch_size, self.sampler.num_samples - k * self.batch_size)
+
     def epoch(self, epoch: int, start: int = 0):
         self.sampler.set_epoch(epoch)
         indices = list(self.sampler)[start * self.batch_size :]

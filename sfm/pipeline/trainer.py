@@ -91,7 +91,9 @@ class TrainState:
     batch_in_epoch: int = 0  # micro-batches of this rank already taken from the current epoch
     nonfinite_steps: int = 0  # steps skipped for non-finite loss / gradients, in total
     consecutive_nonfinite: int = 0
-    empty_batches: int = 0  # micro-batches skipped because max_sites emptied them
+    empty_batches: int = 0  # micro-batches skipped because max_sites emptied them (on some rank)
+    consecutive_empty: int = 0
+    dropped_structures: int = 0  # training structures not trained on because of max_sites, all ranks
 
 
 class NonFiniteTraining(RuntimeError):
@@ -212,6 +214,7 @@ def _train(model, train_set, valid_set, cfg, meta, collate_fn, dist: Dist, resum
 
         if state.step % cfg.log_interval == 0 or state.step == run.total_steps:
             last_train = tally.reduce(dist)
+            state.dropped_structures += last_train["dropped_structures"]
             last_train.update(epoch=state.epoch, nonfinite_steps=state.nonfinite_steps,
                               peak_mem_gb=peak_memory_gb(dist.device))  # fmt: skip
             log.write("train", state.step, last_train)
@@ -286,13 +289,22 @@ def _accumulate_gradients(run: _Run, state: TrainState, data, tally: "Tally"):
     accum, epoch_done, micro = run.cfg.gradient_accumulation_steps, False, 0
     while micro < accum:
         batch = next(data)
+        size = run.train_batches.batch_len(state.batch_in_epoch)
         state.batch_in_epoch += 1
         if state.batch_in_epoch == len(run.train_batches):
             state.epoch, state.batch_in_epoch, epoch_done = state.epoch + 1, 0, True
             data = iter(run.train_batches.epoch(state.epoch))
         if run.cfg.max_sites and not all_ranks_agree(batch is not None and batch.num_graphs > 0, run.dist):
             state.empty_batches += 1
+            state.consecutive_empty += 1
+            tally.dropped += size  # none of this rank's batch is trained on
+            if state.consecutive_empty >= len(run.train_batches):  # a whole epoch read without a step
+                raise ValueError(f"--max_sites {run.cfg.max_sites} drops every training structure "
+                                 f"({state.consecutive_empty} batches in a row, a whole epoch, were empty); "
+                                 "raise it (0: no limit)")  # fmt: skip
             continue
+        state.consecutive_empty = 0
+        tally.dropped += getattr(batch, "num_dropped", 0)
         batch = batch.to(run.dist.device)
         loss, parts = run.engine.loss(batch, sync=micro == accum - 1)
         run.engine.backward(loss)
@@ -346,6 +358,10 @@ def save_checkpoint(run: _Run, state: TrainState, build_kwargs: dict) -> Path:
 
 def _finish(run: _Run, state: TrainState, log: RunLog, last_ckpt, last_train: dict, last_valid: dict) -> dict:
     """Copy the last consolidated checkpoint to save_dir/model.pt; the run's summary."""
+    if run.cfg.max_sites:
+        log.echo(f"[sfm] --max_sites {run.cfg.max_sites}: {state.dropped_structures} training structures were not "
+                 f"trained on ({state.empty_batches} micro-batches empty); validation dropped "
+                 f"{last_valid.get('dropped_structures', 0)} in its last pass")  # fmt: skip
     final = None
     if run.dist.is_main and last_ckpt is not None:
         final = run.save_dir / "model.pt"
@@ -358,6 +374,7 @@ def _finish(run: _Run, state: TrainState, log: RunLog, last_ckpt, last_train: di
         "valid": last_valid,
         "nonfinite_steps": state.nonfinite_steps,
         "empty_batches": state.empty_batches,
+        "dropped_structures": state.dropped_structures,
         "checkpoint": str(final) if final else None,
     }
 
@@ -377,6 +394,7 @@ class Tally:
         self.counts: dict[str, torch.Tensor] = {}
         self.structures = 0
         self.atoms = 0
+        self.dropped = 0  # structures max_sites kept out of training
         self.nonfinite = 0.0
         self.seconds = 0.0
         self.cpu_seconds = 0.0
@@ -400,7 +418,8 @@ class Tally:
         vec = torch.stack(
             [self.sums.get(k, zero) for k in keys]
             + [self.counts.get(k, zero) for k in keys]
-            + [zero + self.structures, zero + self.atoms, zero + self.nonfinite, zero + self.cpu_seconds]
+            + [zero + self.structures, zero + self.atoms, zero + self.nonfinite, zero + self.cpu_seconds,
+               zero + self.dropped]
         )
         vec = all_reduce_sum(vec, dist).tolist()
         n = len(keys)
@@ -415,6 +434,7 @@ class Tally:
             atoms_per_s=vec[2 * n + 1] / elapsed,
             nonfinite_losses=int(vec[2 * n + 2]),
             structures_per_cpu_s=vec[2 * n] / max(vec[2 * n + 3], 1e-9),
+            dropped_structures=int(vec[2 * n + 4]),
         )
         return out
 
@@ -429,12 +449,15 @@ def validate(engine, ema, batches: ShardedBatches, cfg: TrainConfig, dist: Dist)
     sums: dict[str, float] = {}
     structures = 0.0
     nonfinite = 0
+    dropped = 0
     devices = [dist.device.index] if dist.device.type == "cuda" else []
     with engine.ema_weights(ema), torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(cfg.seed + dist.rank)
-        for batch in batches.epoch(0):
+        for k, batch in enumerate(batches.epoch(0)):
             if cfg.max_sites and not all_ranks_agree(batch is not None and batch.num_graphs > 0, dist):
+                dropped += batches.batch_len(k)
                 continue
+            dropped += getattr(batch, "num_dropped", 0)
             batch = batch.to(dist.device)
             with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss, parts = engine.net(batch)
@@ -447,9 +470,10 @@ def validate(engine, ema, batches: ShardedBatches, cfg: TrainConfig, dist: Dist)
                 sums[key] = sums.get(key, 0.0) + float(value) * n
     engine.net.train()
     keys = union_of_keys(list(sums), dist)
-    vec = torch.tensor([sums.get(k, 0.0) for k in keys] + [structures, nonfinite], dtype=torch.float64, device=dist.device)
+    vec = torch.tensor([sums.get(k, 0.0) for k in keys] + [structures, nonfinite, dropped], dtype=torch.float64,
+                       device=dist.device)  # fmt: skip
     vec = all_reduce_sum(vec, dist).tolist()
     n = len(keys)
     out = {k: vec[i] / vec[n] if vec[n] else math.nan for i, k in enumerate(keys)}
-    out.update(structures=int(vec[n]), nonfinite_batches=int(vec[n + 1]))
+    out.update(structures=int(vec[n]), nonfinite_batches=int(vec[n + 1]), dropped_structures=int(vec[n + 2]))
     return out

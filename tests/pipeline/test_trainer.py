@@ -142,10 +142,21 @@ def test_repeated_nonfinite_stops_with_a_clear_message(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
 
 
-def test_max_sites_skips_empty_batches(tmp_path):
+def test_max_sites_skips_empty_batches_and_counts_what_it_dropped(tmp_path, capsys):
     data = toy_structures(8, natoms=(3, 8))
-    out = train(fresh_model(), data, None, config(tmp_path, total_num_steps=6, train_batch_size=1, max_sites=5))
+    too_big = sum(d.num_nodes > 5 for d in data)
+    out = train(fresh_model(), data, data, config(tmp_path, total_num_steps=6, train_batch_size=1, max_sites=5))
     assert out["step"] == 6 and out["empty_batches"] > 0
+    assert out["dropped_structures"] == out["empty_batches"]  # one structure per batch
+    assert out["valid"]["dropped_structures"] == too_big > 0
+    assert (f"--max_sites 5: {out['dropped_structures']} training structures were not trained on "
+            f"({out['empty_batches']} micro-batches empty); validation dropped {too_big}") in capsys.readouterr().out
+
+
+def test_max_sites_below_every_structure_stops_with_a_clear_message(tmp_path):
+    data = toy_structures(6, natoms=(6, 8))
+    with pytest.raises(ValueError, match=r"--max_sites 5 drops every training structure \(3 batches in a row"):
+        train(fresh_model(), data, None, config(tmp_path, total_num_steps=4, train_batch_size=2, max_sites=5))
 
 
 def test_bf16_autocast_step(tmp_path):

@@ -144,3 +144,16 @@ def test_build_kwargs_rebuild_and_predict(eqv2_cell):
         build_model("tiny", head="nope")
     with pytest.raises(TypeError):
         build_model("tiny", not_an_option=1)
+
+
+def test_nan_force_label_on_a_free_atom_is_named_at_fitting_time(make_structure, tmp_path):
+    from sfm.data import LmdbDataset, write_lmdb
+
+    frames = [make_structure(i, s2ef=True) for i in range(4)]
+    free = int((frames[2].fixed == 0).nonzero()[0])
+    frames[2].force[free, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite force label on a free atom in item 2 of the fitted data \(sid 2\)"):
+        build_model("tiny", head="s2ef").fit_normalizer(frames)
+    write_lmdb(tmp_path / "frames.lmdb", frames)
+    with pytest.raises(ValueError, match=rf"frames\.lmdb\[2\] \(sid 2\): force has NaN/inf at atom\(s\) \[{free}\]"):
+        LmdbDataset(tmp_path / "frames.lmdb")[2]

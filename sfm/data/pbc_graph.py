@@ -55,6 +55,11 @@ def radius_graph_pbc(
     """
     if not cutoff > 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
+    bad_atoms, bad_cells = ~torch.isfinite(frac).all(-1), ~torch.isfinite(lattice).flatten(1).all(-1)
+    if bad_atoms.any() or bad_cells.any():  # else the image search fails with an IndexError
+        graphs = sorted(set(batch[bad_atoms].tolist()) | set(bad_cells.nonzero().flatten().tolist()))
+        raise ValueError(f"radius_graph_pbc: non-finite positions or lattice in structure(s) {graphs[:10]} of the "
+                         "batch (graph index)")
     lattice = lattice.to(frac.dtype)
     periodic = torch.tensor(pbc, dtype=torch.bool, device=frac.device)
     shift = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))

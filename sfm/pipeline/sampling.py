@@ -58,7 +58,7 @@ from sfm.models.diffusion.samplers import DEFAULT_STEPS, check_options, sample
 from sfm.models.diffusion.samplers import SAMPLERS as MODEL_SAMPLERS
 from sfm.pipeline.distributed import all_reduce_sum, barrier, setup_distributed, teardown_distributed
 from sfm.pipeline.sample_inputs import CompositionInputs, LmdbInputs, parse_compositions
-from sfm.pipeline.sample_store import SampleStore, done_keys
+from sfm.pipeline.sample_store import SampleStore, done_keys, sample_key
 
 SAMPLERS = MODEL_SAMPLERS + BASELINES
 # settings that define the samples: a rerun into the same save_dir must keep them
@@ -305,7 +305,7 @@ def run_sampling(cfg: GenConfig) -> dict:
             todo.append((items, missing))
     total = sum(sum(m) for _, m in todo)
 
-    stats = {"written": 0, "non_finite": 0, "network_calls": 0, "nfe_samples": 0}
+    stats = {"written": 0, "network_calls": 0, "nfe_samples": 0}
     bar = _progress(total, cfg, dist.is_main)
     start = time.perf_counter()
     with SampleStore(cfg.save_dir, dist.rank) as store:
@@ -319,10 +319,12 @@ def run_sampling(cfg: GenConfig) -> dict:
             nfe = (counter.calls - calls) if counter else 0
             records = records_of(batch, data, items, pos, cell, cfg, nfe)
             keep = [r for r, m in zip(records, missing) if m]
-            finite = [r for r in keep if torch.isfinite(r.pos).all() and torch.isfinite(r.cell).all()]
-            store.write(finite)
-            stats["written"] += len(finite)
-            stats["non_finite"] += len(keep) - len(finite)
+            broken = [sample_key(r) for r in keep if not (torch.isfinite(r.pos).all() and torch.isfinite(r.cell).all())]
+            if broken:  # never dropped quietly: a run that "holds no entries" at the end says nothing
+                raise FloatingPointError(f"{len(broken)} sample(s) have non-finite positions or cell ((sid, sample_idx) "
+                                         f"{broken[:10]}); stopping, the samples written so far in {cfg.save_dir} are kept")
+            store.write(keep)
+            stats["written"] += len(keep)
             stats["network_calls"] += nfe
             stats["nfe_samples"] += nfe * len(keep)
             if bar is not None:
@@ -351,12 +353,12 @@ def _summarise(stats: dict, elapsed: float, num_inputs: int, cfg: GenConfig, dis
 
         tdist.all_reduce(wall, op=tdist.ReduceOp.MAX)
     out = {k: int(v) for k, v in zip(keys, totals.tolist())}
-    made = out["written"] + out["non_finite"]
+    made = out["written"]
     wall_s = float(wall.item())
     return {
         "mode": cfg.mode, "sampler": cfg.sampler, "steps": cfg.steps, "t_start": cfg.t_start, "renoise": cfg.renoise, "churn": cfg.churn,
         "inputs": num_inputs, "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "world_size": dist.world_size,
-        "device": str(device), "samples_written_this_run": out["written"], "non_finite_skipped": out["non_finite"],
+        "device": str(device), "samples_written_this_run": out["written"],
         "network_calls_per_sample": (out["nfe_samples"] / made) if made else None,
         "network_calls_this_run": out["network_calls"], "sampling_wall_s": round(wall_s, 3),
         "samples_per_s": (made / wall_s) if made and wall_s > 0 else None,

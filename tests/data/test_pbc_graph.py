@@ -136,3 +136,17 @@ def test_degenerate_cell_raises(cell):
     lattice = torch.stack([torch.eye(3) * 10, torch.tensor(cell)])
     with pytest.raises(ValueError, match="graph 1: .*degenerate"):
         radius_graph_pbc(torch.rand(4, 3), lattice, torch.tensor([0, 0, 1, 1]), 6.0)
+
+
+def test_non_finite_positions_or_lattice_are_named():
+    frac = torch.rand(6, 3, dtype=torch.float64)
+    lattice = torch.eye(3, dtype=torch.float64).expand(3, 3, 3) * 5.0
+    batch = torch.tensor([0, 0, 1, 1, 2, 2])
+    frac[3, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite positions or lattice in structure\(s\) \[1\] of the batch"):
+        radius_graph_pbc(frac, lattice, batch, 3.0)
+    frac[3, 0] = 0.5
+    lattice = lattice.clone()
+    lattice[2, 1, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"structure\(s\) \[2\]"):
+        radius_graph_pbc(frac, lattice, batch, 3.0)

@@ -157,3 +157,14 @@ def test_nan_force_label_on_a_free_atom_is_named_at_fitting_time(make_structure,
     write_lmdb(tmp_path / "frames.lmdb", frames)
     with pytest.raises(ValueError, match=rf"frames\.lmdb\[2\] \(sid 2\): force has NaN/inf at atom\(s\) \[{free}\]"):
         LmdbDataset(tmp_path / "frames.lmdb")[2]
+
+
+def test_nan_positions_through_the_api_are_refused_where_the_graph_is_built(make_structure):
+    """Past the reader's checks (a Data built in Python): a clear error, not an IndexError."""
+    from sfm.data import collate
+
+    items = [make_structure(i, s2ef=True) for i in range(3)]
+    batch = collate(items)
+    batch.pos[batch.ptr[1] + 2, 0] = float("nan")  # an atom of the second structure
+    with pytest.raises(ValueError, match=r"non-finite positions or lattice in structure\(s\) \[1\]"):
+        build_model("tiny", head="s2ef").predict(batch)

@@ -288,3 +288,14 @@ def test_test_split_scores_no_relaxed_metrics(world, tmp_path, capsys):
     m = out["metrics"]
     assert "adwt@1" not in m and "match@1" not in m and "no pos_relaxed" in m["skipped"]["match, ADwT, distance"]
     assert "skipped: match, ADwT, distance" in capsys.readouterr().out
+
+
+def test_non_finite_model_output_stops_sampling_naming_the_structures(world, tmp_path):
+    ckpt, _ = world
+    saved = torch.load(ckpt, weights_only=True)
+    name = next(k for k, v in saved["state_dict"].items() if v.is_floating_point() and "coord" in k)
+    saved["state_dict"][name] = torch.full_like(saved["state_dict"][name], float("nan"))
+    torch.save(saved, tmp_path / "nan.pt")
+    with pytest.raises(FloatingPointError, match=r"diffusion model's output is not finite at t = 1 for 3 structure\(s\) "
+                                                 r"\(sid 100, sid 101, sid 102\)"):
+        run_sampling(config(world, tmp_path / "out", checkpoint=str(tmp_path / "nan.pt")))

@@ -38,6 +38,7 @@ from typing import Callable
 import torch
 
 from sfm.data.lattice import as_cells, frac_to_cart, wrap_frac
+from sfm.data.structure import name_structures
 from sfm.models.diffusion import wrapped_normal
 from sfm.models.diffusion.lattice_noise import canonical, sym_noise
 from sfm.models.diffusion.masks import Masks, mode_masks
@@ -53,6 +54,7 @@ class _Run:
         self.model = model
         self.batch = batch.batch
         self.numbers = batch.atomic_numbers.long()
+        self.input = batch  # names its structures in errors
         self.masks = masks
         self.num_graphs = batch.num_graphs
         self.free = ~masks.atom_given[:, None]  # [N, 1] generated atoms move
@@ -85,6 +87,12 @@ class _Run:
         sigma_graph = self.model.frac_process.sigma(tt, self.lengths)
         coord, eps = self.model.predict(self.numbers, x, self.lattice(z), self.batch, tt, sigma_graph, self.masks,
                                         self.latent(z))  # fmt: skip
+        bad = ~torch.isfinite(eps).flatten(1).all(-1)
+        bad[self.batch[~torch.isfinite(coord).all(-1)]] = True
+        if bad.any():  # stop here: a NaN state would only fail later, far from its cause
+            raise FloatingPointError(f"the diffusion model's output is not finite at t = {t:.4g} for {int(bad.sum())} "
+                                     f"structure(s) ({name_structures(self.input, bad.nonzero().flatten()[:10])}): "
+                                     "the checkpoint is broken or the input far from its training data")
         sigma = sigma_graph[self.batch]
         return coord * wrapped_normal.score_norm(sigma), self.model.lattice_process.clip_eps(z, eps, tt)
 

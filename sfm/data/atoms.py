@@ -12,18 +12,27 @@ from ase import Atoms
 from ase.constraints import FixAtoms
 from torch_geometric.data import Data
 
-from sfm.data.lattice import as_cells
+from sfm.data.lattice import as_cells, check_lattice
 from sfm.data.structure import fixed_mask
 
 
 def atoms_to_data(atoms: Atoms, dtype=torch.float32, **extra) -> Data:
-    """One structure as Data; `fixed` = atoms held by FixAtoms constraints. `extra` added as is."""
+    """One structure as Data; `fixed` = atoms held by FixAtoms constraints. `extra` added as is.
+
+    ValueError naming the structure if its cell is not a usable 3-D cell (sfm's graphs are
+    periodic in a, b and c: a molecule or a slab needs a box with vacuum)."""
+    cell = np.asarray(atoms.get_cell())
+    if atoms.cell.rank < 3:
+        raise ValueError(f"{atoms.get_chemical_formula()}: sfm needs a 3-D periodic cell (rows a, b, c), this one "
+                         f"has {atoms.cell.rank} nonzero vector(s): {cell.tolist()}; put a molecule or a slab in a box "
+                         "with vacuum, e.g. atoms.center(vacuum=10) or atoms.center(vacuum=10, axis=2)")  # fmt: skip
+    check_lattice(torch.as_tensor(cell), name=f"{atoms.get_chemical_formula()}: cell")
     fixed = np.zeros(len(atoms), dtype=bool)
     for c in atoms.constraints:
         if isinstance(c, FixAtoms):
             fixed[c.get_indices()] = True
     return Data(pos=torch.as_tensor(atoms.get_positions(), dtype=dtype),
-                cell=torch.as_tensor(np.asarray(atoms.get_cell()), dtype=dtype)[None],
+                cell=torch.as_tensor(cell, dtype=dtype)[None],
                 atomic_numbers=torch.as_tensor(atoms.get_atomic_numbers(), dtype=torch.long),
                 natoms=len(atoms), tags=torch.as_tensor(atoms.get_tags(), dtype=torch.long),
                 fixed=torch.as_tensor(fixed), **extra)

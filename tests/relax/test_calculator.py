@@ -66,3 +66,18 @@ def test_checkpoint_path(atoms, tmp_path):
     a, b = atoms.copy(), atoms.copy()
     a.calc, b.calc = SFMCalculator(tmp_path / "model.pt"), SFMCalculator(net)
     np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell, rank", [(None, 0), ([[6.0, 0, 0], [0, 6, 0], [0, 0, 0]], 2)])
+def test_a_cell_that_is_not_3d_is_refused_with_what_to_do(cell, rank):
+    from ase.build import molecule
+
+    atoms = molecule("CO")
+    if cell is not None:
+        atoms.set_cell(cell)
+    atoms.calc = SFMCalculator(model("direct"))
+    with pytest.raises(ValueError, match=rf"CO: sfm needs a 3-D periodic cell .* has {rank} nonzero vector\(s\).*"
+                                         r"atoms\.center\(vacuum=10\)"):
+        atoms.get_potential_energy()
+    atoms.center(vacuum=5.0)  # what the message says: now a usable box
+    assert np.isfinite(atoms.get_potential_energy())

@@ -10,7 +10,9 @@ Reads (each optional; a missing input turns its section into a note saying what 
   run_dir/score/*/scores.json, samples.csv, scored.lmdb     scoring / relaxation (score.py)
   demo_dir/is2re/val_id                                     reference relaxed structures (pos_relaxed, y_relaxed)
   run_dir/timings.txt                                       stage times
-Writes out (default run_dir/report)/report.md, report.json and *.png (matplotlib, Agg).
+Writes out (default run_dir/report)/report.md, report.json and *.png (matplotlib, Agg). An input
+that exists but cannot be read fails its section: the report still shows the others, marks it
+failed, and the command exits non-zero naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import argparse
 import csv
 import json
 import math
+import sys
+import traceback
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -28,7 +32,8 @@ from sfm.data.structure import sid_of
 from sfm.eval import figures
 
 SKIP_KEYS = {"split", "step", "time", "lr", "grad_norm", "structures_per_s", "atoms_per_s", "structures_per_cpu_s",
-             "epoch", "peak_mem_gb", "structures", "nonfinite_batches", "nonfinite_losses", "nonfinite_steps"}
+             "epoch", "peak_mem_gb", "structures", "nonfinite_batches", "nonfinite_losses", "nonfinite_steps",
+             "dropped_structures"}
 
 
 def _finite(x):
@@ -49,7 +54,7 @@ class Report:
     def __init__(self, out: Path):
         self.out = out
         self.md: list[str] = []
-        self.data: dict = {"sections": {}, "missing": []}
+        self.data: dict = {"sections": {}, "missing": [], "failed": []}
 
     def section(self, title: str):
         self.md += ["", f"## {title}", ""]
@@ -67,7 +72,15 @@ class Report:
 
 # --------------------------------------------------------------------------------------------- training
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The trainer's records; ValueError naming the file and line of one that is not JSON."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {n}: not a JSON record ({err})") from err
+    return out
 
 
 def training_section(rep: Report, run_dir: Path):
@@ -173,10 +186,10 @@ def sampling_section(rep: Report, run_dir: Path):
         try:
             rows.append(row(path))
             m = json.loads(path.read_text())
-            out[path.parent.name] = {"run": {k: v for k, v in m["run"].items() if not isinstance(v, (dict, list))},
-                                     "metrics": m.get("metrics")}
         except (KeyError, ValueError) as err:
-            rep.missing(f"{path}: unreadable ({err})")
+            raise ValueError(f"{path}: unreadable ({type(err).__name__}: {err})") from err
+        out[path.parent.name] = {"run": {k: v for k, v in m["run"].items() if not isinstance(v, (dict, list))},
+                                 "metrics": m.get("metrics")}
     rep.md.append("`*_ode`: the trained model, few-step ODE sampler from noise; `*_denoise`: the same model started "
                   "from the initial placement, taken as a noisy structure (`--t_start --no_renoise`); "
                   "`*_initial`: the relaxation's starting placement; "
@@ -387,8 +400,10 @@ def main(argv=None) -> dict:
                      ("timings", lambda: timings(rep, run_dir))):
         try:
             fn()
-        except Exception as err:  # one broken section must not hide the others
-            rep.missing(f"{name} section failed: {type(err).__name__}: {err}")
+        except Exception as err:  # one broken section must not hide the others; the exit status says it failed
+            traceback.print_exc()
+            rep.md.append(f"_Failed: {type(err).__name__}: {err}._")
+            rep.data["failed"].append(f"{name}: {type(err).__name__}: {err}")
     glance = at_a_glance(rep.data["sections"])
     rep.md[3:3] = ["", "## At a glance", "", *[f"- {line}" for line in glance]] if glance else []
     rep.data.update(run_dir=str(run_dir), demo_dir=str(demo_dir))
@@ -397,19 +412,21 @@ def main(argv=None) -> dict:
     print(f"[report] {out / 'report.md'} ({len(rep.data['missing'])} missing inputs)")
     for m in rep.data["missing"]:
         print(f"[report]   missing: {m}")
+    if rep.data["failed"]:
+        sys.exit("[report] failed section(s):\n" + "\n".join(f"[report]   {f}" for f in rep.data["failed"]))
     return rep.data
 
 
 def _guess_demo(run_dir: Path) -> Path | None:
-    """The demo world the S2EF model was trained on (its checkpoint's train_data_path, two folders up)."""
-    try:
-        import torch
+    """The demo world the S2EF model was trained on (its checkpoint's train_data_path, two folders up);
+    None without a checkpoint (an unreadable one raises)."""
+    from sfm.pipeline.checkpoint import read_consolidated
 
-        meta = torch.load(run_dir / "s2ef" / "model.pt", map_location="cpu", weights_only=False)
-        train = meta.get("args", {}).get("train_data_path")
-        return Path(train).parent.parent if train else None
-    except Exception:
+    path = run_dir / "s2ef" / "model.pt"
+    if not path.exists():
         return None
+    train = read_consolidated(path).get("args", {}).get("train_data_path")
+    return Path(train).parent.parent if train else None
 
 
 if __name__ == "__main__":

@@ -70,3 +70,22 @@ def test_missing_inputs_are_named_not_fatal(tmp_path, capsys):
     assert "diffusion training records" in md
     with pytest.raises(SystemExit):
         report.main(["--run_dir", str(tmp_path / "nope")])
+
+
+def test_an_unreadable_input_fails_the_command_naming_it(tmp_path, capsys):
+    """A corrupt metrics.jsonl (or metrics.json) is not a "missing" input: the report marks the
+    section failed, keeps the others, and exits non-zero naming the file."""
+    run = tmp_path / "run"
+    records(run / "s2ef" / "metrics.jsonl", ["energy"])
+    with open(run / "s2ef" / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 21, "loss": 0.1\n')  # cut short
+    (run / "gen" / "broken").mkdir(parents=True)
+    (run / "gen" / "broken" / "metrics.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--run_dir", str(run)])
+    message = str(exit_info.value.code)
+    assert "training: ValueError: " in message and "metrics.jsonl line 25: not a JSON record" in message
+    assert "sampling: ValueError: " in message and "broken/metrics.json: unreadable (JSONDecodeError" in message
+    md = (run / "report" / "report.md").read_text()
+    assert md.count("_Failed:") == 2 and "_Missing:" in md  # the other sections are still there
+    assert json.loads((run / "report" / "report.json").read_text())["failed"][0].startswith("training")

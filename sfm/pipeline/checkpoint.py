@@ -3,6 +3,7 @@
 Layout of a run's `save_dir`:
 
     save_dir/config.json               resolved training config (also inside every checkpoint)
+    save_dir/run.lock                  held by the running trainer: a second run here is refused (run_lock.py)
     save_dir/metrics.jsonl, tb/        logs
     save_dir/model.pt                  consolidated checkpoint of the finished run
     save_dir/checkpoints/latest        name of the last complete checkpoint (written last)

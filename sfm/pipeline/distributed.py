@@ -9,6 +9,7 @@ go looking for MPI). Backend: nccl on GPU, gloo on CPU.
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,8 @@ def setup_distributed(strategy: str) -> Dist:
     """Initialise the process group for `strategy` (none for Single) and pick this rank's device."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker
+        exit_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if strategy == "Single":
         if world_size > 1:
@@ -79,6 +82,23 @@ def setup_distributed(strategy: str) -> Dist:
 
             deepspeed.init_distributed(dist_backend=backend)
     return Dist(strategy, tdist.get_rank(), tdist.get_world_size(), local_rank, device)
+
+
+def exit_with_launcher() -> None:
+    """Linux: this worker gets SIGTERM when its parent (the torchrun launcher) dies, so that killing
+    only the launcher (kill -9 included) ends the run instead of leaving its workers running."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):  # prctl is Linux's; elsewhere workers outlive a killed launcher
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1  # linux/prctl.h
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the launcher died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def teardown_distributed() -> None:

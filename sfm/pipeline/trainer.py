@@ -18,6 +18,7 @@ training set by all ranks together (DistributedSampler shards it, padding the la
 every rank takes the same number of steps).
 """
 
+import contextlib
 import json
 import math
 import random
@@ -50,6 +51,7 @@ from sfm.pipeline.distributed import (
 )
 from sfm.pipeline.ema import EMA
 from sfm.pipeline.engine import build_engine
+from sfm.pipeline.run_lock import RunLock
 from sfm.pipeline.run_log import RunLog, peak_memory_gb
 from sfm.pipeline.schedule import cosine_lr
 
@@ -160,10 +162,12 @@ def train(model, train_set, valid_set, cfg: TrainConfig, meta: dict | None = Non
         from sfm.data import collate
 
         collate_fn = partial(collate, max_sites=cfg.max_sites or None)
-    resume_dir = resolve_resume(cfg) if resume_dir is UNRESOLVED else resume_dir
     dist = setup_distributed(cfg.strategy)
     try:
-        return _train(model, train_set, valid_set, cfg, dict(meta or {}), collate_fn, dist, resume_dir)
+        # rank 0 holds save_dir for the run's lifetime (run_lock.py): a second run on it is refused
+        with RunLock(cfg.save_dir) if dist.is_main else contextlib.nullcontext():
+            resume_dir = resolve_resume(cfg) if resume_dir is UNRESOLVED else resume_dir
+            return _train(model, train_set, valid_set, cfg, dict(meta or {}), collate_fn, dist, resume_dir)
     finally:
         teardown_distributed()
 

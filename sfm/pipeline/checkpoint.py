@@ -26,6 +26,7 @@ needs neither DeepSpeed nor the command line of the run that wrote it.
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,4 +131,7 @@ def mark_latest(ckpt_root, tag: str, keep: int) -> None:
         tags = sorted(p for p in root.glob("step_*") if p.is_dir())
         for old in tags[:-keep]:
             if old.name != tag:
-                shutil.rmtree(old, ignore_errors=True)
+                try:
+                    shutil.rmtree(old)
+                except OSError as err:  # the run goes on, but a disk filling with old checkpoints is said
+                    print(f"[sfm] warning: could not delete the old checkpoint {old}: {err}", file=sys.stderr, flush=True)

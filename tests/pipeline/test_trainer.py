@@ -231,3 +231,20 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert [(x["step"], x["loss"]) for x in resumed] == [(x["step"], x["loss"]) for x in full]
     a, b = read_consolidated(tmp_path / "full" / "model.pt"), read_consolidated(tmp_path / "killed" / "model.pt")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_an_old_checkpoint_that_cannot_be_deleted_is_reported(tmp_path, monkeypatch, capsys):
+    import shutil as shutil_module
+
+    from sfm.pipeline.checkpoint import mark_latest
+
+    for tag in ("step_0000001", "step_0000002"):
+        (tmp_path / tag).mkdir()
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(f"cannot remove {path}")
+
+    monkeypatch.setattr(shutil_module, "rmtree", refuse)
+    mark_latest(tmp_path, "step_0000002", keep=1)
+    assert (tmp_path / "latest").read_text().strip() == "step_0000002"
+    assert "could not delete the old checkpoint" in capsys.readouterr().err and (tmp_path / "step_0000001").is_dir()

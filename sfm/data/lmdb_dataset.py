@@ -207,7 +207,7 @@ class LmdbDataset(torch.utils.data.Dataset):
             raise ValueError(f"{where} (entry {idx} of {self.path}): the value is not a readable pickle "
                              f"({type(err).__name__}: {err})") from err
         if not isinstance(data, Data):
-            raise ValueError(f"{where} (entry {idx} of {self.path}): holds a {type(data).__name__}, not a PyG Data")
+            raise TypeError(f"{where} (entry {idx} of {self.path}): holds a {type(data).__name__}, not a PyG Data")
         if "sid" in data:
             where += f" (sid {sid_of(data)})"
         return validate(data, where, self.dictionary)

@@ -28,7 +28,8 @@ Given atoms (``inpaint``: tags in ``given_tags``) sit at the input's ``pos`` (or
 given, as is a given lattice.
 
 Output: ``save_dir/run.json`` (the settings that define the samples; a rerun with other
-settings in the same ``save_dir`` is refused) and ``save_dir/samples/`` (``sample_store.py``).
+settings in the same ``save_dir`` is refused), ``save_dir/samples/`` (``sample_store.py``) and
+``save_dir/run.lock`` (held by rank 0 while sampling: a second run on the folder is refused).
 Each sample entry holds ``pos``, ``cell [1,3,3]``, ``atomic_numbers``, ``natoms``, ``tags``,
 ``fixed``, ``sid``, ``sample_idx``, ``input_index``, ``generated [n]`` (bool: this atom was
 generated), ``mode``, ``sampler``, ``steps``, ``t_start``, ``nfe`` (network calls of its
@@ -37,6 +38,7 @@ trajectory), ``seed``, and ``formula`` for composition inputs.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -57,6 +59,7 @@ from sfm.models.diffusion.masks import MODES
 from sfm.models.diffusion.samplers import DEFAULT_STEPS, check_options, sample
 from sfm.models.diffusion.samplers import SAMPLERS as MODEL_SAMPLERS
 from sfm.pipeline.distributed import all_reduce_sum, barrier, setup_distributed, teardown_distributed
+from sfm.pipeline.run_lock import RunLock
 from sfm.pipeline.sample_inputs import CompositionInputs, LmdbInputs, parse_compositions
 from sfm.pipeline.sample_store import SampleStore, done_keys, sample_key
 
@@ -276,6 +279,12 @@ def run_sampling(cfg: GenConfig) -> dict:
     check_config(cfg)
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dist = setup_distributed("DDP" if multi else "Single")
+    # rank 0 holds save_dir while sampling (run_lock.py): two runs appending to the same files would mix
+    with RunLock(cfg.save_dir) if dist.is_main else contextlib.nullcontext():
+        return _sample(cfg, dist)
+
+
+def _sample(cfg: GenConfig, dist) -> dict:
     device = _device(cfg, dist.local_rank)
     model = load_model(cfg.checkpoint, device) if needs_model(cfg) else None
     placement_t = getattr(model, "placement_t", None) if getattr(model, "placement_prob", 0) > 0 else None

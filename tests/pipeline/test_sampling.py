@@ -299,3 +299,11 @@ def test_non_finite_model_output_stops_sampling_naming_the_structures(world, tmp
     with pytest.raises(FloatingPointError, match=r"diffusion model's output is not finite at t = 1 for 3 structure\(s\) "
                                                  r"\(sid 100, sid 101, sid 102\)"):
         run_sampling(config(world, tmp_path / "out", checkpoint=str(tmp_path / "nan.pt")))
+
+
+def test_a_second_sampling_run_on_the_same_save_dir_is_refused(world, tmp_path):
+    from sfm.pipeline.run_lock import RunLock, RunLocked
+
+    with RunLock(tmp_path / "out"), pytest.raises(RunLocked, match=rf"in use by another run \(pid {os.getpid()} on "):
+        run_sampling(config(world, tmp_path / "out", num_samples=1))
+    assert not (tmp_path / "out" / "samples").exists()

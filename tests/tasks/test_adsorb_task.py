@@ -39,8 +39,8 @@ class Lift(EMT):
 def tiny_checkpoint(path, head, task, without=()):
     """An untrained tiny checkpoint; its dictionary lacks the elements in ``without``."""
     torch.manual_seed(0)
-    model = build_model("tiny", head=head)
     tokens = [t for t in Dictionary.load().tokens if t not in without]
+    model = build_model("tiny", head=head, dictionary=tokens)  # the model embeds with the dictionary it stores
     save_consolidated(path, state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
                       meta={"task": task, "dictionary": tokens, "args": {}})  # fmt: skip
     return str(path)

@@ -9,14 +9,15 @@
 #
 # Environment: DEMO_DIR (data/demo_small; built if missing), DIFF_CKPT (diffusion checkpoint for
 # the sampler benchmark; default runs/quickstart/diff/model.pt, skipped if absent),
-# S2EF_MODEL (checkpoint or preset for the relaxation benchmark; default: tiny, untrained; 5 FIRE
-# steps per structure with fmax 0, so both paths do the same work),
+# S2EF_MODEL (checkpoint or preset for the relaxation benchmark; default: small, untrained, its
+# forces scaled by RELAX_FORCE_STD=30 eV/A so that atoms move as in a relaxation from an initial
+# placement; 10 FIRE steps per structure, fmax 0.05; both paths do the same work),
 # DEVICE (cpu; cuda on a GPU machine), MODELS (tiny small eqv2_31m).
 # Shapes and stages (scripts/gpu_check.sh sets these): STAGES (loader backbone training sampling
 # relax), BF16_MODELS (backbone also timed under bf16 autocast; default none), CKPT_MODEL
 # (eqv2_31m, with activation checkpointing; empty: skipped), TRAIN_MODELS (tiny small),
 # SETUPS (Single:1:1 Zero1:2:1, STRATEGY:PROCESSES[:THREADS]), TRAIN_STEPS (12),
-# SAMPLERS ("ode:25 pc:100"), SAMPLE_INPUTS (8), RELAX_N (32 128), RELAX_STEPS (5), RELAX_FMAX (0),
+# SAMPLERS ("ode:25 pc:100"), SAMPLE_INPUTS (8), RELAX_N (32 128), RELAX_STEPS (10), RELAX_FMAX (0.05),
 # EXTRA_INPUTS (more "name=path.json|.xml" tables for the report, space-separated).
 # Every figure is measured by this run; nothing is copied in.
 set -euo pipefail
@@ -80,9 +81,9 @@ fi
 
 if [[ $stages == *" relax "* ]]; then
   echo "[benchmark] relaxation"
-  "$py" -m sfm.relax.bench --model "${S2EF_MODEL:-tiny}" --n ${RELAX_N:-32 128} --device "$device" --data "$demo/is2re/val_id" \
-    --steps "${RELAX_STEPS:-5}" --fmax "${RELAX_FMAX:-0}" --json "$out/relax.json"
-  inputs+=("relaxation, structures/s, batched relax_batch vs ASE FIRE looping over SFMCalculator=$out/relax.json@n,model,atoms_mean,steps_batched,batched_per_s,ase_per_s,ratio,max_dE_per_atom")
+  "$py" -m sfm.relax.bench --model "${S2EF_MODEL:-small}" --force_std "${RELAX_FORCE_STD:-30}" --n ${RELAX_N:-32 128} \
+    --device "$device" --data "$demo/is2re/val_id" --steps "${RELAX_STEPS:-10}" --fmax "${RELAX_FMAX:-0.05}" --json "$out/relax.json"
+  inputs+=("relaxation, structures/s, batched relax_batch vs ASE FIRE looping over SFMCalculator=$out/relax.json@n,model,atoms_mean,skin,steps_batched,batched_per_s,ase_per_s,ratio,max_dE_per_atom")
 fi
 
 "$py" -m sfm.tasks.benchmark_report --out "$out" ${README:+--readme "$README"} "${inputs[@]}" ${EXTRA_INPUTS:-}

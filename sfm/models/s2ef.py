@@ -2,7 +2,8 @@
 
 - Energy: an MLP of each atom's invariant features (``Linear - SiLU - Linear``, the l=0
   path of EquiformerV2's energy block, whose l>0 outputs it discards) gives one number;
-  the sum over atoms, divided by ``avg_num_atoms`` (77.81 on OC20, as EquiformerV2), is
+  the sum over atoms, divided by ``avg_num_atoms`` (77.81 on OC20, as EquiformerV2; new
+  training runs of ``train_s2ef`` use 1, which lets a few atoms carry the energy change), is
   the normalised energy ``e``; physical ``E = std * e + mean + sum_i ref[Z_i]``
   (:class:`~sfm.models.normalizer.EnergyNormalizer`, buffers in the state dict).
 - Forces ``"direct"`` (EquiformerV2's default): the l=1 output of one more attention

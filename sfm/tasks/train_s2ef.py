@@ -42,8 +42,11 @@ def main(argv=None) -> dict:
                    help="direct: l=1 head (EquiformerV2); conservative: minus the autograd gradient of the energy")
     g.add_argument("--energy_coef", type=float, default=4.0, help="energy loss weight (EquiformerV2: 4)")
     g.add_argument("--force_coef", type=float, default=100.0, help="force loss weight (EquiformerV2: 100)")
-    g.add_argument("--avg_num_atoms", type=float_in(0.0, low_open=True), default=OC20_AVG_NUM_ATOMS,
-                   help="the summed per-atom energies are divided by this (EquiformerV2: 77.81, OC20's mean size)")
+    g.add_argument("--avg_num_atoms", type=float_in(0.0, low_open=True), default=1.0,
+                   help="the summed per-atom energies are divided by this. 1 (default): an adsorbate's few atoms "
+                        "carry an energy change of order std with order-one outputs; EquiformerV2 divides by "
+                        f"OC20's mean size, {OC20_AVG_NUM_ATOMS:.2f}, which left the demo world's energies "
+                        "unlearned (README, energy and forces)")
     g.add_argument("--normalizer_structures", type=int_at_least(0), default=10000,
                    help="training structures the normaliser is fitted on (0: all)")
     g.add_argument("--element_refs", action=argparse.BooleanOptionalAction, default=True,

@@ -18,7 +18,11 @@ def oc20_like(seed: int, natoms: int = 12, s2ef: bool = False) -> Data:
     a, b = rng.uniform(8, 12, 2)
     gamma = rng.uniform(np.radians(60), np.radians(120))
     cell = np.array(
-        [[a, 0, 0], [b * np.cos(gamma), b * np.sin(gamma), 0], [rng.uniform(-2, 2), rng.uniform(-2, 2), rng.uniform(30, 40)]]
+        [
+            [a, 0, 0],
+            [b * np.cos(gamma), b * np.sin(gamma), 0],
+            [rng.uniform(-2, 2), rng.uniform(-2, 2), rng.uniform(30, 40)],
+        ]
     )
     frac = rng.uniform(0, 1, (natoms, 3)) * [1, 1, 0.4]
     pos = torch.tensor(frac @ cell, dtype=torch.float32)
@@ -82,6 +86,23 @@ def dense_world(tmp_path_factory):
     from sfm.data import demo
 
     out = tmp_path_factory.mktemp("dense") / "world"
-    demo.main(["--out", str(out), "--num_systems", "4", "--workers", "2", "--dense", "--dense_val", "1",
-               "--dense_train", "1", "--dense_sites", "2", "--dense_random", "2"])  # fmt: skip
+    demo.main(
+        [
+            "--out",
+            str(out),
+            "--num_systems",
+            "4",
+            "--workers",
+            "2",
+            "--dense",
+            "--dense_val",
+            "1",
+            "--dense_train",
+            "1",
+            "--dense_sites",
+            "2",
+            "--dense_random",
+            "2",
+        ]
+    )
     return out

@@ -150,7 +150,14 @@ def detect_atoms(initial, final, slab=None, tags=None) -> Anomalies:
         raise ValueError("anomaly detection: the cell changed during the relaxation; it must be held")
     tags = initial.get_tags() if tags is None else np.asarray(tags)
     if slab is not None and not np.array_equal(slab.numbers, initial.numbers[tags != 2]):
-        raise ValueError("anomaly detection: the clean slab's atoms are not the placement's slab atoms (tags 0, 1) "
-                         "in the same order")
-    return detect(initial.numbers, tags, initial.positions, final.positions, initial.cell.array,
-                  None if slab is None else slab.positions)  # fmt: skip
+        raise ValueError(
+            "anomaly detection: the clean slab's atoms are not the placement's slab atoms (tags 0, 1) in the same order"
+        )
+    return detect(
+        initial.numbers,
+        tags,
+        initial.positions,
+        final.positions,
+        initial.cell.array,
+        None if slab is None else slab.positions,
+    )

@@ -67,8 +67,10 @@ def data_from_ase(atoms: Atoms, sid, where: str, require: tuple[str, ...] = ()) 
     ``ValueError`` naming ``where``.
     """
     if atoms.cell.rank < 3:
-        raise ValueError(f"{where}: no periodic cell (the structure has {atoms.cell.rank} lattice vectors; "
-                         "sfm needs all three, e.g. a slab with vacuum along c)")  # fmt: skip
+        raise ValueError(
+            f"{where}: no periodic cell (the structure has {atoms.cell.rank} lattice vectors; "
+            "sfm needs all three, e.g. a slab with vacuum along c)"
+        )
     data = atoms_to_data(atoms)
     if not atoms.has("tags"):
         data.tags = torch.full((len(atoms),), UNKNOWN_TAG, dtype=torch.long)
@@ -89,8 +91,10 @@ def data_from_ase(atoms: Atoms, sid, where: str, require: tuple[str, ...] = ()) 
     if missing:
         have = "energy" if "y" in data else "no energy"
         have += ", forces" if "force" in data else ", no forces"
-        raise ValueError(f"{where}: missing {missing} that the task needs (the structure has {have}; y / force come "
-                         f"from the attached calculator results, other fields from atoms.info / arrays)")  # fmt: skip
+        raise ValueError(
+            f"{where}: missing {missing} that the task needs (the structure has {have}; y / force come "
+            f"from the attached calculator results, other fields from atoms.info / arrays)"
+        )
     return data
 
 

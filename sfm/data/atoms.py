@@ -23,19 +23,25 @@ def atoms_to_data(atoms: Atoms, dtype=torch.float32, **extra) -> Data:
     periodic in a, b and c: a molecule or a slab needs a box with vacuum)."""
     cell = np.asarray(atoms.get_cell())
     if atoms.cell.rank < 3:
-        raise ValueError(f"{atoms.get_chemical_formula()}: sfm needs a 3-D periodic cell (rows a, b, c), this one "
-                         f"has {atoms.cell.rank} nonzero vector(s): {cell.tolist()}; put a molecule or a slab in a box "
-                         "with vacuum, e.g. atoms.center(vacuum=10) or atoms.center(vacuum=10, axis=2)")  # fmt: skip
+        raise ValueError(
+            f"{atoms.get_chemical_formula()}: sfm needs a 3-D periodic cell (rows a, b, c), this one "
+            f"has {atoms.cell.rank} nonzero vector(s): {cell.tolist()}; put a molecule or a slab in a box "
+            "with vacuum, e.g. atoms.center(vacuum=10) or atoms.center(vacuum=10, axis=2)"
+        )
     check_lattice(torch.as_tensor(cell), name=f"{atoms.get_chemical_formula()}: cell")
     fixed = np.zeros(len(atoms), dtype=bool)
     for c in atoms.constraints:
         if isinstance(c, FixAtoms):
             fixed[c.get_indices()] = True
-    return Data(pos=torch.as_tensor(atoms.get_positions(), dtype=dtype),
-                cell=torch.as_tensor(cell, dtype=dtype)[None],
-                atomic_numbers=torch.as_tensor(atoms.get_atomic_numbers(), dtype=torch.long),
-                natoms=len(atoms), tags=torch.as_tensor(atoms.get_tags(), dtype=torch.long),
-                fixed=torch.as_tensor(fixed), **extra)
+    return Data(
+        pos=torch.as_tensor(atoms.get_positions(), dtype=dtype),
+        cell=torch.as_tensor(cell, dtype=dtype)[None],
+        atomic_numbers=torch.as_tensor(atoms.get_atomic_numbers(), dtype=torch.long),
+        natoms=len(atoms),
+        tags=torch.as_tensor(atoms.get_tags(), dtype=torch.long),
+        fixed=torch.as_tensor(fixed),
+        **extra,
+    )
 
 
 def _atoms(numbers, positions, cell, tags, fixed) -> Atoms:
@@ -49,9 +55,13 @@ def data_to_atoms(data, pos: torch.Tensor | None = None) -> Atoms:
     """One structure as periodic ase.Atoms: tags where stored, ``FixAtoms`` on its fixed atoms
     (:func:`sfm.data.structure.fixed_mask`). ``pos``: optional [N, 3] instead of ``data.pos``."""
     tags = data.tags.cpu().numpy() if getattr(data, "tags", None) is not None else None
-    return _atoms(data.atomic_numbers.detach().cpu().long().numpy(),
-                  (data.pos if pos is None else pos).detach().cpu().double().numpy(),
-                  as_cells(data.cell.detach().cpu().double())[0].numpy(), tags, fixed_mask(data).cpu().numpy())
+    return _atoms(
+        data.atomic_numbers.detach().cpu().long().numpy(),
+        (data.pos if pos is None else pos).detach().cpu().double().numpy(),
+        as_cells(data.cell.detach().cpu().double())[0].numpy(),
+        tags,
+        fixed_mask(data).cpu().numpy(),
+    )
 
 
 def batch_to_atoms(batch, pos: torch.Tensor | None = None) -> list[Atoms]:
@@ -65,5 +75,7 @@ def batch_to_atoms(batch, pos: torch.Tensor | None = None) -> list[Atoms]:
     tags = batch.tags.cpu().numpy() if getattr(batch, "tags", None) is not None else None
     fixed = fixed_mask(batch).cpu().numpy()
     ptr = batch.ptr.cpu().numpy()
-    return [_atoms(numbers[a:b], pos[a:b], cell[g], None if tags is None else tags[a:b], fixed[a:b])
-            for g, (a, b) in enumerate(zip(ptr[:-1], ptr[1:]))]
+    return [
+        _atoms(numbers[a:b], pos[a:b], cell[g], None if tags is None else tags[a:b], fixed[a:b])
+        for g, (a, b) in enumerate(zip(ptr[:-1], ptr[1:]))
+    ]

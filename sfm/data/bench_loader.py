@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from sfm.data.collate import collate
 from sfm.data.ase_dataset import disconnect
+from sfm.data.collate import collate
 from sfm.data.convert import write_dataset
 from sfm.data.dataset import open_dataset
 from sfm.data.pbc_graph import radius_graph_pbc
@@ -86,8 +86,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--cutoff", type=float, default=12.0, help="graph radius, A")
     parser.add_argument("--max-neighbors", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=1, help="passes over the data per setting (small sets)")
-    parser.add_argument("--also", nargs="*", default=[], choices=("aselmdb", "db", "extxyz"),
-                        help="also measure the same structures written in these formats")
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        choices=("aselmdb", "db", "extxyz"),
+        help="also measure the same structures written in these formats",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -106,18 +111,24 @@ def main(argv=None) -> dict:
                 dataset = torch.utils.data.ConcatDataset([dataset] * args.repeat)
             if mean_atoms is None:
                 mean_atoms = sum(dataset[i].natoms for i in range(min(256, len(dataset)))) / min(256, len(dataset))
-                print(f"data {path}: {len(dataset)} structures (x{args.repeat}), {mean_atoms:.1f} atoms on average; "
-                      f"batch {args.batch_size}, cutoff {args.cutoff} A, max_neighbors {args.max_neighbors}, "
-                      "1 torch thread/process")  # fmt: skip
+                print(
+                    f"data {path}: {len(dataset)} structures (x{args.repeat}), {mean_atoms:.1f} atoms on average; "
+                    f"batch {args.batch_size}, cutoff {args.cutoff} A, max_neighbors {args.max_neighbors}, "
+                    "1 torch thread/process"
+                )
                 graph_s = graph_time(dataset, args.batch_size, args.cutoff, args.max_neighbors)
-            rows += [{"format": name, **measure(dataset, w, args.batch_size, args.cutoff, args.max_neighbors)}
-                     for w in args.workers]  # fmt: skip
+            rows += [
+                {"format": name, **measure(dataset, w, args.batch_size, args.cutoff, args.max_neighbors)}
+                for w in args.workers
+            ]
         for suffix in args.also:  # before the temporary folder goes
             disconnect(Path(tmp) / f"same.{suffix}")
     print(f"{'format':>14} {'workers':>8} {'structures/s':>13} {'ms/structure':>13} {'edges/structure':>16}")
     for r in rows:
-        print(f"{r['format']:>14} {r['workers']:>8} {r['structures_per_s']:>13.1f} {1e3 / r['structures_per_s']:>13.2f} "
-              f"{r['edges_per_structure']:>16.0f}")  # fmt: skip
+        print(
+            f"{r['format']:>14} {r['workers']:>8} {r['structures_per_s']:>13.1f} {1e3 / r['structures_per_s']:>13.2f} "
+            f"{r['edges_per_structure']:>16.0f}"
+        )
     print(f"graph build alone (main process): {graph_s * 1e3:.2f} ms/structure")
     result = {
         "data": str(path),

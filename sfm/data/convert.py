@@ -48,7 +48,9 @@ def output_format(path: Path) -> str:
         return "db"
     if path.suffix in XYZ_SUFFIXES:
         return "extxyz"
-    raise ValueError(f"{path}: unknown output format; suffixes: .lmdb, {', '.join(DB_TYPES)}, {', '.join(XYZ_SUFFIXES)}")
+    raise ValueError(
+        f"{path}: unknown output format; suffixes: .lmdb, {', '.join(DB_TYPES)}, {', '.join(XYZ_SUFFIXES)}"
+    )
 
 
 def write_dataset(path: Path, items, dropped: set | None = None) -> int:
@@ -172,8 +174,12 @@ def main(argv=None) -> dict:
     p.add_argument("--split", help="NAME=FRACTION,... or NAME=SIDS_FILE,... (outputs OUT.parent/NAME/OUT.name)")
     p.add_argument("--seed", type=int, default=0, help="permutation seed of fraction splits")
     p.add_argument("--references", type=Path, help='JSON {"element": eV}: reference the energies of ASE inputs')
-    p.add_argument("--reference_atoms", choices=RULES, default="all",
-                   help="all: per-element linear references; adsorbate: gas references on tags 2 minus slab_energy")
+    p.add_argument(
+        "--reference_atoms",
+        choices=RULES,
+        default="all",
+        help="all: per-element linear references; adsorbate: gas references on tags 2 minus slab_energy",
+    )
     args = p.parse_args(argv)
     reference = EnergyReference.load(args.references, args.reference_atoms) if args.references else None
     try:

@@ -57,9 +57,11 @@ def _kind(path: Path) -> str:
     except UnknownFileTypeError:
         fmt = None
     if fmt not in ioformats or not ioformats[fmt].can_read:
-        raise ValueError(f"{path}: unknown format: not an OC20 LMDB (.lmdb), an ase.db database "
-                         f"({', '.join(DB_TYPES)}) or a file ase.io recognises (extxyz, .traj, OUTCAR, "
-                         "vasprun.xml, ...)")  # fmt: skip
+        raise ValueError(
+            f"{path}: unknown format: not an OC20 LMDB (.lmdb), an ase.db database "
+            f"({', '.join(DB_TYPES)}) or a file ase.io recognises (extxyz, .traj, OUTCAR, "
+            "vasprun.xml, ...)"
+        )
     return "frames"
 
 
@@ -75,17 +77,23 @@ def dataset_files(path: str | os.PathLike) -> tuple[str, list[Path]]:
         if not path.exists():
             raise FileNotFoundError(f"dataset path does not exist: {path}")
         if path.is_dir():
-            files = (sorted(path.glob("*.lmdb")) or sorted(p for s in DB_TYPES for p in path.glob(f"*{s}"))
-                     or _frame_files(path))  # fmt: skip
+            files = (
+                sorted(path.glob("*.lmdb"))
+                or sorted(p for s in DB_TYPES for p in path.glob(f"*{s}"))
+                or _frame_files(path)
+            )
             if not files:
-                raise FileNotFoundError(f"{path}: no *.lmdb, ase.db ({', '.join(DB_TYPES)}) or structure files "
-                                        f"({', '.join(FRAME_SUFFIXES)}) in this folder")  # fmt: skip
+                raise FileNotFoundError(
+                    f"{path}: no *.lmdb, ase.db ({', '.join(DB_TYPES)}) or structure files "
+                    f"({', '.join(FRAME_SUFFIXES)}) in this folder"
+                )
         else:
             files = [path]
     kinds = {f: _kind(f) for f in files}
     if len(set(kinds.values())) > 1:
-        raise ValueError(f"{text}: mixes formats ({', '.join(f'{f.name}: {k}' for f, k in kinds.items())}); "
-                         "give one kind of file")  # fmt: skip
+        raise ValueError(
+            f"{text}: mixes formats ({', '.join(f'{f.name}: {k}' for f, k in kinds.items())}); give one kind of file"
+        )
     return kinds[files[0]], files
 
 

@@ -425,7 +425,9 @@ def draw_system(task: Task, attempt: int) -> dict:
     reference = clean.energies[-1] + sum(gas[s] for s in ads.atoms.get_chemical_symbols())
     keep = sorted(set(range(0, len(traj.energies), task.frame_every)) | {len(traj.energies) - 1})
     frames = [
-        dict(fid=t, pos=_wrapped(system, traj.positions[t]), y=float(traj.energies[t] - reference), force=traj.forces[t])
+        dict(
+            fid=t, pos=_wrapped(system, traj.positions[t]), y=float(traj.energies[t] - reference), force=traj.forces[t]
+        )
         for t in keep
     ]
     return dict(
@@ -483,9 +485,7 @@ def plan(num_train: int, seed: int, frame_every: int) -> list[Task]:
     """All systems to build, split by split in :data:`SPLITS` order (sid = position)."""
     n_other = val_size(num_train)
     return [
-        Task(split, i, seed, frame_every)
-        for split in SPLITS
-        for i in range(num_train if split == "train" else n_other)
+        Task(split, i, seed, frame_every) for split in SPLITS for i in range(num_train if split == "train" else n_other)
     ]
 
 
@@ -705,15 +705,20 @@ def make_demo(
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m sfm.data.demo", description=__doc__.split("\n\n")[0],
+        prog="python -m sfm.data.demo",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="output folder (OC20 layout)")
     parser.add_argument("--small", action="store_true", help=f"{SIZES['small']} train systems (seconds; for tests)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_systems", type=int, default=None,
-                        help=f"IS2RE train systems (default {SIZES['default']}, --small {SIZES['small']}); "
-                        "other splits get min(max(N // 4, 2), 100) each")
+    parser.add_argument(
+        "--num_systems",
+        type=int,
+        default=None,
+        help=f"IS2RE train systems (default {SIZES['default']}, --small {SIZES['small']}); "
+        "other splits get min(max(N // 4, 2), 100) each",
+    )
     parser.add_argument("--frame_every", type=int, default=5, help="S2EF: keep every k-th relaxation step")
     parser.add_argument("--workers", type=int, default=2, help="processes (output does not depend on it)")
     parser.add_argument("--force", action="store_true", help="rebuild even if --out holds a complete build")
@@ -737,7 +742,9 @@ def main(argv: list[str] | None = None) -> dict:
         # imported here, not at the top: sfm.data.dense builds on this module
         from sfm.data import dense
 
-        config = dense.DenseConfig(args.dense_val, args.dense_train, args.dense_sites or None, args.dense_random, args.seed)
+        config = dense.DenseConfig(
+            args.dense_val, args.dense_train, args.dense_sites or None, args.dense_random, args.seed
+        )
         summary["dense"] = dense.make_dense(args.out, config, args.workers, args.dense_force)
         print(dense.format_dense_summary(summary["dense"], Path(args.out) / "is2re_dense"))
     return summary

@@ -127,8 +127,12 @@ def relax_placement(atoms: Atoms, clean: Atoms, offset: float) -> dict:
     traj = relax(atoms)
     flags = detect_atoms(initial, atoms, clean).labels() + ([] if traj.converged else ["unconverged"])
     atoms.wrap()
-    return {"y_init": float(traj.energies[0] - offset), "y_relaxed": float(traj.energies[-1] - offset),
-            "steps": len(traj.energies) - 1, "anomalies": flags}  # fmt: skip
+    return {
+        "y_init": float(traj.energies[0] - offset),
+        "y_relaxed": float(traj.energies[-1] - offset),
+        "steps": len(traj.energies) - 1,
+        "anomalies": flags,
+    }
 
 
 def relax_system(job: Job) -> dict:
@@ -136,8 +140,9 @@ def relax_system(job: Job) -> dict:
     structures (``structures``: per config, pos and pos_relaxed [K,3] A) and ``cpu_seconds``."""
     start = time.process_time()
     slab_mask = job.tags != 2
-    slab = Atoms(numbers=job.numbers[slab_mask], positions=job.pos[slab_mask], cell=job.cell,
-                 tags=job.tags[slab_mask], pbc=True)  # fmt: skip
+    slab = Atoms(
+        numbers=job.numbers[slab_mask], positions=job.pos[slab_mask], cell=job.cell, tags=job.tags[slab_mask], pbc=True
+    )
     slab.set_constraint(FixAtoms(mask=slab.get_tags() == 0))
     try:
         clean = relax_clean_slab(slab)
@@ -160,13 +165,26 @@ def relax_system(job: Job) -> dict:
     # the demo world's own placement: its relaxation is stored already
     initial = Atoms(numbers=job.numbers, positions=job.pos, cell=job.cell, tags=job.tags, pbc=True)
     final = Atoms(numbers=job.numbers, positions=job.pos_relaxed, cell=job.cell, tags=job.tags, pbc=True)
-    configs.append({"config_id": "demo", "source": "demo", "site": None, "y_init": job.y_init,
-                    "y_relaxed": job.y_relaxed, "steps": int(job.meta["steps"]),
-                    "anomalies": detect_atoms(initial, final, clean).labels()})  # fmt: skip
+    configs.append(
+        {
+            "config_id": "demo",
+            "source": "demo",
+            "site": None,
+            "y_init": job.y_init,
+            "y_relaxed": job.y_relaxed,
+            "steps": int(job.meta["steps"]),
+            "anomalies": detect_atoms(initial, final, clean).labels(),
+        }
+    )
     structures.append((job.pos, job.pos_relaxed))
 
-    record = {"split": job.split, **{k: job.meta[k] for k in ("catalyst", "facet", "adsorbate")},
-              "e_slab": e_slab, "e_gas": e_gas, "configs": configs}  # fmt: skip
+    record = {
+        "split": job.split,
+        **{k: job.meta[k] for k in ("catalyst", "facet", "adsorbate")},
+        "e_slab": e_slab,
+        "e_gas": e_gas,
+        "configs": configs,
+    }
     return {"record": record, "structures": structures, "cpu_seconds": time.process_time() - start}
 
 
@@ -201,10 +219,21 @@ def jobs(world: Path, config: DenseConfig) -> list[Job]:
             sid = int(d.sid)
             if str(sid) not in mapping:
                 raise KeyError(f"{world / 'data_mapping.json'}: no entry for sid {sid} of {path}")
-            out.append(Job(split, sid, d.atomic_numbers.numpy().astype(int), d.tags.numpy().astype(int),
-                           as_cell(d.cell).double().numpy(), d.pos.double().numpy(),
-                           d.pos_relaxed.double().numpy(), float(d.y_init), float(d.y_relaxed),
-                           mapping[str(sid)], config))  # fmt: skip
+            out.append(
+                Job(
+                    split,
+                    sid,
+                    d.atomic_numbers.numpy().astype(int),
+                    d.tags.numpy().astype(int),
+                    as_cell(d.cell).double().numpy(),
+                    d.pos.double().numpy(),
+                    d.pos_relaxed.double().numpy(),
+                    float(d.y_init),
+                    float(d.y_relaxed),
+                    mapping[str(sid)],
+                    config,
+                )
+            )
     return out
 
 
@@ -224,8 +253,15 @@ def build_dense(out: Path, world: Path, config: DenseConfig, workers: int, progr
                     result = next(results)
                     record = result["record"]
                     for idx, (conf, (pos, pos_relaxed)) in enumerate(zip(record["configs"], result["structures"])):
-                        entry = {"atomic_numbers": job.numbers, "cell": job.cell, "tags": job.tags, "pos": pos,
-                                     "pos_relaxed": pos_relaxed, "y_init": conf["y_init"], "y_relaxed": conf["y_relaxed"]}  # fmt: skip
+                        entry = {
+                            "atomic_numbers": job.numbers,
+                            "cell": job.cell,
+                            "tags": job.tags,
+                            "pos": pos,
+                            "pos_relaxed": pos_relaxed,
+                            "y_init": conf["y_init"],
+                            "y_relaxed": conf["y_relaxed"],
+                        }
                         data = to_is2re(entry, job.sid)
                         data.config_idx = idx
                         writer.append(data)
@@ -238,8 +274,13 @@ def build_dense(out: Path, world: Path, config: DenseConfig, workers: int, progr
             pool.terminate()
     (out / "mapping.json").write_text(json.dumps(mapping, indent=1))
     summary = summarize(mapping)
-    summary.update(config=asdict(config), build_seconds=round(time.time() - start, 1), workers=workers,
-                   cpu_seconds=round(cpu, 1), cpu_seconds_per_system=round(cpu / max(len(todo), 1), 2))  # fmt: skip
+    summary.update(
+        config=asdict(config),
+        build_seconds=round(time.time() - start, 1),
+        workers=workers,
+        cpu_seconds=round(cpu, 1),
+        cpu_seconds_per_system=round(cpu / max(len(todo), 1), 2),
+    )
     return summary
 
 
@@ -256,24 +297,39 @@ def summarize(mapping: dict) -> dict:
         for f in (f for c in configs for f in c["anomalies"]):
             flags[f] = flags.get(f, 0) + 1
         per = {s: [sum(c["source"] == s for c in r["configs"]) for r in recs] for s in ("heuristic", "random")}
-        out[split] = {"systems": len(recs), "placements": len(configs),
-                      "heuristic_per_system": {"min": min(per["heuristic"]), "max": max(per["heuristic"]),
-                                               "mean": round(float(np.mean(per["heuristic"])), 2)},
-                      "random_per_system": max(per["random"]), "flagged": dict(sorted(flags.items())),
-                      "flagged_fraction": round(sum(bool(c["anomalies"]) for c in configs) / len(configs), 3),
-                      "relax_steps_mean": round(float(np.mean([c["steps"] for c in configs])), 1)}  # fmt: skip
+        out[split] = {
+            "systems": len(recs),
+            "placements": len(configs),
+            "heuristic_per_system": {
+                "min": min(per["heuristic"]),
+                "max": max(per["heuristic"]),
+                "mean": round(float(np.mean(per["heuristic"])), 2),
+            },
+            "random_per_system": max(per["random"]),
+            "flagged": dict(sorted(flags.items())),
+            "flagged_fraction": round(sum(bool(c["anomalies"]) for c in configs) / len(configs), 3),
+            "relax_steps_mean": round(float(np.mean([c["steps"] for c in configs])), 1),
+        }
         for name, exclude in (("default", EXCLUDE), ("adsorbml", ADSORBML_EXCLUDE)):
             best = [reference(r, exclude) for r in recs]
             sources = {}
             for b in best:
                 sources[b["source"] if b else "none"] = sources.get(b["source"] if b else "none", 0) + 1
-            out[split][f"reference_{name}"] = {"exclude": list(exclude), "from": dict(sorted(sources.items())),
-                                               "systems_without": sum(b is None for b in best)}  # fmt: skip
+            out[split][f"reference_{name}"] = {
+                "exclude": list(exclude),
+                "from": dict(sorted(sources.items())),
+                "systems_without": sum(b is None for b in best),
+            }
     return out
 
 
-def make_dense(world: str | os.PathLike, config: DenseConfig = DenseConfig(), workers: int = 2,
-               force: bool = False, progress: bool = True) -> dict:  # fmt: skip
+def make_dense(
+    world: str | os.PathLike,
+    config: DenseConfig = DenseConfig(),
+    workers: int = 2,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
     """Build (or reuse) ``world/is2re_dense``; return its summary (also its ``summary.json``).
 
     Reused when it holds a complete build with the same ``config``; rebuilt with ``force``. The
@@ -283,10 +339,14 @@ def make_dense(world: str | os.PathLike, config: DenseConfig = DenseConfig(), wo
     existing = out / "summary.json"
     if out.exists() and not force:
         if not existing.is_file():
-            raise FileExistsError(f"{out} exists but holds no complete dense split (no summary.json); use --dense_force")
+            raise FileExistsError(
+                f"{out} exists but holds no complete dense split (no summary.json); use --dense_force"
+            )
         summary = json.loads(existing.read_text())
         if summary.get("config") != asdict(config):
-            raise FileExistsError(f"{out} was built with {summary.get('config')}, not {asdict(config)}; use --dense_force")
+            raise FileExistsError(
+                f"{out} was built with {summary.get('config')}, not {asdict(config)}; use --dense_force"
+            )
         return summary
     tmp = world / f".is2re_dense.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -307,16 +367,24 @@ def make_dense(world: str | os.PathLike, config: DenseConfig = DenseConfig(), wo
 def format_dense_summary(summary: dict, out) -> str:
     """A few lines of text (``summary.json`` has it all)."""
     c = summary["config"]
-    lines = [(f"dense split in {out}: at most {c['max_sites']} heuristic + {c['num_random']} random placements "
-             f"+ the demo's per system, built in {summary['build_seconds']} s with {summary['workers']} worker(s), "
-             f"{summary['cpu_seconds_per_system']} CPU-s per system")]  # fmt: skip
+    lines = [
+        (
+            f"dense split in {out}: at most {c['max_sites']} heuristic + {c['num_random']} random placements "
+            f"+ the demo's per system, built in {summary['build_seconds']} s with {summary['workers']} worker(s), "
+            f"{summary['cpu_seconds_per_system']} CPU-s per system"
+        )
+    ]
     for split in DENSE_SPLITS:
         if split in summary:
             s = summary[split]
-            lines.append(f"  {split:<8} {s['systems']:>4} systems, {s['placements']:>5} relaxed placements, "
-                         f"{s['flagged_fraction']:.0%} flagged {s['flagged']}")  # fmt: skip
+            lines.append(
+                f"  {split:<8} {s['systems']:>4} systems, {s['placements']:>5} relaxed placements, "
+                f"{s['flagged_fraction']:.0%} flagged {s['flagged']}"
+            )
             for name in ("default", "adsorbml"):
                 r = s[f"reference_{name}"]
-                lines.append(f"           minimum excluding {','.join(r['exclude'])}: from {r['from']}, "
-                             f"{r['systems_without']} systems without a valid placement")  # fmt: skip
+                lines.append(
+                    f"           minimum excluding {','.join(r['exclude'])}: from {r['from']}, "
+                    f"{r['systems_without']} systems without a valid placement"
+                )
     return "\n".join(lines)

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 import torch
-from ase.data import atomic_numbers as _Z_OF, chemical_symbols
+from ase.data import atomic_numbers as _Z_OF
+from ase.data import chemical_symbols
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "dicts" / "dict.txt"
 

@@ -50,7 +50,9 @@ class Archive:
     unpacked: int
 
 
-IS2RE_ARCHIVE = Archive("is2res_train_val_test_lmdbs.tar.gz", "cfc04dd2f87b4102ab2f607240d25fb1", int(8.1 * _G), 97 * _G)
+IS2RE_ARCHIVE = Archive(
+    "is2res_train_val_test_lmdbs.tar.gz", "cfc04dd2f87b4102ab2f607240d25fb1", int(8.1 * _G), 97 * _G
+)
 S2EF_ARCHIVES = {
     "200k": Archive("s2ef_train_200K.tar", "f8d0909c2623a393148435dede7d3a46", 344 << 20, int(1.7 * _G)),
     "2M": Archive("s2ef_train_2M.tar", "953474cb93f0b08cdc523399f03f7c36", int(3.4 * _G), 17 * _G),
@@ -65,21 +67,58 @@ S2EF_ARCHIVES = {
     "md": Archive("s2ef_md.tar", "9fed845aaab8fb4bf85e3a8db57796e0", 42 * _G, 306 * _G),
 }
 # Published entries per split (folder under OUT/<task>/ -> count).
-IS2RE_COUNTS = {"10k/train": 10_000, "100k/train": 100_000, "all/train": 460_328, "all/val_id": 24_943,
-                "all/val_ood_ads": 24_961, "all/val_ood_cat": 24_963, "all/val_ood_both": 24_987,
-                "all/test_id": 24_948, "all/test_ood_ads": 24_930, "all/test_ood_cat": 24_965,
-                "all/test_ood_both": 24_985}  # fmt: skip
-S2EF_COUNTS = {"200k/train": 200_000, "2M/train": 2_000_000, "20M/train": 20_000_000, "all/train": 133_934_018,
-               "rattled/train": 16_677_031, "md/train": 38_315_405, "all/val_id": 999_866,
-               "all/val_ood_ads": 999_838, "all/val_ood_cat": 999_809, "all/val_ood_both": 999_944,
-               "all/test_id": 999_736, "all/test_ood_ads": 999_859, "all/test_ood_cat": 999_826,
-               "all/test_ood_both": 999_973}  # fmt: skip
-IS2RE_SPLITS = {"10k": ["10k/train"], "100k": ["100k/train"], "all": ["all/train"],
-                **{s: [f"all/{s}"] for s in ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both", "test_id",
-                                             "test_ood_ads", "test_ood_cat", "test_ood_both")}}  # fmt: skip
-S2EF_SPLITS = {**{s: [f"{s}/train"] for s in ("200k", "2M", "20M", "all", "rattled", "md")},
-               **{s: [f"all/{s}"] for s in ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")},
-               "test": [f"all/test_{s}" for s in ("id", "ood_ads", "ood_cat", "ood_both")]}  # fmt: skip
+IS2RE_COUNTS = {
+    "10k/train": 10_000,
+    "100k/train": 100_000,
+    "all/train": 460_328,
+    "all/val_id": 24_943,
+    "all/val_ood_ads": 24_961,
+    "all/val_ood_cat": 24_963,
+    "all/val_ood_both": 24_987,
+    "all/test_id": 24_948,
+    "all/test_ood_ads": 24_930,
+    "all/test_ood_cat": 24_965,
+    "all/test_ood_both": 24_985,
+}
+S2EF_COUNTS = {
+    "200k/train": 200_000,
+    "2M/train": 2_000_000,
+    "20M/train": 20_000_000,
+    "all/train": 133_934_018,
+    "rattled/train": 16_677_031,
+    "md/train": 38_315_405,
+    "all/val_id": 999_866,
+    "all/val_ood_ads": 999_838,
+    "all/val_ood_cat": 999_809,
+    "all/val_ood_both": 999_944,
+    "all/test_id": 999_736,
+    "all/test_ood_ads": 999_859,
+    "all/test_ood_cat": 999_826,
+    "all/test_ood_both": 999_973,
+}
+IS2RE_SPLITS = {
+    "10k": ["10k/train"],
+    "100k": ["100k/train"],
+    "all": ["all/train"],
+    **{
+        s: [f"all/{s}"]
+        for s in (
+            "val_id",
+            "val_ood_ads",
+            "val_ood_cat",
+            "val_ood_both",
+            "test_id",
+            "test_ood_ads",
+            "test_ood_cat",
+            "test_ood_both",
+        )
+    },
+}
+S2EF_SPLITS = {
+    **{s: [f"{s}/train"] for s in ("200k", "2M", "20M", "all", "rattled", "md")},
+    **{s: [f"all/{s}"] for s in ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")},
+    "test": [f"all/test_{s}" for s in ("id", "ood_ads", "ood_cat", "ood_both")],
+}
 
 
 def plan(task: str, split: str) -> tuple[Archive, list[str], dict[str, int]]:
@@ -187,7 +226,9 @@ def complete(out: Path, task: str, folder: str, counts: dict[str, int]) -> bool:
     return path.is_dir() and count_entries(path) == counts[folder]
 
 
-def download(task: str, split: str, out: Path, base_url: str = BASE_URL, dry_run: bool = False, keep: bool = False) -> dict:
+def download(
+    task: str, split: str, out: Path, base_url: str = BASE_URL, dry_run: bool = False, keep: bool = False
+) -> dict:
     """Fetch, verify, extract and count one split (module doc); returns what was done per folder."""
     archive, folders, counts = plan(task, split)
     url = base_url.rstrip("/") + "/" + archive.name
@@ -227,10 +268,14 @@ def main(argv=None) -> dict:
     for folder in report["skipped"]:
         print(f"{args.out / args.task / folder}: complete, skipped")
     if args.dry_run:
-        print(f"would fetch {report['url']} (MD5 {report['md5']}); disk needed at most about "
-              f"{report['disk_needed_bytes'] / _G:.1f} GiB (tarball + extracted, fairchem's rounded sizes)")  # fmt: skip
+        print(
+            f"would fetch {report['url']} (MD5 {report['md5']}); disk needed at most about "
+            f"{report['disk_needed_bytes'] / _G:.1f} GiB (tarball + extracted, fairchem's rounded sizes)"
+        )
     for folder in report["extracted"]:
-        print(f"{args.out / args.task / folder}: extracted, {plan(args.task, args.split)[2][folder]} entries as published")
+        print(
+            f"{args.out / args.task / folder}: extracted, {plan(args.task, args.split)[2][folder]} entries as published"
+        )
     return report
 
 

@@ -50,7 +50,9 @@ class EnergyReference:
             if "slab_energy" not in data:
                 raise ValueError(f"{where}: gas references need the clean slab's energy in a 'slab_energy' field")
             slab = float(data.slab_energy)
-        missing = sorted({chemical_symbols[z] for z in numbers.tolist()} - {chemical_symbols[z] for z in self.by_number})
+        missing = sorted(
+            {chemical_symbols[z] for z in numbers.tolist()} - {chemical_symbols[z] for z in self.by_number}
+        )
         if missing:
             raise KeyError(f"{where}: no reference energy for {missing} in {self.source}")
         return slab + sum(self.by_number[z] for z in numbers.tolist())

@@ -21,8 +21,10 @@ _DOWNLOADER = "fairchem.core.scripts.download_large_files"
 
 
 def _no_download(*args, **kwargs):
-    raise RuntimeError("fairchem-data-oc tried to download its bulk database: sfm runs offline; "
-                       "give the bulk structure yourself (Bulk(bulk_atoms=...))")  # fmt: skip
+    raise RuntimeError(
+        "fairchem-data-oc tried to download its bulk database: sfm runs offline; "
+        "give the bulk structure yourself (Bulk(bulk_atoms=...))"
+    )
 
 
 def _bulk_and_slab() -> tuple[type, type]:
@@ -45,5 +47,14 @@ def slabs_from_bulk(bulk: Atoms, miller: tuple[int, int, int], min_ab: float = 8
     held by FixAtoms, all three directions periodic."""
     Bulk, Slab = _bulk_and_slab()
     slabs = Slab.from_bulk_get_specific_millers(tuple(int(m) for m in miller), Bulk(bulk_atoms=bulk), min_ab=min_ab)
-    return [Atoms(s.atoms.numbers, s.atoms.positions, cell=s.atoms.cell.array, pbc=True, tags=s.atoms.get_tags(),
-                  constraint=s.atoms.constraints) for s in slabs]  # fmt: skip
+    return [
+        Atoms(
+            s.atoms.numbers,
+            s.atoms.positions,
+            cell=s.atoms.cell.array,
+            pbc=True,
+            tags=s.atoms.get_tags(),
+            constraint=s.atoms.constraints,
+        )
+        for s in slabs
+    ]

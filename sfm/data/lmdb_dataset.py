@@ -132,8 +132,9 @@ def check_lmdb_file(path: Path) -> None:
     last_page, _ = max((struct.unpack_from("<QQ", m, 136) for m in metas), key=lambda t: t[1])
     needed = (last_page + 1) * page_size
     if size < needed:
-        raise ValueError(f"{path}: truncated: {size} bytes, but its LMDB header says {needed} "
-                         "(a copy or download cut short?)")
+        raise ValueError(
+            f"{path}: truncated: {size} bytes, but its LMDB header says {needed} (a copy or download cut short?)"
+        )
 
 
 _LMDB_MAGIC = 0xBEEFC0DE
@@ -204,8 +205,10 @@ class LmdbDataset(torch.utils.data.Dataset):
         try:
             data = _upgrade_legacy(pickle.loads(raw))
         except Exception as err:  # any unpickling failure: re-raised, naming what failed
-            raise ValueError(f"{where} (entry {idx} of {self.path}): the value is not a readable pickle "
-                             f"({type(err).__name__}: {err})") from err
+            raise ValueError(
+                f"{where} (entry {idx} of {self.path}): the value is not a readable pickle "
+                f"({type(err).__name__}: {err})"
+            ) from err
         if not isinstance(data, Data):
             raise TypeError(f"{where} (entry {idx} of {self.path}): holds a {type(data).__name__}, not a PyG Data")
         if "sid" in data:

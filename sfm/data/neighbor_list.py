@@ -45,44 +45,28 @@ class SkinNeighborList:
             skin,
         )
         self.searches = 0
-        self._ref = (
-            None  # (frac [N, 3], lattice [B, 3, 3], batch [N]) of the last search
-        )
+        self._ref = None  # (frac [N, 3], lattice [B, 3, 3], batch [N]) of the last search
         self._edges = None  # candidates: (edge_index [2, C], offsets [C, 3])
 
     def _moved_too_far(self, frac, lattice, batch) -> bool:
         ref_frac, ref_lattice, ref_batch = self._ref
-        if (
-            ref_frac.shape != frac.shape
-            or not torch.equal(ref_batch, batch)
-            or not torch.equal(ref_lattice, lattice)
-        ):
+        if ref_frac.shape != frac.shape or not torch.equal(ref_batch, batch) or not torch.equal(ref_lattice, lattice):
             return True
-        step = torch.einsum(
-            "nk,nkl->nl", frac - ref_frac, lattice[batch]
-        )  # Cartesian displacement, A
-        return (
-            bool(step.pow(2).sum(-1).max() > (self.skin / 2) ** 2)
-            if len(step)
-            else False
-        )
+        step = torch.einsum("nk,nkl->nl", frac - ref_frac, lattice[batch])  # Cartesian displacement, A
+        return bool(step.pow(2).sum(-1).max() > (self.skin / 2) ** 2) if len(step) else False
 
     @torch.no_grad()
     def __call__(self, frac: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor):
         frac, lattice = frac.detach(), lattice.detach().to(frac.dtype)
         if self._ref is None or self._moved_too_far(frac, lattice, batch):
-            self._edges = radius_graph_pbc(
-                frac, lattice, batch, self.cutoff + self.skin, None, self.pbc
-            )
+            self._edges = radius_graph_pbc(frac, lattice, batch, self.cutoff + self.skin, None, self.pbc)
             self._ref = (frac.clone(), lattice.clone(), batch.clone())
             self.searches += 1
         edge_index, offsets = self._edges
         distance = edge_vectors(frac, lattice, batch, edge_index, offsets).norm(dim=-1)
         inside = distance < self.cutoff
         if self.max_neighbors is not None:
-            inside[inside.clone()] = cap_neighbors(
-                distance[inside], edge_index[1, inside], self.max_neighbors
-            )
+            inside[inside.clone()] = cap_neighbors(distance[inside], edge_index[1, inside], self.max_neighbors)
         return edge_index[:, inside], offsets[inside]
 
     def keep(self, atom_mask: torch.Tensor) -> None:
@@ -91,9 +75,7 @@ class SkinNeighborList:
         if self._ref is None:
             return
         ref_frac, ref_lattice, ref_batch = self._ref
-        graphs_kept = torch.zeros(
-            ref_lattice.shape[0], dtype=torch.bool, device=atom_mask.device
-        )
+        graphs_kept = torch.zeros(ref_lattice.shape[0], dtype=torch.bool, device=atom_mask.device)
         graphs_kept[ref_batch[atom_mask]] = True
         new_index = torch.cumsum(atom_mask, 0) - 1  # old atom -> new atom
         new_graph = torch.cumsum(graphs_kept, 0) - 1

@@ -58,8 +58,10 @@ def radius_graph_pbc(
     bad_atoms, bad_cells = ~torch.isfinite(frac).all(-1), ~torch.isfinite(lattice).flatten(1).all(-1)
     if bad_atoms.any() or bad_cells.any():  # else the image search fails with an IndexError
         graphs = sorted(set(batch[bad_atoms].tolist()) | set(bad_cells.nonzero().flatten().tolist()))
-        raise ValueError(f"radius_graph_pbc: non-finite positions or lattice in structure(s) {graphs[:10]} of the "
-                         "batch (graph index)")
+        raise ValueError(
+            f"radius_graph_pbc: non-finite positions or lattice in structure(s) {graphs[:10]} of the "
+            "batch (graph index)"
+        )
     lattice = lattice.to(frac.dtype)
     periodic = torch.tensor(pbc, dtype=torch.bool, device=frac.device)
     shift = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
@@ -87,15 +89,18 @@ def _graph_edges(frac, lattice, cutoff, pbc, max_neighbors, graph):
     # spacing of the lattice planes spanned by the two other vectors: volume / |a_j x a_k|
     areas = torch.linalg.cross(lattice[[1, 2, 0]], lattice[[2, 0, 1]]).norm(dim=-1)
     spacing = (torch.linalg.det(lattice).abs() / areas).tolist()  # [3], A
-    if not all(math.isfinite(h) and h > 0 for h in spacing) or math.prod(
-        2 * math.ceil(cutoff / h) + 1 for h, p in zip(spacing, pbc) if p
-    ) > _MAX_IMAGES:
+    if (
+        not all(math.isfinite(h) and h > 0 for h in spacing)
+        or math.prod(2 * math.ceil(cutoff / h) + 1 for h, p in zip(spacing, pbc) if p) > _MAX_IMAGES
+    ):
         raise ValueError(
             f"graph {graph}: lattice {lattice.tolist()} is degenerate for cutoff {cutoff} A "
             f"(plane spacings {spacing} A would need over {_MAX_IMAGES} periodic images)"
         )
     reach = [math.ceil(cutoff / h) if p else 0 for h, p in zip(spacing, pbc)]
-    images = torch.tensor(list(itertools.product(*(range(-k, k + 1) for k in reach))), dtype=frac.dtype, device=frac.device)
+    images = torch.tensor(
+        list(itertools.product(*(range(-k, k + 1) for k in reach))), dtype=frac.dtype, device=frac.device
+    )
     num_images = images.shape[0]
     zero_image = num_images // 2  # the product over symmetric ranges puts (0, 0, 0) in the middle
     cart = frac @ lattice  # [n, 3]

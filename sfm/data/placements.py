@@ -67,14 +67,13 @@ def oc20_adsorbate(smiles: str) -> Adsorbate:
     """The entry ``smiles`` of fairchem-data-oc's OC20 adsorbate list (e.g. ``"*CO"``)."""
     table = {a.smiles: a for a in load_adsorbates(max_atoms=sys.maxsize)}
     if smiles not in table:
-        raise KeyError(
-            f"adsorbate {smiles!r} is not in the OC20 list ({len(table)} entries, e.g. {sorted(table)[:4]})"
-        )
+        raise KeyError(f"adsorbate {smiles!r} is not in the OC20 list ({len(table)} entries, e.g. {sorted(table)[:4]})")
     return table[smiles]
 
 
-def heuristic_placements(slab: Atoms, adsorbate: Adsorbate | str, seed: int = 0,
-                         max_sites: int | None = None) -> list[Placement]:  # fmt: skip
+def heuristic_placements(
+    slab: Atoms, adsorbate: Adsorbate | str, seed: int = 0, max_sites: int | None = None
+) -> list[Placement]:
     """One placement on every heuristic site of ``slab`` (module docstring); with
     ``max_sites``, only the first ``max_sites`` of the shuffled sites (a uniform subset)."""
     if max_sites is not None and max_sites < 1:
@@ -83,53 +82,39 @@ def heuristic_placements(slab: Atoms, adsorbate: Adsorbate | str, seed: int = 0,
     return configs[:max_sites] if max_sites is not None else configs
 
 
-def random_placements(
-    slab: Atoms, adsorbate: Adsorbate | str, num: int, seed: int = 0
-) -> list[Placement]:
+def random_placements(slab: Atoms, adsorbate: Adsorbate | str, num: int, seed: int = 0) -> list[Placement]:
     """``num`` placements on uniformly random surface sites of ``slab`` (module docstring)."""
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
     if num == 0:
         return []
     configs = _configs(slab, adsorbate, "random", num, seed)
-    if (
-        len(configs) < num
-    ):  # fairchem oversamples 2x; a tiny or odd surface can still fall short
-        raise RuntimeError(
-            f"fairchem gave {len(configs)} random sites on {slab.get_chemical_formula()}, wanted {num}"
-        )
+    if len(configs) < num:  # fairchem oversamples 2x; a tiny or odd surface can still fall short
+        raise RuntimeError(f"fairchem gave {len(configs)} random sites on {slab.get_chemical_formula()}, wanted {num}")
     return configs
 
 
-def placements(slab: Atoms, adsorbate: Adsorbate | str, num_random: int, seed: int = 0,
-               max_sites: int | None = None) -> list[Placement]:  # fmt: skip
-    """The heuristic placements (at most ``max_sites``) followed by ``num_random`` random ones."""
-    return heuristic_placements(slab, adsorbate, seed, max_sites) + random_placements(
-        slab, adsorbate, num_random, seed
-    )
-
-
-def _configs(
-    slab: Atoms, adsorbate: Adsorbate | str, source: str, num_sites: int, seed: int
+def placements(
+    slab: Atoms, adsorbate: Adsorbate | str, num_random: int, seed: int = 0, max_sites: int | None = None
 ) -> list[Placement]:
+    """The heuristic placements (at most ``max_sites``) followed by ``num_random`` random ones."""
+    return heuristic_placements(slab, adsorbate, seed, max_sites) + random_placements(slab, adsorbate, num_random, seed)
+
+
+def _configs(slab: Atoms, adsorbate: Adsorbate | str, source: str, num_sites: int, seed: int) -> list[Placement]:
     """fairchem's placements of ``adsorbate`` on ``slab`` in mode ``source``, converted."""
     ads = oc20_adsorbate(adsorbate) if isinstance(adsorbate, str) else adsorbate
     _check(slab, ads)
     fc = _fairchem_placement()
     tagged = slab.copy()
-    tagged.set_constraint(
-        FixAtoms(mask=tagged.get_tags() == 0)
-    )  # fairchem's Slab insists on a constraint
-    fc_slab = fc.Slab(
-        slab_atoms=tagged, min_ab=0.0
-    )  # the demo's cells may be narrower than fairchem's 8 A
-    fc_ads = fc.Adsorbate(
-        adsorbate_atoms=ads.atoms, adsorbate_binding_indices=list(ads.binding)
-    )
+    tagged.set_constraint(FixAtoms(mask=tagged.get_tags() == 0))  # fairchem's Slab insists on a constraint
+    fc_slab = fc.Slab(slab_atoms=tagged, min_ab=0.0)  # the demo's cells may be narrower than fairchem's 8 A
+    fc_ads = fc.Adsorbate(adsorbate_atoms=ads.atoms, adsorbate_binding_indices=list(ads.binding))
     mode = "heuristic" if source == "heuristic" else "random_site_heuristic_placement"
     with _seeded_global_numpy(np.random.SeedSequence([seed, SOURCES.index(source)])):
-        config = fc.AdsorbateSlabConfig(fc_slab, fc_ads, num_sites=num_sites, mode=mode,
-                                        interstitial_gap=INTERSTITIAL_GAP)  # fmt: skip
+        config = fc.AdsorbateSlabConfig(
+            fc_slab, fc_ads, num_sites=num_sites, mode=mode, interstitial_gap=INTERSTITIAL_GAP
+        )
     out = []
     for i, (atoms, meta) in enumerate(zip(config.atoms_list, config.metadata_list)):
         atoms.pbc = True
@@ -143,15 +128,17 @@ def _check(slab: Atoms, ads: Adsorbate) -> None:
     """Raise ValueError naming what is wrong with the inputs."""
     tags = slab.get_tags()
     if not np.isin(tags, (0, 1)).all():
-        raise ValueError(f"slab {slab.get_chemical_formula()}: tags must be 0 (subsurface) or 1 (surface), "
-                         f"got {sorted(set(tags.tolist()))}")  # fmt: skip
-    if not (tags == 1).any():
         raise ValueError(
-            f"slab {slab.get_chemical_formula()}: no surface atom (tag 1) to place on"
+            f"slab {slab.get_chemical_formula()}: tags must be 0 (subsurface) or 1 (surface), "
+            f"got {sorted(set(tags.tolist()))}"
         )
+    if not (tags == 1).any():
+        raise ValueError(f"slab {slab.get_chemical_formula()}: no surface atom (tag 1) to place on")
     if not ads.binding or not all(0 <= b < len(ads.atoms) for b in ads.binding):
-        raise ValueError(f"adsorbate {ads.smiles or ads.atoms.get_chemical_formula()}: binding indices "
-                         f"{ads.binding} not within its {len(ads.atoms)} atoms")  # fmt: skip
+        raise ValueError(
+            f"adsorbate {ads.smiles or ads.atoms.get_chemical_formula()}: binding indices "
+            f"{ads.binding} not within its {len(ads.atoms)} atoms"
+        )
 
 
 @contextmanager
@@ -184,9 +171,7 @@ def _fairchem_placement() -> types.SimpleNamespace:
         package.__path__ = [f"{oc.submodule_search_locations[0]}/core"]
         sys.modules[name] = package
     return types.SimpleNamespace(
-        AdsorbateSlabConfig=importlib.import_module(
-            f"{name}.adsorbate_slab_config"
-        ).AdsorbateSlabConfig,
+        AdsorbateSlabConfig=importlib.import_module(f"{name}.adsorbate_slab_config").AdsorbateSlabConfig,
         Slab=importlib.import_module(f"{name}.slab").Slab,
         Adsorbate=importlib.import_module(f"{name}.adsorbate").Adsorbate,
     )

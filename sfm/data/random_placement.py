@@ -61,7 +61,18 @@ def random_placements(entries, k: int, seed: int = 0, contact: float = 2.0):
         fixed = fixed_mask(entry)
         for s in range(k):
             rng = np.random.default_rng(np.random.SeedSequence([seed, i, s]))
-            yield Data(pos=random_placement(entry, rng, contact), cell=as_cell(entry.cell)[None],
-                       atomic_numbers=entry.atomic_numbers, natoms=int(entry.natoms), tags=entry.tags, fixed=fixed,
-                       sid=entry.sid, sample_idx=s, input_index=i, generated=entry.tags == 2, mode="inpaint",
-                       sampler=SAMPLER, seed=seed)  # fmt: skip
+            yield Data(
+                pos=random_placement(entry, rng, contact),
+                cell=as_cell(entry.cell)[None],
+                atomic_numbers=entry.atomic_numbers,
+                natoms=int(entry.natoms),
+                tags=entry.tags,
+                fixed=fixed,
+                sid=entry.sid,
+                sample_idx=s,
+                input_index=i,
+                generated=entry.tags == 2,
+                mode="inpaint",
+                sampler=SAMPLER,
+                seed=seed,
+            )

@@ -48,8 +48,9 @@ def name_structures(data, graphs: torch.Tensor) -> str:
     sid, or by index where there is none (for messages)."""
     sid = getattr(data, "sid", None)
     sids = sid.reshape(-1).tolist() if torch.is_tensor(sid) else sid if isinstance(sid, list) else [sid]
-    return ", ".join(f"sid {plain_sid(sids[g])}" if sid is not None and g < len(sids) else f"structure {g}"
-                     for g in graphs.tolist())  # fmt: skip
+    return ", ".join(
+        f"sid {plain_sid(sids[g])}" if sid is not None and g < len(sids) else f"structure {g}" for g in graphs.tolist()
+    )
 
 
 def parse_tags(text: str) -> tuple[int, ...]:

@@ -32,8 +32,14 @@ def labelled(data: Data, view: str, where: str = "entry") -> Data:
         else:
             hint = f" (a test split? it stores no {' / '.join(missing)} to evaluate against)"
         raise ValueError(f"{where}: the '{view}' view needs {missing}, not stored{hint}")
-    common = dict(atomic_numbers=data.atomic_numbers, cell=data.cell, natoms=data.natoms, tags=data.tags,
-                  fixed=fixed_mask(data), **({"sid": data.sid} if "sid" in data else {}))
+    common = dict(
+        atomic_numbers=data.atomic_numbers,
+        cell=data.cell,
+        natoms=data.natoms,
+        tags=data.tags,
+        fixed=fixed_mask(data),
+        **({"sid": data.sid} if "sid" in data else {}),
+    )
     if view == "frames":
         return Data(pos=data.pos, y=float(data.y), **common, **({"force": data.force} if "force" in data else {}))
     if view == "relaxed":

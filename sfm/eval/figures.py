@@ -74,8 +74,12 @@ def structure_rows(rows: list[tuple[str, object, object]]):
 
     fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3.2 * len(rows)), squeeze=False)
     for row, (caption, gen, ref) in zip(axes, rows):
-        views = [(gen, "-90x", "generated+relaxed, side"), (gen, "", "generated+relaxed, top"),
-                 (ref, "-90x", "reference, side"), (ref, "", "reference, top")]
+        views = [
+            (gen, "-90x", "generated+relaxed, side"),
+            (gen, "", "generated+relaxed, top"),
+            (ref, "-90x", "reference, side"),
+            (ref, "", "reference, top"),
+        ]
         for ax, (atoms, rot, title) in zip(row, views):
             plot_atoms(atoms, ax, rotation=rot, radii=0.6)
             ax.set_title(title, fontsize=8)

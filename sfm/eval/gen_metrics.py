@@ -31,8 +31,19 @@ import torch
 from sfm.data import LmdbDataset, open_dataset, write_json
 from sfm.data.lattice import as_cell, as_cells
 from sfm.data.structure import fixed_mask, sid_of
-from sfm.eval.generation import (ANGLE_TOL, LTOL, STOL, composition_kept, is_valid, lattice_stats, match_at_k,
-                                 match_rms, structure_matcher, to_structure, uniqueness)
+from sfm.eval.generation import (
+    ANGLE_TOL,
+    LTOL,
+    STOL,
+    composition_kept,
+    is_valid,
+    lattice_stats,
+    match_at_k,
+    match_rms,
+    structure_matcher,
+    to_structure,
+    uniqueness,
+)
 from sfm.eval.oc20 import adwt, mean_distance, success_at_k
 
 
@@ -64,14 +75,16 @@ def sample_distance(sample, ref, atoms: str = "generated") -> float:
     `pos_relaxed`; nan when the atoms are not the reference's, in its order. ValueError naming
     the sid if the reference has no `pos_relaxed`."""
     if "pos_relaxed" not in ref:
-        raise ValueError(f"reference sid {sid_of(ref)} has no pos_relaxed (a test split?): "
-                         "no distance to the relaxed structure")
+        raise ValueError(
+            f"reference sid {sid_of(ref)} has no pos_relaxed (a test split?): no distance to the relaxed structure"
+        )
     if not torch.equal(sample.atomic_numbers.long(), ref.atomic_numbers.long()):
         return float("nan")
     ref_pos = ref.pos_relaxed.double()
     index = torch.zeros(len(ref_pos), dtype=torch.long)
-    return mean_distance(sample.pos.double(), ref_pos, as_cells(ref.cell).double(), index,
-                         adwt_mask(sample, ref, atoms)).item()
+    return mean_distance(
+        sample.pos.double(), ref_pos, as_cells(ref.cell).double(), index, adwt_mask(sample, ref, atoms)
+    ).item()
 
 
 def needs_field(refs: dict, sids, field: str, metrics: str) -> str | None:
@@ -81,13 +94,23 @@ def needs_field(refs: dict, sids, field: str, metrics: str) -> str | None:
     if not lacking:
         return None
     if len(lacking) < len(sids):
-        raise ValueError(f"{len(lacking)} of {len(sids)} reference entries have no {field}, e.g. sid(s) "
-                         f"{lacking[:5]}: {metrics} need it for every system")
+        raise ValueError(
+            f"{len(lacking)} of {len(sids)} reference entries have no {field}, e.g. sid(s) "
+            f"{lacking[:5]}: {metrics} need it for every system"
+        )
     return f"the reference has no {field} (a test split?); {metrics} need it"
 
 
-def generation_metrics(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGLE_TOL, adwt_atoms="generated",
-                       energy_key=None, dense_refs: dict | None = None) -> dict:
+def generation_metrics(
+    samples,
+    references,
+    stol=STOL,
+    ltol=LTOL,
+    angle_tol=ANGLE_TOL,
+    adwt_atoms="generated",
+    energy_key=None,
+    dense_refs: dict | None = None,
+) -> dict:
     """Metrics of `samples` (iterable of Data with sid) against `references` (iterable of Data).
 
     Metrics that need the reference's `pos_relaxed` (match, ADwT, distance) or `y_relaxed`
@@ -129,18 +152,31 @@ def generation_metrics(samples, references, stol=STOL, ltol=LTOL, angle_tol=ANGL
         if len(group) > 1:
             unique.append(uniqueness(structs, matcher) if structs else 0.0)
     best_dist = np.where(np.isnan(dist), np.inf, dist).min(axis=1)
-    out = {"systems": S, "samples": len(valid), "k": K, "unmatched_sids": len(missing),
-           "tolerances": {"stol": stol, "ltol": ltol, "angle_tol": angle_tol},
-           "validity": float(np.mean(valid)), "composition_kept": float(np.mean(kept)),
-           "uniqueness": float(np.mean(unique)) if unique else float("nan"),
-           "lattice": lattice_stats(torch.stack(cells), torch.stack([as_cell(r.cell) for r in refs.values()])),
-           "skipped": skipped}
+    out = {
+        "systems": S,
+        "samples": len(valid),
+        "k": K,
+        "unmatched_sids": len(missing),
+        "tolerances": {"stol": stol, "ltol": ltol, "angle_tol": angle_tol},
+        "validity": float(np.mean(valid)),
+        "composition_kept": float(np.mean(kept)),
+        "uniqueness": float(np.mean(unique)) if unique else float("nan"),
+        "lattice": lattice_stats(torch.stack(cells), torch.stack([as_cell(r.cell) for r in refs.values()])),
+        "skipped": skipped,
+    }
     if not no_relaxed:
-        out.update({"match@1": match_at_k(rms, 1), f"match@{K}": match_at_k(rms, K),
-                    "adwt@1": adwt(dist[:, 0]), f"adwt@{K}": adwt(best_dist), "adwt_atoms": adwt_atoms,
-                    "distance@1": median(dist[:, 0]), f"distance@{K}": median(best_dist),
-                    "per_sample": {"match_rate": float(np.isfinite(rms[present]).mean()),
-                                   "adwt": adwt(dist[present])}})
+        out.update(
+            {
+                "match@1": match_at_k(rms, 1),
+                f"match@{K}": match_at_k(rms, K),
+                "adwt@1": adwt(dist[:, 0]),
+                f"adwt@{K}": adwt(best_dist),
+                "adwt_atoms": adwt_atoms,
+                "distance@1": median(dist[:, 0]),
+                f"distance@{K}": median(best_dist),
+                "per_sample": {"match_rate": float(np.isfinite(rms[present]).mean()), "adwt": adwt(dist[present])},
+            }
+        )
     if energy_key is not None and "success" not in skipped:
         out.update(placement_success(energy, [refs[sid] for sid in groups], list(groups), dense_refs))
     return out
@@ -169,9 +205,11 @@ def placement_success(energy: np.ndarray, refs: list, sids: list, dense_refs: di
         if np.isnan(ref_e).all():
             raise ValueError("no sample sid has a dense reference (is the dense split of this reference split?)")
     rows = ~np.isnan(ref_e)
-    return {"success@1": success_at_k(energy[rows], ref_e[rows], 1),
-            f"success@{K}": success_at_k(energy[rows], ref_e[rows], K),
-            "success_reference": f"dense minimum ({int(rows.sum())} systems)" if dense_refs is not None else "y_relaxed"}
+    return {
+        "success@1": success_at_k(energy[rows], ref_e[rows], 1),
+        f"success@{K}": success_at_k(energy[rows], ref_e[rows], K),
+        "success_reference": f"dense minimum ({int(rows.sum())} systems)" if dense_refs is not None else "y_relaxed",
+    }
 
 
 def median(dist: np.ndarray) -> float | None:
@@ -184,9 +222,12 @@ def median(dist: np.ndarray) -> float | None:
 def format_table(m: dict) -> str:
     """One-screen text table of `generation_metrics`'s output."""
     K = m["k"]
-    rows = [("systems / samples / k", f"{m['systems']} / {m['samples']} / {K}"),
-            ("sample sids not in reference", str(m["unmatched_sids"])),
-            ("validity", f"{m['validity']:.3f}"), ("composition kept", f"{m['composition_kept']:.3f}")]
+    rows = [
+        ("systems / samples / k", f"{m['systems']} / {m['samples']} / {K}"),
+        ("sample sids not in reference", str(m["unmatched_sids"])),
+        ("validity", f"{m['validity']:.3f}"),
+        ("composition kept", f"{m['composition_kept']:.3f}"),
+    ]
     for k in sorted({1, K}):
         if f"match@{k}" in m:
             match = m[f"match@{k}"]
@@ -209,21 +250,31 @@ def format_table(m: dict) -> str:
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines.append(f"\n{'lattice':<8}{'mean':>9}{'std':>8}{'ref mean':>10}{'ref std':>9}{'W1':>8}")
     for name, s in m["lattice"].items():
-        lines.append(f"{name:<8}{s['mean']:>9.3f}{s['std']:>8.3f}{s['ref_mean']:>10.3f}{s['ref_std']:>9.3f}"
-                     f"{s['wasserstein']:>8.3f}")
+        lines.append(
+            f"{name:<8}{s['mean']:>9.3f}{s['std']:>8.3f}{s['ref_mean']:>10.3f}{s['ref_std']:>9.3f}"
+            f"{s['wasserstein']:>8.3f}"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", required=True, help="sample LMDB (file or folder of shards)")
-    p.add_argument("--reference", required=True, help="reference dataset, any format open_dataset reads (pos_relaxed used where present)")
+    p.add_argument(
+        "--reference",
+        required=True,
+        help="reference dataset, any format open_dataset reads (pos_relaxed used where present)",
+    )
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--stol", type=float, default=STOL, help="site tolerance, units of (V/n)^(1/3)")
     p.add_argument("--ltol", type=float, default=LTOL, help="fractional lattice-length tolerance")
     p.add_argument("--angle_tol", type=float, default=ANGLE_TOL, help="lattice angle tolerance, degrees")
-    p.add_argument("--adwt_atoms", choices=["generated", "adsorbate", "free", "all"], default="generated",
-                   help="atoms ADwT scores: the sample's `generated` mask (else tags 2), tags 2, free, all")
+    p.add_argument(
+        "--adwt_atoms",
+        choices=["generated", "adsorbate", "free", "all"],
+        default="generated",
+        help="atoms ADwT scores: the sample's `generated` mask (else tags 2), tags 2, free, all",
+    )
     p.add_argument("--energy_key", help="per-sample energy field for placement success@k")
     p.add_argument("--dense", help="dense split folder (DIR/is2re_dense): success@k against its minima")
     args = p.parse_args(argv)
@@ -237,8 +288,16 @@ def main(argv=None) -> dict:
             dense_refs = references(load_mapping(args.dense))
         except FileNotFoundError as err:
             p.error(str(err))
-    m = generation_metrics(LmdbDataset(args.samples), open_dataset(args.reference), args.stol, args.ltol,
-                           args.angle_tol, args.adwt_atoms, args.energy_key, dense_refs)
+    m = generation_metrics(
+        LmdbDataset(args.samples),
+        open_dataset(args.reference),
+        args.stol,
+        args.ltol,
+        args.angle_tol,
+        args.adwt_atoms,
+        args.energy_key,
+        dense_refs,
+    )
     print(format_table(m))
     if args.json:
         write_json(args.json, m)

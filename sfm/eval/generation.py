@@ -56,9 +56,12 @@ def composition_kept(numbers: Tensor, ref_numbers: Tensor) -> bool:
 
 def to_structure(numbers: Tensor, pos: Tensor, cell: Tensor) -> Structure:
     """pymatgen Structure, periodic along a, b, c (pbc=True, also for slabs)."""
-    return Structure(Lattice(cell.double().cpu().numpy(), pbc=(True, True, True)),
-                     numbers.long().cpu().tolist(), pos.double().cpu().numpy(),
-                     coords_are_cartesian=True)
+    return Structure(
+        Lattice(cell.double().cpu().numpy(), pbc=(True, True, True)),
+        numbers.long().cpu().tolist(),
+        pos.double().cpu().numpy(),
+        coords_are_cartesian=True,
+    )
 
 
 def structure_matcher(stol: float = STOL, ltol: float = LTOL, angle_tol: float = ANGLE_TOL) -> StructureMatcher:
@@ -83,8 +86,10 @@ def match_at_k(rms: np.ndarray, k: int) -> dict[str, float]:
     rms = np.asarray(rms, dtype=float)[:, :k]
     best = np.where(np.isnan(rms), np.inf, rms).min(axis=1)
     hit = np.isfinite(best)
-    return {"match_rate": float(hit.mean()) if len(hit) else float("nan"),
-            "rmse": float(best[hit].mean()) if hit.any() else float("nan")}
+    return {
+        "match_rate": float(hit.mean()) if len(hit) else float("nan"),
+        "rmse": float(best[hit].mean()) if hit.any() else float("nan"),
+    }
 
 
 def uniqueness(structures: list[Structure], matcher: StructureMatcher) -> float:
@@ -109,7 +114,13 @@ def lattice_parameters(cell: Tensor) -> Tensor:
 def lattice_stats(sample_cells: Tensor, ref_cells: Tensor) -> dict[str, dict[str, float]]:
     """Per lattice parameter: sample mean/std, data mean/std, 1-D Wasserstein distance (A or deg)."""
     s, r = lattice_parameters(sample_cells).numpy(), lattice_parameters(ref_cells).numpy()
-    return {name: {"mean": float(s[:, i].mean()), "std": float(s[:, i].std()),
-                   "ref_mean": float(r[:, i].mean()), "ref_std": float(r[:, i].std()),
-                   "wasserstein": float(wasserstein_distance(s[:, i], r[:, i]))}
-            for i, name in enumerate(LATTICE_PARAMS)}
+    return {
+        name: {
+            "mean": float(s[:, i].mean()),
+            "std": float(s[:, i].std()),
+            "ref_mean": float(r[:, i].mean()),
+            "ref_std": float(r[:, i].std()),
+            "wasserstein": float(wasserstein_distance(s[:, i], r[:, i])),
+        }
+        for i, name in enumerate(LATTICE_PARAMS)
+    }

@@ -43,8 +43,16 @@ def force_cos(pred: Tensor, target: Tensor, free: Tensor | None = None) -> float
     return torch.nn.functional.cosine_similarity(pred[keep], target[keep], dim=-1).mean().item()
 
 
-def efwt(pred_e: Tensor, target_e: Tensor, pred_f: Tensor, target_f: Tensor, batch: Tensor,
-         free: Tensor | None = None, e_threshold: float = 0.02, f_threshold: float = 0.03) -> float:
+def efwt(
+    pred_e: Tensor,
+    target_e: Tensor,
+    pred_f: Tensor,
+    target_f: Tensor,
+    batch: Tensor,
+    free: Tensor | None = None,
+    e_threshold: float = 0.02,
+    f_threshold: float = 0.03,
+) -> float:
     """Energy and forces within threshold: fraction of structures with |dE| < 0.02 eV and the
     largest absolute force-component error over the structure's free atoms < 0.03 eV/A."""
     err = (pred_f - target_f).abs().amax(dim=-1)
@@ -57,9 +65,12 @@ def efwt(pred_e: Tensor, target_e: Tensor, pred_f: Tensor, target_f: Tensor, bat
 
 def s2ef_metrics(pred_e, target_e, pred_f, target_f, batch, free=None) -> dict[str, float]:
     """All S2EF metrics in one dict: energy_mae, force_mae, force_cos, efwt."""
-    return {"energy_mae": energy_mae(pred_e, target_e), "force_mae": force_mae(pred_f, target_f, free),
-            "force_cos": force_cos(pred_f, target_f, free),
-            "efwt": efwt(pred_e, target_e, pred_f, target_f, batch, free)}
+    return {
+        "energy_mae": energy_mae(pred_e, target_e),
+        "force_mae": force_mae(pred_f, target_f, free),
+        "force_cos": force_cos(pred_f, target_f, free),
+        "efwt": efwt(pred_e, target_e, pred_f, target_f, batch, free),
+    }
 
 
 def within_system_metrics(pred_e: Tensor, target_e: Tensor, system: Tensor) -> dict[str, float]:
@@ -82,9 +93,11 @@ def within_system_metrics(pred_e: Tensor, target_e: Tensor, system: Tensor) -> d
         if members.sum() >= 3:
             rhos.append(spearmanr(p, t).statistic if np.ptp(p) > 0 and np.ptp(t) > 0 else np.nan)
     rhos = np.asarray(rhos, dtype=float)
-    return {"spearman_median": float(np.median(rhos)) if len(rhos) else float("nan"),
-            "spearman_mean": float(np.mean(rhos)) if len(rhos) else float("nan"),
-            "centred_energy_mae": float(np.abs(centred).mean())}
+    return {
+        "spearman_median": float(np.median(rhos)) if len(rhos) else float("nan"),
+        "spearman_mean": float(np.mean(rhos)) if len(rhos) else float("nan"),
+        "centred_energy_mae": float(np.abs(centred).mean()),
+    }
 
 
 def is2re_metrics(pred_e: Tensor, target_e: Tensor) -> dict[str, float]:
@@ -92,8 +105,7 @@ def is2re_metrics(pred_e: Tensor, target_e: Tensor) -> dict[str, float]:
     return {"energy_mae": energy_mae(pred_e, target_e), "ewt": ewt(pred_e, target_e)}
 
 
-def mean_distance(pos: Tensor, ref_pos: Tensor, cell: Tensor, batch: Tensor,
-                  mask: Tensor | None = None) -> Tensor:
+def mean_distance(pos: Tensor, ref_pos: Tensor, cell: Tensor, batch: Tensor, mask: Tensor | None = None) -> Tensor:
     """[B] mean over the structure's (masked) atoms of the minimum-image distance |pos - ref| (A).
 
     cell: [B, 3, 3] rows a, b, c (the reference's). A structure with no masked atom gets nan.

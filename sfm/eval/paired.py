@@ -29,7 +29,9 @@ from sfm.eval.oc20 import adwt
 def first_distances(samples, references, atoms: str = "generated") -> dict:
     """``{sid: distance (A)}`` of each system's first sample (nan: not scorable)."""
     refs = {sid_of(r): r for r in references}
-    return {sid: sample_distance(group[0], refs[sid], atoms) for sid, group in group_samples(samples).items() if sid in refs}
+    return {
+        sid: sample_distance(group[0], refs[sid], atoms) for sid, group in group_samples(samples).items() if sid in refs
+    }
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic, resamples: int = 2000, seed: int = 0) -> dict:
@@ -48,9 +50,13 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic, resamples: int = 2
     sa = np.array([statistic(a[i]) for i in picks])
     sb = np.array([statistic(b[i]) for i in picks])
     diffs = sa - sb
-    return {"difference": float(statistic(a) - statistic(b)), "interval_90": _interval(diffs),
-            "p_difference_positive": float((diffs > 0).mean()), "interval_90_a": _interval(sa),
-            "interval_90_b": _interval(sb)}  # fmt: skip
+    return {
+        "difference": float(statistic(a) - statistic(b)),
+        "interval_90": _interval(diffs),
+        "p_difference_positive": float((diffs > 0).mean()),
+        "interval_90_a": _interval(sa),
+        "interval_90_b": _interval(sb),
+    }
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -68,22 +74,34 @@ def compare(dist: dict, base: dict, resamples: int = 2000, seed: int = 0) -> dic
     b = np.array([base[s] for s in common], dtype=float)
     a, b = np.where(np.isnan(a), np.inf, a), np.where(np.isnan(b), np.inf, b)
     boot = paired_bootstrap(a, b, adwt, resamples, seed)
-    return {"systems": len(common), "adwt": adwt(a), "adwt_baseline": adwt(b), "difference": boot["difference"],
-            "interval_90": boot["interval_90"], "p_difference_positive": boot["p_difference_positive"],
-            "closer": float((a < b).mean()), "median_distance": float(np.median(a)),
-            "median_distance_baseline": float(np.median(b)), "resamples": resamples}  # fmt: skip
+    return {
+        "systems": len(common),
+        "adwt": adwt(a),
+        "adwt_baseline": adwt(b),
+        "difference": boot["difference"],
+        "interval_90": boot["interval_90"],
+        "p_difference_positive": boot["p_difference_positive"],
+        "closer": float((a < b).mean()),
+        "median_distance": float(np.median(a)),
+        "median_distance_baseline": float(np.median(b)),
+        "resamples": resamples,
+    }
 
 
 def format_result(r: dict) -> str:
     low, high = r["interval_90"]
-    return (f"systems {r['systems']}: ADwT {r['adwt']:.3f} vs baseline {r['adwt_baseline']:.3f}, difference "
-            f"{r['difference']:+.3f} (90 % bootstrap interval {low:+.3f} .. {high:+.3f}, P(> 0) "
-            f"{r['p_difference_positive']:.2f}); closer than the baseline on {r['closer']:.0%} of systems; "
-            f"median distance {r['median_distance']:.2f} vs {r['median_distance_baseline']:.2f} A")  # fmt: skip
+    return (
+        f"systems {r['systems']}: ADwT {r['adwt']:.3f} vs baseline {r['adwt_baseline']:.3f}, difference "
+        f"{r['difference']:+.3f} (90 % bootstrap interval {low:+.3f} .. {high:+.3f}, P(> 0) "
+        f"{r['p_difference_positive']:.2f}); closer than the baseline on {r['closer']:.0%} of systems; "
+        f"median distance {r['median_distance']:.2f} vs {r['median_distance_baseline']:.2f} A"
+    )
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--reference", required=True, help="LMDB with pos_relaxed (the split the samples were made for)")
     p.add_argument("--samples", required=True, help="sample LMDB(s) to test")
     p.add_argument("--baseline", required=True, help="sample LMDB(s) to compare with (e.g. the initial placements)")
@@ -99,8 +117,12 @@ def main(argv=None) -> dict:
         p.error(f"--resamples must be >= 1, got {args.resamples}")
     refs = list(open_dataset(args.reference))
     try:
-        out = compare(first_distances(LmdbDataset(args.samples), refs, args.adwt_atoms),
-                      first_distances(LmdbDataset(args.baseline), refs, args.adwt_atoms), args.resamples, args.seed)
+        out = compare(
+            first_distances(LmdbDataset(args.samples), refs, args.adwt_atoms),
+            first_distances(LmdbDataset(args.baseline), refs, args.adwt_atoms),
+            args.resamples,
+            args.seed,
+        )
     except ValueError as err:
         p.error(str(err))
     print(format_result(out))

@@ -52,19 +52,20 @@ class RankingConfig:
     """Plain values of a relax-and-rank run; the flags of ``sfm/tasks/score.py`` have these names."""
 
     optimizer: str = "fire"
-    fmax: float = 0.05          # eV/A, convergence on free atoms
-    steps: int = 300            # optimiser step cap; 0: predict only, no relaxation
-    batch_size: int = 32        # structures relaxed together
+    fmax: float = 0.05  # eV/A, convergence on free atoms
+    steps: int = 300  # optimiser step cap; 0: predict only, no relaxation
+    batch_size: int = 32  # structures relaxed together
     max_atoms: int | None = None  # atoms per model call (relax_batch), None: the whole batch
     exclude: tuple[str, ...] = ANOMALIES  # anomaly kinds that disqualify a sample
-    threshold: float = 0.1      # eV, success@k
+    threshold: float = 0.1  # eV, success@k
     ks: tuple[int, ...] = (1,)  # success@k reported for these k and for the largest sample count
     device: str = "cpu"
     progress: bool = True
 
     def relax_settings(self) -> RelaxSettings:
-        return RelaxSettings(self.optimizer, self.fmax, self.steps, self.batch_size, self.max_atoms, self.device,
-                             self.progress)  # fmt: skip
+        return RelaxSettings(
+            self.optimizer, self.fmax, self.steps, self.batch_size, self.max_atoms, self.device, self.progress
+        )
 
 
 @dataclass
@@ -99,8 +100,7 @@ def sample_indices(samples) -> list[int]:
     return out
 
 
-def rank_samples(model, samples: list[Data], cfg: RankingConfig, references: dict | None = None,
-                 judge=None) -> Ranking:
+def rank_samples(model, samples: list[Data], cfg: RankingConfig, references: dict | None = None, judge=None) -> Ranking:
     """Relax, judge (if a ``judge`` is given), flag and rank ``samples`` (module docstring);
     ``references``: ``{sid: Data}`` or None."""
     check_config(cfg)
@@ -111,7 +111,9 @@ def rank_samples(model, samples: list[Data], cfg: RankingConfig, references: dic
     samples = [_with(d, fixed=fixed_mask(d)) for d in samples]
     if judge is not None:
         judge.check(samples)
-    relaxed = relax_structures(model, samples, cfg.relax_settings(), "relax (model)" if cfg.steps else "predict (model)")
+    relaxed = relax_structures(
+        model, samples, cfg.relax_settings(), "relax (model)" if cfg.steps else "predict (model)"
+    )
     judged = [None] * len(samples)
     if judge is not None:
         judged, judge_pos = judge(samples, [r["pos"] for r in relaxed], references)
@@ -145,23 +147,40 @@ def _rank_system(sid, members, samples, index, relaxed, judged, ref, cfg: Rankin
     out = Ranking([], [], [])
     for rank, i in enumerate(order):
         r = relaxed[i]
-        row = {"sid": sid, "sample_idx": index[i], "rank": rank, "energy": r["energy"],
-               "energy_initial": r["energy_initial"], "judge_energy": math.nan if judged[i] is None else judged[i],
-               "ref_energy": ref_energy, "fmax": r["fmax"], "converged": r["converged"],
-               "relax_steps": r["relax_steps"], **flags[i]}  # fmt: skip
+        row = {
+            "sid": sid,
+            "sample_idx": index[i],
+            "rank": rank,
+            "energy": r["energy"],
+            "energy_initial": r["energy_initial"],
+            "judge_energy": math.nan if judged[i] is None else judged[i],
+            "ref_energy": ref_energy,
+            "fmax": r["fmax"],
+            "converged": r["converged"],
+            "relax_steps": r["relax_steps"],
+            **flags[i],
+        }
         row["delta"] = (row["energy"] if judged[i] is None else row["judge_energy"]) - ref_energy
         out.rows.append(row)
         out.records.append(_record(samples[i], r, row, index[i], judged[i] is not None))
     best = out.rows[0]
-    out.systems.append({
-        "sid": sid, "samples": len(order), "ranked_sample_idx": [index[i] for i in order],
-        "best_sample_idx": best["sample_idx"], "best_energy": best["energy"],
-        "best_judge_energy": best["judge_energy"], "ref_energy": ref_energy,
-        "best_fmax": best["fmax"], "max_fmax": max(relaxed[i]["fmax"] for i in members),
-        "best_converged": best["converged"], "converged": sum(relaxed[i]["converged"] for i in members),
-        "qualified": sum(not flags[i]["disqualified"] for i in members),
-        "anomalies": {k: sum(flags[i][k] for i in members) for k in ANOMALIES},
-    })  # fmt: skip
+    out.systems.append(
+        {
+            "sid": sid,
+            "samples": len(order),
+            "ranked_sample_idx": [index[i] for i in order],
+            "best_sample_idx": best["sample_idx"],
+            "best_energy": best["energy"],
+            "best_judge_energy": best["judge_energy"],
+            "ref_energy": ref_energy,
+            "best_fmax": best["fmax"],
+            "max_fmax": max(relaxed[i]["fmax"] for i in members),
+            "best_converged": best["converged"],
+            "converged": sum(relaxed[i]["converged"] for i in members),
+            "qualified": sum(not flags[i]["disqualified"] for i in members),
+            "anomalies": {k: sum(flags[i][k] for i in members) for k in ANOMALIES},
+        }
+    )
     return out
 
 
@@ -214,11 +233,17 @@ def summarize(rows: list[dict], systems: list[dict], cfg: RankingConfig, judge: 
     """Counts, convergence, anomalies and (with references) success@k over all systems; each
     system's dict also gets its own ``success@k`` flags. ``judge``: the judge's name or "none"."""
     K = max(s["samples"] for s in systems)
-    out = {"systems": len(systems), "samples": len(rows), "k": K, "judge": judge,
-           "converged_fraction": float(np.mean([r["converged"] for r in rows])),
-           "relax_steps_mean": float(np.mean([r["relax_steps"] for r in rows])),
-           "anomalies": {k: int(sum(r[k] for r in rows)) for k in ANOMALIES},
-           "disqualified": int(sum(r["disqualified"] for r in rows)), "excluded_kinds": list(cfg.exclude)}  # fmt: skip
+    out = {
+        "systems": len(systems),
+        "samples": len(rows),
+        "k": K,
+        "judge": judge,
+        "converged_fraction": float(np.mean([r["converged"] for r in rows])),
+        "relax_steps_mean": float(np.mean([r["relax_steps"] for r in rows])),
+        "anomalies": {k: int(sum(r[k] for r in rows)) for k in ANOMALIES},
+        "disqualified": int(sum(r["disqualified"] for r in rows)),
+        "excluded_kinds": list(cfg.exclude),
+    }
     with_ref = [n for n, s in enumerate(systems) if math.isfinite(s["ref_energy"])]
     out["systems_with_reference"] = len(with_ref)
     if with_ref:
@@ -227,8 +252,9 @@ def summarize(rows: list[dict], systems: list[dict], cfg: RankingConfig, judge: 
         for k in sorted({k for k in cfg.ks if k <= K} | {K}):  # k beyond the sample count would repeat @K
             out[f"success@{k}"] = success_at_k(energies, ref, k, cfg.threshold)
             for row, n in enumerate(with_ref):
-                systems[n][f"success@{k}"] = bool(success_at_k(energies[row : row + 1], ref[row : row + 1], k,
-                                                                cfg.threshold))  # fmt: skip
+                systems[n][f"success@{k}"] = bool(
+                    success_at_k(energies[row : row + 1], ref[row : row + 1], k, cfg.threshold)
+                )
         out["success_threshold_eV"] = cfg.threshold
         out["success_energy"] = "judge" if judge != "none" else "model"
     return out

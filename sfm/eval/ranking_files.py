@@ -18,8 +18,21 @@ from sfm.data.structure import fixed_mask, plain_sid, sid_of
 from sfm.eval.ranking import ANOMALIES, Ranking, sample_indices
 
 EXTXYZ_SUFFIXES = (".xyz", ".extxyz")
-CSV_FIELDS = ("sid", "sample_idx", "rank", "energy", "energy_initial", "judge_energy", "ref_energy", "delta",
-              "fmax", "converged", "relax_steps", *ANOMALIES, "disqualified")  # fmt: skip
+CSV_FIELDS = (
+    "sid",
+    "sample_idx",
+    "rank",
+    "energy",
+    "energy_initial",
+    "judge_energy",
+    "ref_energy",
+    "delta",
+    "fmax",
+    "converged",
+    "relax_steps",
+    *ANOMALIES,
+    "disqualified",
+)
 
 
 def read_samples(path) -> list[Data]:
@@ -45,8 +58,10 @@ def read_samples(path) -> list[Data]:
         dataset = LmdbDataset(path)
         items = [dataset[i] for i in range(len(dataset))]
     else:
-        raise ValueError(f"samples {path}: expected an OC20 LMDB (file .lmdb or folder of shards) or an extxyz "
-                         f"({'/'.join(EXTXYZ_SUFFIXES)})")  # fmt: skip
+        raise ValueError(
+            f"samples {path}: expected an OC20 LMDB (file .lmdb or folder of shards) or an extxyz "
+            f"({'/'.join(EXTXYZ_SUFFIXES)})"
+        )
     for i, d in enumerate(items):
         if "sid" not in d:
             raise ValueError(f"{path}[{i}]: sample has no 'sid' (the input system it belongs to)")
@@ -72,8 +87,20 @@ def read_references(path) -> dict:
     return {sid_of(d): d for d in (dataset[i] for i in range(len(dataset)))}
 
 
-SYSTEM_FIELDS = ("sid", "samples", "ranked_sample_idx", "best_sample_idx", "best_energy", "best_judge_energy",
-                 "ref_energy", "best_fmax", "max_fmax", "best_converged", "converged", "qualified")  # fmt: skip
+SYSTEM_FIELDS = (
+    "sid",
+    "samples",
+    "ranked_sample_idx",
+    "best_sample_idx",
+    "best_energy",
+    "best_judge_energy",
+    "ref_energy",
+    "best_fmax",
+    "max_fmax",
+    "best_converged",
+    "converged",
+    "qualified",
+)
 
 
 def write_outputs(ranking: Ranking, out_dir, config: dict | None = None) -> dict[str, Path]:
@@ -83,8 +110,12 @@ def write_outputs(ranking: Ranking, out_dir, config: dict | None = None) -> dict
     (summary, config, systems). Returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"lmdb": out / "scored.lmdb", "samples_csv": out / "samples.csv", "systems_csv": out / "systems.csv",
-             "json": out / "scores.json"}  # fmt: skip
+    paths = {
+        "lmdb": out / "scored.lmdb",
+        "samples_csv": out / "samples.csv",
+        "systems_csv": out / "systems.csv",
+        "json": out / "scores.json",
+    }
     write_lmdb(paths["lmdb"], ranking.records)
     with open(paths["samples_csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
@@ -105,15 +136,20 @@ def write_outputs(ranking: Ranking, out_dir, config: dict | None = None) -> dict
 def format_summary(summary: dict) -> str:
     """A few lines for the terminal."""
     s = summary
-    lines = [f"systems {s['systems']}  samples {s['samples']}  k {s['k']}  judge {s['judge']}",
-             f"converged {s['converged_fraction']:.3f}  mean relax steps {s['relax_steps_mean']:.1f}",
-             "anomalies " + "  ".join(f"{k} {v}" for k, v in s["anomalies"].items())
-             + f"  (disqualified {s['disqualified']}: {','.join(s['excluded_kinds']) or 'none'})"]  # fmt: skip
+    lines = [
+        f"systems {s['systems']}  samples {s['samples']}  k {s['k']}  judge {s['judge']}",
+        f"converged {s['converged_fraction']:.3f}  mean relax steps {s['relax_steps_mean']:.1f}",
+        "anomalies "
+        + "  ".join(f"{k} {v}" for k, v in s["anomalies"].items())
+        + f"  (disqualified {s['disqualified']}: {','.join(s['excluded_kinds']) or 'none'})",
+    ]
     succ = [k for k in s if k.startswith("success@")]
     if succ:
-        lines.append(f"placement success ({s['success_energy']} energy within {s['success_threshold_eV']} eV of "
-                     f"y_relaxed, {s['systems_with_reference']} systems): "
-                     + "  ".join(f"{k} {s[k]:.3f}" for k in sorted(succ, key=lambda k: int(k.split('@')[1]))))  # fmt: skip
+        lines.append(
+            f"placement success ({s['success_energy']} energy within {s['success_threshold_eV']} eV of "
+            f"y_relaxed, {s['systems_with_reference']} systems): "
+            + "  ".join(f"{k} {s[k]:.3f}" for k in sorted(succ, key=lambda k: int(k.split("@")[1])))
+        )
     if "success_skipped" in s:
         lines.append(f"placement success skipped for {s['success_skipped']}")
     return "\n".join(lines)

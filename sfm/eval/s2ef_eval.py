@@ -36,21 +36,30 @@ BASELINES = ("train_mean", "linear_fit")
 class Predictions:
     """Concatenated over a split: per structure [B], per atom [N, ...]; float64 on the CPU."""
 
-    energy: torch.Tensor         # [B] eV, model
+    energy: torch.Tensor  # [B] eV, model
     target_energy: torch.Tensor  # [B] eV
     forces: torch.Tensor | None  # [N, 3] eV/A, model (None when the view has no force label)
     target_forces: torch.Tensor | None
     atomic_numbers: torch.Tensor  # [N] long
-    batch: torch.Tensor          # [N] long, structure of each atom
-    free: torch.Tensor           # [N] bool
-    system: torch.Tensor         # [B] long, sid of each structure
+    batch: torch.Tensor  # [N] long, structure of each atom
+    free: torch.Tensor  # [N] bool
+    system: torch.Tensor  # [B] long, sid of each structure
 
 
-def predict(model, items, batch_size: int = 16, device="cpu", progress: bool = True, desc: str = "predict",
-            total: int | None = None) -> Predictions:
+def predict(
+    model,
+    items,
+    batch_size: int = 16,
+    device="cpu",
+    progress: bool = True,
+    desc: str = "predict",
+    total: int | None = None,
+) -> Predictions:
     """Run ``model.predict`` over ``items`` (labelled Data) in batches of ``batch_size``."""
-    parts = {k: [] for k in ("energy", "target_energy", "forces", "target_forces", "atomic_numbers", "batch", "free",
-                             "system")}
+    parts = {
+        k: []
+        for k in ("energy", "target_energy", "forces", "target_forces", "atomic_numbers", "batch", "free", "system")
+    }
     chunk, offset = [], 0
     bar = tqdm(total=total, desc=desc, unit="struct", disable=not progress, mininterval=1.0)
 
@@ -67,7 +76,9 @@ def predict(model, items, batch_size: int = 16, device="cpu", progress: bool = T
         parts["batch"].append(batch.batch.cpu() + offset)
         parts["free"].append(~batch.fixed.cpu())
         sid = getattr(batch, "sid", None)  # without one, each structure is its own system
-        parts["system"].append(sid.reshape(-1).long().cpu() if sid is not None else torch.arange(batch.num_graphs) + offset)
+        parts["system"].append(
+            sid.reshape(-1).long().cpu() if sid is not None else torch.arange(batch.num_graphs) + offset
+        )
         offset += batch.num_graphs
         bar.update(batch.num_graphs)
         chunk.clear()
@@ -108,8 +119,11 @@ def training_items(dataset, kind: str, max_structures: int = 0, seed: int = 0):
     import numpy as np
 
     n = len(dataset)
-    idx = range(n) if not max_structures or max_structures >= n else np.sort(
-        np.random.default_rng(seed).choice(n, max_structures, replace=False))
+    idx = (
+        range(n)
+        if not max_structures or max_structures >= n
+        else np.sort(np.random.default_rng(seed).choice(n, max_structures, replace=False))
+    )
     for i in idx:
         d = dataset[int(i)]
         if kind == "s2ef":
@@ -150,8 +164,16 @@ def split_name(path) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def split_metrics(model, dataset, kind: str, baselines: dict | None = None, batch_size: int = 16, device="cpu",
-             progress: bool = True, max_structures: int = 0) -> dict:
+def split_metrics(
+    model,
+    dataset,
+    kind: str,
+    baselines: dict | None = None,
+    batch_size: int = 16,
+    device="cpu",
+    progress: bool = True,
+    max_structures: int = 0,
+) -> dict:
     """``{view: view_metrics}`` of ``model`` on ``dataset`` (an LmdbDataset) read as ``kind``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -166,8 +188,10 @@ def split_metrics(model, dataset, kind: str, baselines: dict | None = None, batc
 
 def format_table(report: dict) -> str:
     """Text table of ``{"splits": {name: {view: view_metrics}}}``: one row per split, view and predictor."""
-    lines = [f"{'split':<18}{'view':<9}{'predictor':<12}{'E MAE eV':>10}{'F MAE eV/A':>12}{'F cos':>8}"
-             f"{'EFwT/EwT':>10}{'rho med':>9}{'E-c MAE':>9}{'n':>7}"]
+    lines = [
+        f"{'split':<18}{'view':<9}{'predictor':<12}{'E MAE eV':>10}{'F MAE eV/A':>12}{'F cos':>8}"
+        f"{'EFwT/EwT':>10}{'rho med':>9}{'E-c MAE':>9}{'n':>7}"
+    ]
     for split, views in report["splits"].items():
         for view, m in views.items():
             if not isinstance(m, dict) or "model" not in m:
@@ -181,6 +205,8 @@ def format_table(report: dict) -> str:
                 within = r.get("efwt", r.get("ewt"))
                 rho = f"{r['spearman_median']:.3f}" if "spearman_median" in r else "-"
                 centred = f"{r['centred_energy_mae']:.4f}" if "centred_energy_mae" in r else "-"
-                lines.append(f"{split:<18}{view:<9}{who:<12}{r['energy_mae']:>10.4f}{fmae:>12}{fcos:>8}"
-                             f"{within:>10.3f}{rho:>9}{centred:>9}{m['structures']:>7}")
+                lines.append(
+                    f"{split:<18}{view:<9}{who:<12}{r['energy_mae']:>10.4f}{fmae:>12}{fcos:>8}"
+                    f"{within:>10.3f}{rho:>9}{centred:>9}{m['structures']:>7}"
+                )
     return "\n".join(lines)

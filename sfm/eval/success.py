@@ -83,12 +83,15 @@ def judge_samples(samples, mapping: dict, sids, k: int) -> dict[int, list[dict]]
         record = mapping[str(sid)]
         first = data_to_atoms(groups[sid][0])
         clean = relax_clean_slab(first[first.get_tags() != 2])
-        out[sid] = [relax_placement(data_to_atoms(s), clean, record["e_slab"] + record["e_gas"]) for s in groups[sid][:k]]
+        out[sid] = [
+            relax_placement(data_to_atoms(s), clean, record["e_slab"] + record["e_gas"]) for s in groups[sid][:k]
+        ]
     return out
 
 
-def success_table(placements: list[list[dict]], refs: np.ndarray, ks=KS, exclude=EXCLUDE,
-                  threshold: float = THRESHOLD) -> tuple[dict, dict]:  # fmt: skip
+def success_table(
+    placements: list[list[dict]], refs: np.ndarray, ks=KS, exclude=EXCLUDE, threshold: float = THRESHOLD
+) -> tuple[dict, dict]:
     """Per k: ``[S]`` bool successes and the anomaly rate of the first k placements.
 
     placements: per system its relaxed placements in order (dicts with ``y_relaxed`` and
@@ -104,8 +107,15 @@ def success_table(placements: list[list[dict]], refs: np.ndarray, ks=KS, exclude
     return wins, rates
 
 
-def evaluate(mapping: dict, split: str, judged: dict[str, dict[int, list[dict]]] | None = None, ks=KS,
-             exclude=EXCLUDE, resamples: int = 2000, seed: int = 0) -> dict:  # fmt: skip
+def evaluate(
+    mapping: dict,
+    split: str,
+    judged: dict[str, dict[int, list[dict]]] | None = None,
+    ks=KS,
+    exclude=EXCLUDE,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Success@k of the heuristic and random placements of ``split`` and of each judged sample
     set (``{name: judge_samples(...)}``), on the systems with a reference (module docstring)."""
     refs = references(mapping, split, exclude)
@@ -115,16 +125,25 @@ def evaluate(mapping: dict, split: str, judged: dict[str, dict[int, list[dict]]]
     ref = np.array([refs[s] for s in sids])
     sets = {src: source_configs(mapping, sids, src) for src in ("heuristic", "random")}
     sets.update({name: [per_sid.get(s, []) for s in sids] for name, per_sid in (judged or {}).items()})
-    out = {"split": split, "systems": len(sids), "threshold_eV": THRESHOLD, "exclude": list(exclude),
-           "resamples": resamples, "sets": {}}  # fmt: skip
+    out = {
+        "split": split,
+        "systems": len(sids),
+        "threshold_eV": THRESHOLD,
+        "exclude": list(exclude),
+        "resamples": resamples,
+        "sets": {},
+    }
     table = {name: success_table(rows, ref, ks, exclude) for name, rows in sets.items()}
     base = table["heuristic"][0]
     for name, (wins, rates) in table.items():
         rows = {}
         for k in ks:
             boot = paired_bootstrap(wins[k].astype(float), base[k].astype(float), np.mean, resamples, seed)
-            rows[f"@{k}"] = {"success": float(wins[k].mean()), "interval_90": boot["interval_90_a"],
-                             "anomaly_rate": rates[k]}  # fmt: skip
+            rows[f"@{k}"] = {
+                "success": float(wins[k].mean()),
+                "interval_90": boot["interval_90_a"],
+                "anomaly_rate": rates[k],
+            }
             if name != "heuristic":
                 rows[f"@{k}"].update(vs_heuristic=boot["difference"], vs_heuristic_interval_90=boot["interval_90"])
         out["sets"][name] = {"placements_per_system": max(len(row) for row in sets[name]), **rows}
@@ -134,27 +153,44 @@ def evaluate(mapping: dict, split: str, judged: dict[str, dict[int, list[dict]]]
 def format_result(r: dict) -> str:
     """Text table: one row per placement set, success@k with its 90 % interval, anomaly rate."""
     ks = [k for k in next(iter(r["sets"].values())) if k.startswith("@")]
-    lines = [(f"dense {r['split']}: {r['systems']} systems with a reference; success = within "
-             f"{r['threshold_eV']} eV of the minimum over placements not unconverged or {','.join(r['exclude'])} "
-             f"(90 % bootstrap intervals, {r['resamples']} resamples)")]  # fmt: skip
-    lines.append(f"{'placements':<22}" + "".join(f"{'success' + k:>22}" for k in ks) + f"{'anomalies@' + ks[-1][1:]:>14}")
+    lines = [
+        (
+            f"dense {r['split']}: {r['systems']} systems with a reference; success = within "
+            f"{r['threshold_eV']} eV of the minimum over placements not unconverged or {','.join(r['exclude'])} "
+            f"(90 % bootstrap intervals, {r['resamples']} resamples)"
+        )
+    ]
+    lines.append(
+        f"{'placements':<22}" + "".join(f"{'success' + k:>22}" for k in ks) + f"{'anomalies@' + ks[-1][1:]:>14}"
+    )
     for name, s in r["sets"].items():
-        cells = "".join(f"{s[k]['success']:>8.2f} ({s[k]['interval_90'][0]:.2f}-{s[k]['interval_90'][1]:.2f})" + " " * 3
-                        for k in ks)  # fmt: skip
+        cells = "".join(
+            f"{s[k]['success']:>8.2f} ({s[k]['interval_90'][0]:.2f}-{s[k]['interval_90'][1]:.2f})" + " " * 3 for k in ks
+        )
         label = f"{name} ({s['placements_per_system']}/system)"
         lines.append(f"{label:<22}{cells}{s[ks[-1]]['anomaly_rate']:>14.2f}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dense", required=True, help="the dense split folder (DIR/is2re_dense)")
     p.add_argument("--split", default="test_id", help="dense split to score (test_id, val_id, train)")
-    p.add_argument("--samples", action="append", default=[], metavar="NAME=PATH",
-                   help="sample LMDB(s) to relax with EMT and score (repeat for several)")
+    p.add_argument(
+        "--samples",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="sample LMDB(s) to relax with EMT and score (repeat for several)",
+    )
     p.add_argument("--k", default=",".join(map(str, KS)), help="comma list of k")
-    p.add_argument("--exclude", default=",".join(EXCLUDE),
-                   help=f"anomaly kinds that disqualify a placement (comma list of {','.join(KINDS)}; '' for none)")
+    p.add_argument(
+        "--exclude",
+        default=",".join(EXCLUDE),
+        help=f"anomaly kinds that disqualify a placement (comma list of {','.join(KINDS)}; '' for none)",
+    )
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the result (and the judged samples) here")

@@ -128,10 +128,19 @@ class EquiformerV2(nn.Module):
         """An attention layer of this backbone's shape (blocks, and direct-force heads)."""
         c = self.cfg
         return SO2GraphAttention(
-            self.layout, c.sphere_channels, out_channels, c.attn_hidden_channels, c.num_heads,
-            c.attn_alpha_channels, c.attn_value_channels, c.num_rbf, c.edge_channels,
-            self.atom_tokens.num_tokens, self.grid_edges, c.alpha_drop,
-        )  # fmt: skip
+            self.layout,
+            c.sphere_channels,
+            out_channels,
+            c.attn_hidden_channels,
+            c.num_heads,
+            c.attn_alpha_channels,
+            c.attn_value_channels,
+            c.num_rbf,
+            c.edge_channels,
+            self.atom_tokens.num_tokens,
+            self.grid_edges,
+            c.alpha_drop,
+        )
 
     def make_feed_forward(self, out_channels: int) -> FeedForward:
         """A feed-forward layer of this backbone's shape."""
@@ -153,10 +162,18 @@ class EquiformerV2(nn.Module):
         vec = edge_vectors(frac, lattice, batch, edge_index, offsets.to(frac.dtype))
         dist = torch.sqrt(vec.pow(2).sum(-1) + 1e-12)  # finite gradient for coincident atoms
         return EdgeGraph(
-            src=edge_index[0], dst=edge_index[1], offsets=offsets, vec=vec, dist=dist,
-            rbf=self.rbf(dist), envelope=self.envelope(dist), wigner=self.rotation(vec / dist[:, None]),
-            tokens=self.atom_tokens(atomic_numbers), batch=batch, num_graphs=lattice.shape[0],
-        )  # fmt: skip
+            src=edge_index[0],
+            dst=edge_index[1],
+            offsets=offsets,
+            vec=vec,
+            dist=dist,
+            rbf=self.rbf(dist),
+            envelope=self.envelope(dist),
+            wigner=self.rotation(vec / dist[:, None]),
+            tokens=self.atom_tokens(atomic_numbers),
+            batch=batch,
+            num_graphs=lattice.shape[0],
+        )
 
     def encode(self, atomic_numbers, frac, lattice, batch, cond=None, pbc=(True, True, True), edges=None):
         """``-> (x [N, dim, C], graph)``; see the class docstring (``edges``: :meth:`build_graph`)."""
@@ -166,9 +183,7 @@ class EquiformerV2(nn.Module):
         x = x + self.edge_degree(graph)
         if cond is not None:
             cond = nn.functional.silu(cond[batch] if cond.shape[0] == graph.num_graphs else cond)
-        autocast = (
-            torch.autocast(x.device.type, dtype=torch.bfloat16) if self.cfg.bf16 else contextlib.nullcontext()
-        )
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if self.cfg.bf16 else contextlib.nullcontext()
         with autocast:
             for block in self.blocks:
                 if self.cfg.checkpoint and self.training and torch.is_grad_enabled():

@@ -47,12 +47,17 @@ def synthetic_slabs(num: int = 4, seed: int = 0):
         tags = torch.tensor(slab.get_tags()) <= 2  # ase tags layers 1 (top) .. 5
         items.append(
             Data(
-                pos=pos, cell=torch.tensor(slab.cell.array, dtype=torch.float32)[None],
-                atomic_numbers=torch.tensor(slab.numbers), natoms=len(slab), tags=tags.long(),
-                fixed=~tags, y=torch.tensor([float(i)]), force=0.1 * torch.randn(len(slab), 3, generator=rng),
+                pos=pos,
+                cell=torch.tensor(slab.cell.array, dtype=torch.float32)[None],
+                atomic_numbers=torch.tensor(slab.numbers),
+                natoms=len(slab),
+                tags=tags.long(),
+                fixed=~tags,
+                y=torch.tensor([float(i)]),
+                force=0.1 * torch.randn(len(slab), 3, generator=rng),
                 sid=i,
             )
-        )  # fmt: skip
+        )
     return collate(items)
 
 
@@ -79,13 +84,21 @@ def profile_ops(fn, rows: int = 8) -> dict:
     events.sort(key=lambda e: -e.self_cpu_time_total)
     return {
         "total_s": round(sum(e.self_cpu_time_total for e in events) / 1e6, 3),
-        "ops": [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 3), "calls": e.count} for e in events[:rows]],
+        "ops": [
+            {"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 3), "calls": e.count} for e in events[:rows]
+        ],
     }
 
 
 def bench_one(
-    model_type: str, device: str, repeats: int, preset_graph: bool, bf16: bool, checkpoint: bool = False,
-    profile: bool = False, num_layers: int | None = None,
+    model_type: str,
+    device: str,
+    repeats: int,
+    preset_graph: bool,
+    bf16: bool,
+    checkpoint: bool = False,
+    profile: bool = False,
+    num_layers: int | None = None,
 ) -> dict:
     """Measure one preset in this process (see the module docstring)."""
     from sfm.models import build_model
@@ -113,10 +126,16 @@ def bench_one(
         loss.backward()
 
     out = {
-        "model": model_type, "device": str(device), "params": num_params, "atoms": int(batch.num_nodes),
-        "edges": edges, "structures": int(batch.num_graphs), "threads": torch.get_num_threads(),
-        "bf16": bf16, "checkpoint": checkpoint,
-    }  # fmt: skip
+        "model": model_type,
+        "device": str(device),
+        "params": num_params,
+        "atoms": int(batch.num_nodes),
+        "edges": edges,
+        "structures": int(batch.num_graphs),
+        "threads": torch.get_num_threads(),
+        "bf16": bf16,
+        "checkpoint": checkpoint,
+    }
     for name, fn in (("forward", forward), ("train_step", train_step)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -162,16 +181,34 @@ def main(argv=None):
     parser.add_argument("--_one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = parser.parse_args(argv)
     if args._one:
-        result = bench_one(args._one, args.device, args.repeats, args.preset_graph, args.bf16, args.checkpoint,
-                           args.profile, args.num_layers)  # fmt: skip
+        result = bench_one(
+            args._one,
+            args.device,
+            args.repeats,
+            args.preset_graph,
+            args.bf16,
+            args.checkpoint,
+            args.profile,
+            args.num_layers,
+        )
         print(json.dumps(result))
         return
     results = []
     for model_type in args.models:
         flags = [f"--{f}" for f in ("preset_graph", "bf16", "checkpoint", "profile") if getattr(args, f)]
         flags += ["--num_layers", str(args.num_layers)] if args.num_layers is not None else []
-        cmd = [sys.executable, "-m", "sfm.models.bench", "--_one", model_type, "--device", args.device,
-               "--repeats", str(args.repeats), *flags]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "sfm.models.bench",
+            "--_one",
+            model_type,
+            "--device",
+            args.device,
+            "--repeats",
+            str(args.repeats),
+            *flags,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"benchmark of {model_type} failed:\n{proc.stderr}")

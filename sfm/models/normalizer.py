@@ -73,14 +73,18 @@ class EnergyNormalizer(nn.Module):
             energies.append(torch.as_tensor(item.y, dtype=torch.float64).reshape(-1))
             if not torch.isfinite(energies[-1]).all():
                 bad = (~torch.isfinite(energies[-1])).nonzero().flatten()
-                raise ValueError(f"normaliser fit: non-finite energy label y in item {len(energies) - 1} of the "
-                                 f"fitted data ({name_structures(item, bad)})")
+                raise ValueError(
+                    f"normaliser fit: non-finite energy label y in item {len(energies) - 1} of the "
+                    f"fitted data ({name_structures(item, bad)})"
+                )
             if getattr(item, "force", None) is not None:
                 free_mask = ~fixed_mask(item)
                 if not torch.isfinite(item.force[free_mask]).all():
                     bad = graph[free_mask & ~torch.isfinite(item.force).all(-1)].unique()
-                    raise ValueError(f"normaliser fit: non-finite force label on a free atom in item "
-                                     f"{len(energies) - 1} of the fitted data ({name_structures(item, bad)})")
+                    raise ValueError(
+                        f"normaliser fit: non-finite force label on a free atom in item "
+                        f"{len(energies) - 1} of the fitted data ({name_structures(item, bad)})"
+                    )
                 free = item.force.double()[free_mask]
                 force_sq += float(free.pow(2).sum())
                 force_n += free.numel()
@@ -96,5 +100,9 @@ class EnergyNormalizer(nn.Module):
         self.mean.fill_(residual.mean())
         self.std.fill_(residual.std().clamp_min(1e-6) if len(residual) > 1 else 1.0)
         self.force_std.fill_((force_sq / force_n) ** 0.5 if force_n else float(self.std))
-        return {"mean": float(self.mean), "std": float(self.std), "force_std": float(self.force_std),
-                "element_refs": {int(z): float(refs[z]) for z in torch.nonzero(refs).flatten()}}  # fmt: skip
+        return {
+            "mean": float(self.mean),
+            "std": float(self.std),
+            "force_std": float(self.force_std),
+            "element_refs": {int(z): float(refs[z]) for z in torch.nonzero(refs).flatten()},
+        }

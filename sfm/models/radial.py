@@ -43,12 +43,7 @@ class PolynomialEnvelope(nn.Module):
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         p = self.p
         x = (d / self.cutoff).clamp(max=1.0)
-        poly = (
-            1.0
-            - 0.5 * (p + 1) * (p + 2) * x**p
-            + p * (p + 2) * x ** (p + 1)
-            - 0.5 * p * (p + 1) * x ** (p + 2)
-        )
+        poly = 1.0 - 0.5 * (p + 1) * (p + 2) * x**p + p * (p + 2) * x ** (p + 1) - 0.5 * p * (p + 1) * x ** (p + 2)
         return poly * (d < self.cutoff)
 
 

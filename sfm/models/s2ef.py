@@ -114,10 +114,15 @@ class S2EFModel(nn.Module):
         norm = self.normalizer
         buffers = {"mean": norm.mean, "std": norm.std, "force_std": norm.force_std, "element_refs": norm.element_refs}
         broken = [name for name, value in buffers.items() if not torch.isfinite(value).all()]
-        why = (f"its normaliser holds non-finite {', '.join(broken)} (fitted on non-finite labels): retrain it"
-               if broken else "the checkpoint's weights or the input are broken")  # fmt: skip
-        raise ValueError(f"the model predicts a non-finite energy or force for {len(graphs)} structure(s) "
-                         f"({name_structures(batch, graphs[:10])}): {why}")
+        why = (
+            f"its normaliser holds non-finite {', '.join(broken)} (fitted on non-finite labels): retrain it"
+            if broken
+            else "the checkpoint's weights or the input are broken"
+        )
+        raise ValueError(
+            f"the model predicts a non-finite energy or force for {len(graphs)} structure(s) "
+            f"({name_structures(batch, graphs[:10])}): {why}"
+        )
 
     def loss(self, batch):
         """``(loss, parts)``: weighted energy + force loss, and its parts (detached) incl. MAEs."""

@@ -70,7 +70,7 @@ def sh_layout(lmax: int, mmax: int) -> SHLayout:
     for m in range(mmax + 1):
         ls = range(m, lmax + 1)
         m_slices.append((m, len(reduced), len(ls)))
-        for sign in ((1,) if m == 0 else (1, -1)):
+        for sign in (1,) if m == 0 else (1, -1):
             reduced += [l * l + l + sign * m for l in ls]
     return SHLayout(lmax, mmax, degree, order, torch.tensor(reduced), tuple(m_slices))
 
@@ -139,4 +139,3 @@ class EdgeRotation(nn.Module):
         sh = sh[:, :, self.reduced]  # [E, K, n_red]
         wigner = torch.einsum("ekr,kj->erj", sh, self.pinv.to(unit.dtype))
         return wigner * self.block_mask.to(unit.dtype)
-

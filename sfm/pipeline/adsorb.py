@@ -70,9 +70,31 @@ SOURCES = ("generated", "refined", "heuristic", "random")
 GAS_MOLECULES = ("H2", "H2O", "CO", "N2")
 BOX = 20.0  # A, periodic box of the gas-phase reference molecules
 REFERENCE_STEPS = 1000  # step cap of the clean slab and gas relaxations (whatever the placements' cap)
-_DEFINING = ("slab", "bulk", "miller", "slab_index", "adsorbate", "binding", "diffusion", "num_generated", "sampler",
-             "sample_steps", "t_start", "heuristic", "max_heuristic", "random", "relaxer", "judge", "energy", "optimizer", "fmax", "steps",
-             "batch_size", "seed", "min_vacuum")  # fmt: skip
+_DEFINING = (
+    "slab",
+    "bulk",
+    "miller",
+    "slab_index",
+    "adsorbate",
+    "binding",
+    "diffusion",
+    "num_generated",
+    "sampler",
+    "sample_steps",
+    "t_start",
+    "heuristic",
+    "max_heuristic",
+    "random",
+    "relaxer",
+    "judge",
+    "energy",
+    "optimizer",
+    "fmax",
+    "steps",
+    "batch_size",
+    "seed",
+    "min_vacuum",
+)
 
 
 @dataclass
@@ -80,31 +102,31 @@ class AdsorbConfig:
     """Plain values of one search; ``python -m sfm.tasks.adsorb`` flags have these names."""
 
     out: str
-    relaxer: str                      # S2EF checkpoint (.pt) or "module:factory" of an ASE calculator
-    adsorbate: str = "*OH"            # OC20 name or a structure file (then give binding)
-    slab: str | None = None           # slab file (module doc), or bulk + miller
+    relaxer: str  # S2EF checkpoint (.pt) or "module:factory" of an ASE calculator
+    adsorbate: str = "*OH"  # OC20 name or a structure file (then give binding)
+    slab: str | None = None  # slab file (module doc), or bulk + miller
     bulk: str | None = None
     miller: tuple[int, int, int] | None = None
-    slab_index: int = 0               # bulk: which termination fairchem cuts (0 = its first)
+    slab_index: int = 0  # bulk: which termination fairchem cuts (0 = its first)
     binding: tuple[int, ...] | None = None  # adsorbate file: indices of its binding atom(s)
-    judge: str | None = None          # single point on the top_k (AdsorbML's ML+SP): checkpoint or module:factory
-    diffusion: str | None = None      # diffusion checkpoint for generated / refined placements
+    judge: str | None = None  # single point on the top_k (AdsorbML's ML+SP): checkpoint or module:factory
+    diffusion: str | None = None  # diffusion checkpoint for generated / refined placements
     num_generated: int = 0
     sampler: str = "ode"
     sample_steps: int = 25
-    t_start: float = 1.0              # < 1: also refine each heuristic placement from this level
+    t_start: float = 1.0  # < 1: also refine each heuristic placement from this level
     heuristic: bool = False
     max_heuristic: int | None = None  # at most this many heuristic sites (a uniform subset), None: all
     random: int = 0
-    energy: str = "auto"              # auto | referenced | total
+    energy: str = "auto"  # auto | referenced | total
     optimizer: str = "fire"
-    fmax: float = 0.05                # eV/A on free atoms
+    fmax: float = 0.05  # eV/A on free atoms
     steps: int = 300
-    batch_size: int = 16              # placements relaxed (and generated) together
-    max_atoms: int | None = None      # atoms per model call in batched relaxation
+    batch_size: int = 16  # placements relaxed (and generated) together
+    max_atoms: int | None = None  # atoms per model call in batched relaxation
     top_k: int = 5
     seed: int = 0
-    min_vacuum: float = 6.0           # A along c between the slab and its periodic image
+    min_vacuum: float = 6.0  # A along c between the slab and its periodic image
     device: str = "cpu"
     progress: bool = True
 
@@ -192,8 +214,9 @@ def read_structure(spec: str, what: str) -> Atoms:
             raise ValueError(f"{what} {spec}: the index selects {len(atoms)} structures; select one")
         atoms = atoms[0]
     if what != "adsorbate" and atoms.cell.rank < 3:
-        raise ValueError(f"{what} {spec}: the structure has no (full 3-D) cell; a slab needs its periodic cell "
-                         "with vacuum along c")  # fmt: skip
+        raise ValueError(
+            f"{what} {spec}: the structure has no (full 3-D) cell; a slab needs its periodic cell with vacuum along c"
+        )
     return atoms
 
 
@@ -212,8 +235,10 @@ def prepare_slab(atoms: Atoms, source: str, min_vacuum: float) -> Atoms:
 
     cell = atoms.cell.array
     if np.abs(cell[:2, 2]).max() > 1e-6:
-        raise ValueError(f"slab {source}: the surface must be the a-b plane (a and b with no z component, as OC20 "
-                         f"slabs); a = {cell[0].round(3).tolist()}, b = {cell[1].round(3).tolist()}")  # fmt: skip
+        raise ValueError(
+            f"slab {source}: the surface must be the a-b plane (a and b with no z component, as OC20 "
+            f"slabs); a = {cell[0].round(3).tolist()}, b = {cell[1].round(3).tolist()}"
+        )
     if cell[2, 2] <= 0:
         raise ValueError(f"slab {source}: c must point up (+z), got c = {cell[2].round(3).tolist()}")
     tags = atoms.get_tags()
@@ -222,8 +247,10 @@ def prepare_slab(atoms: Atoms, source: str, min_vacuum: float) -> Atoms:
         raise ValueError(f"slab {source}: it holds adsorbate atoms (tag 2); give the clean slab")
     gap = vacuum_gap(atoms)
     if gap < min_vacuum:
-        raise ValueError(f"slab {source}: only {gap:.2f} A of vacuum along c (needs >= {min_vacuum} A, min_vacuum): "
-                         "is this a bulk cell? cut a slab (bulk + miller) or add vacuum")  # fmt: skip
+        raise ValueError(
+            f"slab {source}: only {gap:.2f} A of vacuum along c (needs >= {min_vacuum} A, min_vacuum): "
+            "is this a bulk cell? cut a slab (bulk + miller) or add vacuum"
+        )
     slab = Atoms(atoms.numbers, cell=cell, pbc=True)
     frac = atoms.get_scaled_positions(wrap=True)
     order = np.sort(frac[:, 2])
@@ -251,11 +278,15 @@ def load_slab(cfg: AdsorbConfig) -> tuple[Atoms, str]:
     bulk = read_structure(cfg.bulk, "bulk")
     slabs = slabs_from_bulk(bulk, cfg.miller)
     if not 0 <= cfg.slab_index < len(slabs):
-        raise ValueError(f"bulk {cfg.bulk}: miller {cfg.miller} has {len(slabs)} termination(s); "
-                         f"slab_index {cfg.slab_index} is out of range")  # fmt: skip
+        raise ValueError(
+            f"bulk {cfg.bulk}: miller {cfg.miller} has {len(slabs)} termination(s); "
+            f"slab_index {cfg.slab_index} is out of range"
+        )
     miller = "".join(str(m) for m in cfg.miller)
-    return (prepare_slab(slabs[cfg.slab_index], f"{cfg.bulk} ({miller})", cfg.min_vacuum),
-            f"{bulk.get_chemical_formula()} ({miller}) cut from {cfg.bulk}, termination {cfg.slab_index} of {len(slabs)}")  # fmt: skip
+    return (
+        prepare_slab(slabs[cfg.slab_index], f"{cfg.bulk} ({miller})", cfg.min_vacuum),
+        f"{bulk.get_chemical_formula()} ({miller}) cut from {cfg.bulk}, termination {cfg.slab_index} of {len(slabs)}",
+    )
 
 
 def load_adsorbate(cfg: AdsorbConfig) -> Adsorbate:
@@ -270,15 +301,18 @@ def load_adsorbate(cfg: AdsorbConfig) -> Adsorbate:
         ads = oc20_adsorbate(cfg.adsorbate)
         return Adsorbate(Atoms(ads.atoms.numbers, ads.atoms.positions), ads.smiles, ads.binding)
     if not Path(_file_part(cfg.adsorbate)).exists():
-        raise ValueError(f"adsorbate {cfg.adsorbate!r} is neither an OC20 adsorbate nor a file; known names: "
-                         f"{' '.join(sorted(names))}")  # fmt: skip
+        raise ValueError(
+            f"adsorbate {cfg.adsorbate!r} is neither an OC20 adsorbate nor a file; known names: "
+            f"{' '.join(sorted(names))}"
+        )
     atoms = read_structure(cfg.adsorbate, "adsorbate")
     unknown = sorted({int(z) for z in atoms.numbers if not 1 <= z < len(chemical_symbols)})
     if unknown:
         raise ValueError(f"adsorbate {cfg.adsorbate}: unknown element(s) Z = {unknown}")
     if cfg.binding is None:
-        raise ValueError(f"adsorbate {cfg.adsorbate}: give binding, the index (or indices) of the atom(s) "
-                         "that bind to the surface")  # fmt: skip
+        raise ValueError(
+            f"adsorbate {cfg.adsorbate}: give binding, the index (or indices) of the atom(s) that bind to the surface"
+        )
     bad = [b for b in cfg.binding if not 0 <= b < len(atoms)]
     if bad:
         raise ValueError(f"adsorbate {cfg.adsorbate}: binding indices {bad} out of range ({len(atoms)} atoms)")
@@ -295,7 +329,9 @@ def check_elements(model, path: str, numbers: np.ndarray, what: str) -> None:
     if not tokens:
         return
     dictionary = Dictionary(tokens, source=path)
-    missing = sorted({chemical_symbols[z] for z in set(numbers.tolist()) if chemical_symbols[z] not in dictionary.tokens})
+    missing = sorted(
+        {chemical_symbols[z] for z in set(numbers.tolist()) if chemical_symbols[z] not in dictionary.tokens}
+    )
     if missing:
         raise ValueError(f"{what} {path} does not know element(s) {' '.join(missing)} of this slab + adsorbate")
 
@@ -305,8 +341,13 @@ def check_elements(model, path: str, numbers: np.ndarray, what: str) -> None:
 
 def _with_adsorbate(slab: Atoms, ads_numbers: np.ndarray, ads_pos: np.ndarray) -> Atoms:
     """slab + adsorbate atoms (tag 2) at ``ads_pos``, the slab's held atoms held."""
-    atoms = Atoms(np.concatenate([slab.numbers, ads_numbers]), np.concatenate([slab.positions, ads_pos]),
-                  cell=slab.cell.array, pbc=True, tags=np.concatenate([slab.get_tags(), np.full(len(ads_numbers), 2)]))  # fmt: skip
+    atoms = Atoms(
+        np.concatenate([slab.numbers, ads_numbers]),
+        np.concatenate([slab.positions, ads_pos]),
+        cell=slab.cell.array,
+        pbc=True,
+        tags=np.concatenate([slab.get_tags(), np.full(len(ads_numbers), 2)]),
+    )
     atoms.set_constraint(FixAtoms(indices=slab.constraints[0].get_indices()))
     return atoms
 
@@ -316,8 +357,11 @@ def baseline_placements(slab: Atoms, adsorbate: Adsorbate, mode: str, num: int |
     subset of ``num`` if not None) or ``random`` (``num`` sites), with the slab's own held atoms."""
     from sfm.data.placements import heuristic_placements, random_placements
 
-    made = heuristic_placements(slab, adsorbate, seed, num) if mode == "heuristic" else \
-        random_placements(slab, adsorbate, num, seed)  # fmt: skip
+    made = (
+        heuristic_placements(slab, adsorbate, seed, num)
+        if mode == "heuristic"
+        else random_placements(slab, adsorbate, num, seed)
+    )
     n = len(slab)
     return [_with_adsorbate(slab, p.atoms.numbers[n:], p.atoms.positions[n:]) for p in made]
 
@@ -336,16 +380,25 @@ def diffusion_placements(model, templates: list[Atoms], t_start: float, cfg: Ads
 
     out = []
     batches = -(-len(templates) // cfg.batch_size)
-    bar = _progress(batches * cfg.sample_steps, f"{desc} ({len(templates)} in {batches} batch(es))", cfg.progress,
-                    unit="step")  # fmt: skip
+    bar = _progress(
+        batches * cfg.sample_steps, f"{desc} ({len(templates)} in {batches} batch(es))", cfg.progress, unit="step"
+    )
     try:
         for start in range(0, len(templates), cfg.batch_size):
             chunk = templates[start : start + cfg.batch_size]
             batch = collate([atoms_to_data(a) for a in chunk]).to(cfg.device)
             generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed * 100_003 + start)
-            res = model.sample(batch, mode="inpaint", sampler=cfg.sampler, steps=cfg.sample_steps, generator=generator,
-                               atom_given=batch.tags != 2, t_start=t_start, renoise=t_start >= 1.0,
-                               callback=lambda i, n: bar.update(1))  # fmt: skip
+            res = model.sample(
+                batch,
+                mode="inpaint",
+                sampler=cfg.sampler,
+                steps=cfg.sample_steps,
+                generator=generator,
+                atom_given=batch.tags != 2,
+                t_start=t_start,
+                renoise=t_start >= 1.0,
+                callback=lambda i, n: bar.update(1),
+            )
             pos = res.pos.detach().double().cpu().numpy()
             for b, template in enumerate(chunk):
                 atoms = template.copy()
@@ -368,8 +421,9 @@ def make_placements(slab: Atoms, adsorbate: Adsorbate, cfg: AdsorbConfig, diffus
         mol = adsorbate.atoms
         top = slab.positions[:, 2].max()
         centre = 0.5 * (slab.cell[0] + slab.cell[1])
-        template = _with_adsorbate(slab, mol.numbers, mol.positions - mol.positions.mean(0)
-                                   + [centre[0], centre[1], top + 2.5])  # fmt: skip
+        template = _with_adsorbate(
+            slab, mol.numbers, mol.positions - mol.positions.mean(0) + [centre[0], centre[1], top + 2.5]
+        )
         made["generated"] = diffusion_placements(diffusion, [template] * cfg.num_generated, 1.0, cfg, "generate")
     if cfg.t_start < 1.0:
         made["refined"] = diffusion_placements(diffusion, made["heuristic"], cfg.t_start, cfg, "refine heuristic")
@@ -436,8 +490,8 @@ class Relaxer:
 
     def _batched(self, structures: list[Atoms], desc: str, steps: int) -> list[Atoms]:
         from sfm.data import collate
-        from sfm.relax import relax_batch
         from sfm.data.atoms import atoms_to_data
+        from sfm.relax import relax_batch
 
         cfg, out = self.cfg, []
         dtype = next(self.model.parameters()).dtype
@@ -451,14 +505,23 @@ class Relaxer:
                     if frame.step % 10 == 0:
                         bar.set_postfix(step=frame.step, relaxing=len(frame.index), refresh=False)
 
-                res = relax_batch(self.model, batch, cfg.optimizer, cfg.fmax, steps, callback=show,
-                                  max_atoms=cfg.max_atoms)  # fmt: skip
+                res = relax_batch(
+                    self.model, batch, cfg.optimizer, cfg.fmax, steps, callback=show, max_atoms=cfg.max_atoms
+                )
                 ptr = batch.ptr.tolist()
                 for b, atoms in enumerate(chunk):
                     sl = slice(ptr[b], ptr[b + 1])
-                    out.append(_relaxed(atoms, res.pos[sl].detach().double().cpu().numpy(), float(res.energy[b]),
-                                        res.forces[sl].detach().double().cpu().numpy(), bool(res.converged[b]),
-                                        int(res.steps[b]), float(res.fmax[b])))  # fmt: skip
+                    out.append(
+                        _relaxed(
+                            atoms,
+                            res.pos[sl].detach().double().cpu().numpy(),
+                            float(res.energy[b]),
+                            res.forces[sl].detach().double().cpu().numpy(),
+                            bool(res.converged[b]),
+                            int(res.steps[b]),
+                            float(res.fmax[b]),
+                        )
+                    )
                 bar.update(len(chunk))
         finally:
             bar.close()
@@ -480,9 +543,11 @@ class Relaxer:
                     energy = work.get_potential_energy()
                     forces = work.get_forces(apply_constraint=False)
                 except Exception as err:  # any calculator's failure, named with the structure
-                    raise RuntimeError(f"relaxer {self.spec} failed on {atoms.get_chemical_formula()} "
-                                       f"({atoms.info.get('source', 'structure')} {atoms.info.get('index', '')}): "
-                                       f"{type(err).__name__}: {err}") from err  # fmt: skip
+                    raise RuntimeError(
+                        f"relaxer {self.spec} failed on {atoms.get_chemical_formula()} "
+                        f"({atoms.info.get('source', 'structure')} {atoms.info.get('index', '')}): "
+                        f"{type(err).__name__}: {err}"
+                    ) from err
                 free = ~_fixed(atoms)
                 fmax = float(np.linalg.norm(forces[free], axis=1).max()) if free.any() else 0.0
                 out.append(_relaxed(atoms, work.positions, energy, forces, converged, int(opt.nsteps), fmax))
@@ -548,8 +613,10 @@ class WorkDir:
             diff = {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k]}
             if diff:
                 lines = ", ".join(f"{k}: {a!r} before, {b!r} now" for k, (a, b) in diff.items())
-                raise ValueError(f"{out} holds a search with other settings ({lines}); rerun with the same "
-                                 "settings to resume, or use another out")  # fmt: skip
+                raise ValueError(
+                    f"{out} holds a search with other settings ({lines}); rerun with the same "
+                    "settings to resume, or use another out"
+                )
         self.path.mkdir(parents=True, exist_ok=True)
         _write_text(run, json.dumps(now, indent=1) + "\n")
 
@@ -601,19 +668,26 @@ def references(relaxer: Relaxer, slab: Atoms, work: WorkDir, prefix: str = "") -
     path = work.path / f"{prefix}references.json"
     if path.exists() and work.read(f"{prefix}clean_slab.extxyz") is not None:
         return json.loads(path.read_text())
-    relaxed = relaxer.relax([slab, *gas_molecules()], f"relax clean slab + gas references {prefix.strip('_')}",
-                            steps=max(relaxer.cfg.steps, REFERENCE_STEPS))  # fmt: skip
+    relaxed = relaxer.relax(
+        [slab, *gas_molecules()],
+        f"relax clean slab + gas references {prefix.strip('_')}",
+        steps=max(relaxer.cfg.steps, REFERENCE_STEPS),
+    )
     work.write(f"{prefix}clean_slab.extxyz", relaxed[:1])
     molecules = {a.info["molecule"]: float(a.get_potential_energy()) for a in relaxed[1:]}
-    refs = {"slab_energy": float(relaxed[0].get_potential_energy()), "molecules": molecules,
-            "elements": gas_references(molecules),
-            "not_converged": [a.info.get("molecule", "clean slab") for a in relaxed if not a.info["converged"]]}  # fmt: skip
+    refs = {
+        "slab_energy": float(relaxed[0].get_potential_energy()),
+        "molecules": molecules,
+        "elements": gas_references(molecules),
+        "not_converged": [a.info.get("molecule", "clean slab") for a in relaxed if not a.info["converged"]],
+    }
     _write_text(path, json.dumps(refs, indent=1) + "\n")
     return refs
 
 
-def judge_rows(cfg: AdsorbConfig, rows: list[dict], relaxed: list[Atoms], slab: Atoms, adsorbate: Atoms,
-               work: WorkDir) -> str:  # fmt: skip
+def judge_rows(
+    cfg: AdsorbConfig, rows: list[dict], relaxed: list[Atoms], slab: Atoms, adsorbate: Atoms, work: WorkDir
+) -> str:
     """AdsorbML's ML+SP: a single point of ``cfg.judge`` on the ``top_k`` best relaxed placements;
     sets ``judge_energy`` and ``judge_adsorption_energy`` on every row (None where not judged) and
     returns the judge's description. A calculator judge's adsorption energy uses its own relaxed
@@ -628,8 +702,13 @@ def judge_rows(cfg: AdsorbConfig, rows: list[dict], relaxed: list[Atoms], slab: 
         atoms = relaxed[r["index"]].copy()
         atoms.calc = judge.factory()
         r["judge_energy"] = float(atoms.get_potential_energy())
-        r["judge_adsorption_energy"] = r["judge_energy"] if refs is None else \
-            r["judge_energy"] - refs["slab_energy"] - float(sum(refs["elements"][s] for s in adsorbate.get_chemical_symbols()))  # fmt: skip
+        r["judge_adsorption_energy"] = (
+            r["judge_energy"]
+            if refs is None
+            else r["judge_energy"]
+            - refs["slab_energy"]
+            - float(sum(refs["elements"][s] for s in adsorbate.get_chemical_symbols()))
+        )
     kind = "adsorption energies" if refs is None else "total energies, referenced with its own slab and gas"
     return f"{judge.spec}: single point on the {len(ranked)} best relaxed placements ({kind})"
 
@@ -647,8 +726,10 @@ def run_adsorb(cfg: AdsorbConfig) -> AdsorbResult:
     if energy_mode == "total":
         missing = sorted(set(adsorbate.atoms.get_chemical_symbols()) - {"H", "C", "N", "O"})
         if missing:
-            raise ValueError(f"adsorbate {cfg.adsorbate}: total energies need gas references, which exist for "
-                             f"H, C, N, O only (OC20's scheme), not {' '.join(missing)}")  # fmt: skip
+            raise ValueError(
+                f"adsorbate {cfg.adsorbate}: total energies need gas references, which exist for "
+                f"H, C, N, O only (OC20's scheme), not {' '.join(missing)}"
+            )
     work = WorkDir(out, cfg)
     start = time.perf_counter()
 
@@ -671,41 +752,73 @@ def run_adsorb(cfg: AdsorbConfig) -> AdsorbResult:
     ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
     best = [relaxed[r["index"]] for r in ranked]
     summary = {
-        "slab": slab_desc, "slab_atoms": len(slab), "adsorbate": cfg.adsorbate,
-        "adsorbate_formula": adsorbate.atoms.get_chemical_formula(), "binding": list(adsorbate.binding),
-        "relaxer": relaxer.name, "energy": energy_mode,
-        "energy_note": ("the relaxer's energies are adsorption energies (OC20-referenced model)" if energy_mode == "referenced"
-                        else "E_ads = E - E_slab - gas references (H2, H2O-H2, CO-O, N2), all with the relaxer"),
-        "references": refs, "placements": len(rows),
-        "by_source": by_source(rows), "best": ranked[0] if ranked else None, "judge": judged,
-        "judge_best": min((r for r in ranked if r.get("judge_adsorption_energy") is not None),
-                          key=lambda r: r["judge_adsorption_energy"], default=None),
+        "slab": slab_desc,
+        "slab_atoms": len(slab),
+        "adsorbate": cfg.adsorbate,
+        "adsorbate_formula": adsorbate.atoms.get_chemical_formula(),
+        "binding": list(adsorbate.binding),
+        "relaxer": relaxer.name,
+        "energy": energy_mode,
+        "energy_note": (
+            "the relaxer's energies are adsorption energies (OC20-referenced model)"
+            if energy_mode == "referenced"
+            else "E_ads = E - E_slab - gas references (H2, H2O-H2, CO-O, N2), all with the relaxer"
+        ),
+        "references": refs,
+        "placements": len(rows),
+        "by_source": by_source(rows),
+        "best": ranked[0] if ranked else None,
+        "judge": judged,
+        "judge_best": min(
+            (r for r in ranked if r.get("judge_adsorption_energy") is not None),
+            key=lambda r: r["judge_adsorption_energy"],
+            default=None,
+        ),
         "wall_s_this_run": round(time.perf_counter() - start, 2),
-    }  # fmt: skip
+    }
     from sfm.pipeline.adsorb_report import write_outputs
 
     write_outputs(out, cfg, rows, summary, relaxed, best)
     return AdsorbResult(rows, summary, best, out)
 
 
-def table(placements: list[Atoms], relaxed: list[Atoms], slab: Atoms, adsorbate: Atoms, refs: dict | None,
-          clean: Atoms | None) -> list[dict]:  # fmt: skip
+def table(
+    placements: list[Atoms], relaxed: list[Atoms], slab: Atoms, adsorbate: Atoms, refs: dict | None, clean: Atoms | None
+) -> list[dict]:
     """One row per placement (module doc), ranks set."""
     reference = np.concatenate([slab.positions, adsorbate.positions])  # bonds are minimum-image: any offset
     rows = []
     for init, final in zip(placements, relaxed):
-        flags = detect(final.numbers, final.get_tags(), reference, final.positions, final.cell.array,
-                       None if clean is None else clean.positions)  # fmt: skip
+        flags = detect(
+            final.numbers,
+            final.get_tags(),
+            reference,
+            final.positions,
+            final.cell.array,
+            None if clean is None else clean.positions,
+        )
         energy = float(final.get_potential_energy())
         if refs is None:
             e_ads = energy
         else:
-            e_ads = energy - refs["slab_energy"] - float(sum(refs["elements"][s] for s in adsorbate.get_chemical_symbols()))
-        rows.append({"index": int(init.info["index"]), "source": init.info["source"], "energy": energy,
-                     "adsorption_energy": e_ads, "converged": bool(final.info["converged"]),
-                     "steps": int(final.info["steps"]), "fmax": float(final.info["fmax"]),
-                     "anomalies": ";".join(flags.labels()), **flags.as_dict(), "valid": not flags.any,
-                     "rank": None})  # fmt: skip
+            e_ads = (
+                energy - refs["slab_energy"] - float(sum(refs["elements"][s] for s in adsorbate.get_chemical_symbols()))
+            )
+        rows.append(
+            {
+                "index": int(init.info["index"]),
+                "source": init.info["source"],
+                "energy": energy,
+                "adsorption_energy": e_ads,
+                "converged": bool(final.info["converged"]),
+                "steps": int(final.info["steps"]),
+                "fmax": float(final.info["fmax"]),
+                "anomalies": ";".join(flags.labels()),
+                **flags.as_dict(),
+                "valid": not flags.any,
+                "rank": None,
+            }
+        )
     valid = sorted((r for r in rows if r["valid"]), key=lambda r: (r["adsorption_energy"], r["index"]))
     for rank, r in enumerate(valid):
         r["rank"] = rank
@@ -720,10 +833,13 @@ def by_source(rows: list[dict]) -> dict:
         if not mine:
             continue
         e = [r["adsorption_energy"] for r in mine if r["valid"]]
-        out[source] = {"placements": len(mine), "valid": len(e), **{k: sum(r[k] for r in mine) for k in KINDS},
-                       "converged": sum(r["converged"] for r in mine),
-                       "best": min(e) if e else math.nan, "median": float(np.median(e)) if e else math.nan,
-                       "best_rank": min((r["rank"] for r in mine if r["valid"]), default=None)}  # fmt: skip
+        out[source] = {
+            "placements": len(mine),
+            "valid": len(e),
+            **{k: sum(r[k] for r in mine) for k in KINDS},
+            "converged": sum(r["converged"] for r in mine),
+            "best": min(e) if e else math.nan,
+            "median": float(np.median(e)) if e else math.nan,
+            "best_rank": min((r["rank"] for r in mine if r["valid"]), default=None),
+        }
     return out
-
-

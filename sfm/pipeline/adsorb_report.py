@@ -67,8 +67,13 @@ def write_outputs(out: Path, cfg, rows: list[dict], summary: dict, relaxed: list
     for r, atoms in zip(rows, relaxed):
         a = atoms.copy()
         a.calc = atoms.calc
-        a.info.update(index=r["index"], source=r["source"], adsorption_energy=r["adsorption_energy"],
-                      anomalies=r["anomalies"] or "none", rank=-1 if r["rank"] is None else r["rank"])  # fmt: skip
+        a.info.update(
+            index=r["index"],
+            source=r["source"],
+            adsorption_energy=r["adsorption_energy"],
+            anomalies=r["anomalies"] or "none",
+            rank=-1 if r["rank"] is None else r["rank"],
+        )
         frames.append(a)
     write_extxyz(out / "relaxed.extxyz", frames)
     for old in out.glob("best_*.cif"):
@@ -124,9 +129,12 @@ def _e(value) -> str:
 
 def report(summary: dict, rows: list[dict], cfg, pictures: dict) -> str:
     """report.md text."""
-    lines = [f"# Adsorption search: {summary['adsorbate']} ({summary['adsorbate_formula']}) on {summary['slab']}", "",
-             f"- relaxer: {summary['relaxer']}, fmax {cfg.fmax} eV/A, at most {cfg.steps} steps",
-             f"- energies: {summary['energy']}: {summary['energy_note']}"]  # fmt: skip
+    lines = [
+        f"# Adsorption search: {summary['adsorbate']} ({summary['adsorbate_formula']}) on {summary['slab']}",
+        "",
+        f"- relaxer: {summary['relaxer']}, fmax {cfg.fmax} eV/A, at most {cfg.steps} steps",
+        f"- energies: {summary['energy']}: {summary['energy_note']}",
+    ]
     refs = summary.get("references")
     if refs:
         elements = ", ".join(f"{k} {v:.3f}" for k, v in refs["elements"].items())
@@ -141,19 +149,36 @@ def report(summary: dict, rows: list[dict], cfg, pictures: dict) -> str:
         lines += ["**No valid placement**: every relaxed placement is anomalous (see the table).", ""]
     else:
         state = "converged" if best["converged"] else "NOT converged"
-        lines += [(f"**Lowest adsorption energy: {best['adsorption_energy']:.3f} eV** ({best['source']} placement "
-                   f"{best['index']}, {state} in {best['steps']} steps)"), ""]  # fmt: skip
+        lines += [
+            (
+                f"**Lowest adsorption energy: {best['adsorption_energy']:.3f} eV** ({best['source']} placement "
+                f"{best['index']}, {state} in {best['steps']} steps)"
+            ),
+            "",
+        ]
     judged = summary.get("judge_best")
     if judged is not None:
-        lines += [(f"**Lowest judged adsorption energy: {judged['judge_adsorption_energy']:.3f} eV** (rank "
-                   f"{judged['rank']}, {judged['source']} placement {judged['index']})"), ""]  # fmt: skip
+        lines += [
+            (
+                f"**Lowest judged adsorption energy: {judged['judge_adsorption_energy']:.3f} eV** (rank "
+                f"{judged['rank']}, {judged['source']} placement {judged['index']})"
+            ),
+            "",
+        ]
     header = ["rank", "placement", "source", "E_ads (eV)", "energy (eV)", "converged", "steps"]
     header += ["judge E_ads (eV)"] if summary.get("judge") else []
     lines += ["## Best placements", "", "| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
     ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
     for r in ranked[: cfg.top_k]:
-        cells = [r["rank"], r["index"], r["source"], f"{r['adsorption_energy']:.3f}", f"{r['energy']:.3f}",
-                 r["converged"], r["steps"]] + ([_e(r["judge_adsorption_energy"])] if summary.get("judge") else [])  # fmt: skip
+        cells = [
+            r["rank"],
+            r["index"],
+            r["source"],
+            f"{r['adsorption_energy']:.3f}",
+            f"{r['energy']:.3f}",
+            r["converged"],
+            r["steps"],
+        ] + ([_e(r["judge_adsorption_energy"])] if summary.get("judge") else [])
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
     for rank, (top, side) in enumerate(pictures["views"]):
@@ -161,11 +186,16 @@ def report(summary: dict, rows: list[dict], cfg, pictures: dict) -> str:
     header = ["source", "placements", "valid", *KINDS, "converged", "best E_ads", "median E_ads", "best rank"]
     lines += ["", "## By source", "", "| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
     for source, s in summary["by_source"].items():
-        lines.append(f"| {source} | {s['placements']} | {s['valid']} | " + " | ".join(str(s[k]) for k in KINDS)
-                     + f" | {s['converged']} | {_e(s['best'])} | {_e(s['median'])} | "
-                     f"{'-' if s['best_rank'] is None else s['best_rank']} |")  # fmt: skip
+        lines.append(
+            f"| {source} | {s['placements']} | {s['valid']} | "
+            + " | ".join(str(s[k]) for k in KINDS)
+            + f" | {s['converged']} | {_e(s['best'])} | {_e(s['median'])} | "
+            f"{'-' if s['best_rank'] is None else s['best_rank']} |"
+        )
     cifs = min(cfg.top_k, len(ranked))
-    files = ("Files: placements.csv / placements.json (every placement), relaxed.extxyz (relaxed structures with "
-             f"energies and forces){f', best_0.cif .. best_{cifs - 1}.cif' if cifs else ''}.")  # fmt: skip
+    files = (
+        "Files: placements.csv / placements.json (every placement), relaxed.extxyz (relaxed structures with "
+        f"energies and forces){f', best_0.cif .. best_{cifs - 1}.cif' if cifs else ''}."
+    )
     lines += ["", f"![energies by source](figures/{pictures['energies']})", "", files, ""]
     return "\n".join(lines)

@@ -19,7 +19,9 @@ from sfm.pipeline.distributed import Dist
 class ShardedBatches:
     """Batches of this rank: `len()` per epoch, `epoch(e, start)` iterates them from batch `start`."""
 
-    def __init__(self, dataset, batch_size: int, collate_fn, dist: Dist, seed: int, shuffle: bool, num_workers: int = 0):
+    def __init__(
+        self, dataset, batch_size: int, collate_fn, dist: Dist, seed: int, shuffle: bool, num_workers: int = 0
+    ):
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
         self.dataset = dataset

@@ -23,20 +23,55 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_setup(data: Path, task: str, model: str, strategy: str, nproc: int, threads: int, steps: int, batch_size: int,
-              log_every: int) -> dict:  # fmt: skip
+def run_setup(
+    data: Path,
+    task: str,
+    model: str,
+    strategy: str,
+    nproc: int,
+    threads: int,
+    steps: int,
+    batch_size: int,
+    log_every: int,
+) -> dict:
     kind = "is2re" if task == "diff" else "s2ef"
     with tempfile.TemporaryDirectory() as tmp:
         save_dir = Path(tmp) / "run"
         entry = ["-m", f"sfm.tasks.train_{task}"]
-        launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                         "--nproc_per_node", str(nproc)]  # fmt: skip
-        cmd = launcher + entry + [
-            "--train_data_path", str(data / kind / "train"), "--save_dir", str(save_dir), "--model_type", model,
-            "--strategy", strategy, "--train_batch_size", str(batch_size), "--total_num_steps", str(steps),
-            "--warmup_num_steps", "1", "--log_interval", str(log_every), "--save_interval", str(10 * steps),
-        ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        launcher = (
+            [sys.executable]
+            if nproc == 1
+            else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        )
+        cmd = (
+            launcher
+            + entry
+            + [
+                "--train_data_path",
+                str(data / kind / "train"),
+                "--save_dir",
+                str(save_dir),
+                "--model_type",
+                model,
+                "--strategy",
+                strategy,
+                "--train_batch_size",
+                str(batch_size),
+                "--total_num_steps",
+                str(steps),
+                "--warmup_num_steps",
+                "1",
+                "--log_interval",
+                str(log_every),
+                "--save_interval",
+                str(10 * steps),
+            ]
+        )
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
@@ -44,21 +79,37 @@ def run_setup(data: Path, task: str, model: str, strategy: str, nproc: int, thre
     train = [row for row in rows if row["split"] == "train"]
     windows = [row["structures_per_s"] for row in train[1:]] or [train[-1]["structures_per_s"]]
     return {
-        "task": task, "model": model, "strategy": strategy, "processes": nproc, "threads_per_process": threads,
-        "batch_size_per_process": batch_size, "steps": steps,
+        "task": task,
+        "model": model,
+        "strategy": strategy,
+        "processes": nproc,
+        "threads_per_process": threads,
+        "batch_size_per_process": batch_size,
+        "steps": steps,
         "structures_per_s": round(statistics.median(windows), 3),
-        "atoms_per_s": round(statistics.median([row["atoms_per_s"] for row in train[1:]] or [train[-1]["atoms_per_s"]]), 1),
-        "structures_per_cpu_s": round(statistics.median([row["structures_per_cpu_s"] for row in train[1:]] or [train[-1]["structures_per_cpu_s"]]), 3),
+        "atoms_per_s": round(
+            statistics.median([row["atoms_per_s"] for row in train[1:]] or [train[-1]["atoms_per_s"]]), 1
+        ),
+        "structures_per_cpu_s": round(
+            statistics.median(
+                [row["structures_per_cpu_s"] for row in train[1:]] or [train[-1]["structures_per_cpu_s"]]
+            ),
+            3,
+        ),
         "peak_mem_gb_rank0": round(max(row["peak_mem_gb"] for row in train), 3),
-    }  # fmt: skip
+    }
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(ROOT / "data" / "demo_small"), help="demo-world root (built with --small if missing)")
+    p.add_argument(
+        "--data", default=str(ROOT / "data" / "demo_small"), help="demo-world root (built with --small if missing)"
+    )
     p.add_argument("--task", choices=("diff", "s2ef"), default="diff")
     p.add_argument("--models", nargs="+", default=["tiny", "small"])
-    p.add_argument("--setups", nargs="+", default=["Single:1:1", "Single:1:2", "Zero1:2:1"], help="STRATEGY:PROCESSES[:THREADS]")
+    p.add_argument(
+        "--setups", nargs="+", default=["Single:1:1", "Single:1:2", "Zero1:2:1"], help="STRATEGY:PROCESSES[:THREADS]"
+    )
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--log_every", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=4, help="structures per process and step")
@@ -76,14 +127,21 @@ def main(argv=None) -> list[dict]:
             strategy, nproc, *threads = setup.split(":")
             nproc = int(nproc)
             threads = int(threads[0]) if threads else max(1, (os.cpu_count() or 1) // nproc)
-            res = run_setup(data, args.task, model, strategy, nproc, threads, args.steps, args.batch_size, args.log_every)
+            res = run_setup(
+                data, args.task, model, strategy, nproc, threads, args.steps, args.batch_size, args.log_every
+            )
             results.append(res)
-            print(f"{model:8} {setup:10} {res['structures_per_s']:13.2f} {res['atoms_per_s']:9.0f} "
-                  f"{res['structures_per_cpu_s']:14.3f} {res['peak_mem_gb_rank0']:13.3f}", flush=True)  # fmt: skip
+            print(
+                f"{model:8} {setup:10} {res['structures_per_s']:13.2f} {res['atoms_per_s']:9.0f} "
+                f"{res['structures_per_cpu_s']:14.3f} {res['peak_mem_gb_rank0']:13.3f}",
+                flush=True,
+            )
     load = os.getloadavg()
     print(f"(cores: {os.cpu_count()}, load average after the runs: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "cpu_count": os.cpu_count(), "loadavg": load}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"results": results, "cpu_count": os.cpu_count(), "loadavg": load}, indent=1)
+        )
     return results
 
 

@@ -84,8 +84,10 @@ def load_checkpoint(path, map_location="cpu", build_fn=None):
     stored, embedded = ckpt.get("dictionary"), ckpt["build_kwargs"].get("dictionary")
     if stored is not None and embedded is not None and list(stored) != list(embedded):
         # written before the model was built with --dict_path: it would accept elements it never saw
-        raise ValueError(f"{path}: the checkpoint's dictionary ({len(stored)} tokens) is not the one its model "
-                         f"embeds with ({len(embedded)} tokens); retrain it")
+        raise ValueError(
+            f"{path}: the checkpoint's dictionary ({len(stored)} tokens) is not the one its model "
+            f"embeds with ({len(embedded)} tokens); retrain it"
+        )
     if build_fn is None:
         from sfm.models import build_model as build_fn
     model = build_fn(**ckpt["build_kwargs"])
@@ -134,4 +136,6 @@ def mark_latest(ckpt_root, tag: str, keep: int) -> None:
                 try:
                     shutil.rmtree(old)
                 except OSError as err:  # the run goes on, but a disk filling with old checkpoints is said
-                    print(f"[sfm] warning: could not delete the old checkpoint {old}: {err}", file=sys.stderr, flush=True)
+                    print(
+                        f"[sfm] warning: could not delete the old checkpoint {old}: {err}", file=sys.stderr, flush=True
+                    )

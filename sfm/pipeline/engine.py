@@ -95,7 +95,9 @@ class TorchEngine:
 
     def save(self, tag_dir) -> None:
         if self.dist.is_main:
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, tag_dir / "engine.pt")
+            torch.save(
+                {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, tag_dir / "engine.pt"
+            )
 
     def load(self, tag_dir) -> None:
         state = torch.load(tag_dir / "engine.pt", map_location=self.dist.device, weights_only=True)

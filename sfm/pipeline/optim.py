@@ -10,7 +10,10 @@ from torch import nn
 
 def _is_norm(module: nn.Module) -> bool:
     # Covers torch's norms and the backbone's own (EquivariantLayerNorm, RMSNorm, ...).
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) or "Norm" in type(module).__name__
+    return (
+        isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm))
+        or "Norm" in type(module).__name__
+    )
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -39,13 +39,18 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that has not yet written its pid"
+            holder = (
+                os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that has not yet written its pid"
+            )
             os.close(fd)
-            raise RunLocked(f"{self.path.parent} is in use by another run ({holder}; lock {self.path}): wait for it, "
-                            "stop it, or choose another --save_dir") from None  # fmt: skip
+            raise RunLocked(
+                f"{self.path.parent} is in use by another run ({holder}; lock {self.path}): wait for it, "
+                "stop it, or choose another --save_dir"
+            ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                  .encode(), 0)  # fmt: skip
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0
+        )
         self._fd = fd
         return self
 

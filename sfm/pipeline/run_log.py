@@ -37,13 +37,19 @@ class RunLog:
         save_dir = Path(save_dir)
         path = save_dir / "metrics.jsonl"
         if path.exists():
-            kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= initial_step]
+            kept = [
+                line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= initial_step
+            ]
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, path)
         self.jsonl = open(path, "a")
         self.tb = SummaryWriter(str(save_dir / "tb"))
-        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True) if sys.stderr.isatty() else None
+        self.bar = (
+            tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True)
+            if sys.stderr.isatty()
+            else None
+        )
         self.start = time.time()
 
     def write(self, split: str, step: int, values: dict) -> None:
@@ -56,7 +62,9 @@ class RunLog:
             if isinstance(value, (int, float)):
                 self.tb.add_scalar(f"{split}/{key}", value, step)
         if split == "train" and self.bar is not None:
-            self.bar.set_postfix(loss=f"{values['loss']:.4g}", structs_s=f"{values['structures_per_s']:.1f}", lr=f"{values['lr']:.2e}")
+            self.bar.set_postfix(
+                loss=f"{values['loss']:.4g}", structs_s=f"{values['structures_per_s']:.1f}", lr=f"{values['lr']:.2e}"
+            )
         else:
             shown = " ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
             self.echo(f"[{split}] step {step} {shown}")

@@ -79,16 +79,20 @@ def composition_numbers(formula: str, num_atoms: int | None = None, formula_unit
         reduced = comp.reduced_composition
         units = num_atoms / reduced.num_atoms
         if abs(units - round(units)) > 1e-8 or round(units) < 1:
-            raise ValueError(f"{num_atoms} atoms is not a whole number of {reduced.reduced_formula} units "
-                             f"({int(reduced.num_atoms)} atoms each)")  # fmt: skip
+            raise ValueError(
+                f"{num_atoms} atoms is not a whole number of {reduced.reduced_formula} units "
+                f"({int(reduced.num_atoms)} atoms each)"
+            )
         comp = reduced * round(units)
     elif formula_units is not None:
         comp = comp * int(formula_units)
     numbers = []
     for element, amount in comp.items():
         if abs(amount - round(amount)) > 1e-8:
-            raise ValueError(f"composition {formula!r} has {amount} {element} atoms: not a whole number "
-                             "(use num_atoms or formula_units)")  # fmt: skip
+            raise ValueError(
+                f"composition {formula!r} has {amount} {element} atoms: not a whole number "
+                "(use num_atoms or formula_units)"
+            )
         numbers += [element.Z] * round(amount)
     return numbers
 
@@ -98,8 +102,14 @@ class CompositionInputs:
 
     has_structure = False
 
-    def __init__(self, formulas: list[str], num_atoms: int | None = None, formula_units: int | None = None,
-                 max_inputs: int | None = None, dictionary=None):  # fmt: skip
+    def __init__(
+        self,
+        formulas: list[str],
+        num_atoms: int | None = None,
+        formula_units: int | None = None,
+        max_inputs: int | None = None,
+        dictionary=None,
+    ):
         formulas = formulas if max_inputs is None else formulas[: int(max_inputs)]
         self.items = []
         for i, formula in enumerate(formulas):
@@ -110,8 +120,17 @@ class CompositionInputs:
                 except KeyError as err:
                     raise KeyError(f"composition {formula!r}: {err.args[0]}") from None
             n = len(numbers)
-            self.items.append(Data(atomic_numbers=numbers, natoms=n, tags=torch.zeros(n, dtype=torch.long),
-                                   fixed=torch.zeros(n, dtype=torch.bool), sid=i, formula=formula, num_nodes=n))  # fmt: skip
+            self.items.append(
+                Data(
+                    atomic_numbers=numbers,
+                    natoms=n,
+                    tags=torch.zeros(n, dtype=torch.long),
+                    fixed=torch.zeros(n, dtype=torch.bool),
+                    sid=i,
+                    formula=formula,
+                    num_nodes=n,
+                )
+            )
 
     def __len__(self) -> int:
         return len(self.items)

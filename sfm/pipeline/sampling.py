@@ -65,8 +65,25 @@ from sfm.pipeline.sample_store import SampleStore, done_keys, sample_key
 
 SAMPLERS = MODEL_SAMPLERS + BASELINES
 # settings that define the samples: a rerun into the same save_dir must keep them
-_DEFINING = ("checkpoint", "data_path", "compositions", "num_atoms", "formula_units", "mode", "given_tags",
-             "given_positions", "sampler", "steps", "corrector", "t_start", "renoise", "churn", "batch_size", "seed", "lattice_data")  # fmt: skip
+_DEFINING = (
+    "checkpoint",
+    "data_path",
+    "compositions",
+    "num_atoms",
+    "formula_units",
+    "mode",
+    "given_tags",
+    "given_positions",
+    "sampler",
+    "steps",
+    "corrector",
+    "t_start",
+    "renoise",
+    "churn",
+    "batch_size",
+    "seed",
+    "lattice_data",
+)
 
 
 @dataclass
@@ -122,8 +139,10 @@ def check_config(cfg: GenConfig) -> None:
     if (cfg.data_path is None) == (cfg.compositions is None):
         raise ValueError("give exactly one input: data_path (an LMDB split) or compositions")
     if cfg.compositions is not None and cfg.mode != "csp":
-        raise ValueError(f"mode {cfg.mode!r} takes the lattice (and given atoms) from each input's cell and pos; "
-                         "compositions carry no cell: use mode csp, or data_path with an LMDB")  # fmt: skip
+        raise ValueError(
+            f"mode {cfg.mode!r} takes the lattice (and given atoms) from each input's cell and pos; "
+            "compositions carry no cell: use mode csp, or data_path with an LMDB"
+        )
     if cfg.compositions is not None and cfg.sampler == "baseline_initial":
         raise ValueError("baseline_initial copies each input's pos and cell; compositions have neither")
     if (cfg.num_atoms is not None or cfg.formula_units is not None) and cfg.compositions is None:
@@ -133,17 +152,23 @@ def check_config(cfg: GenConfig) -> None:
     for name in ("num_samples", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    check_options(cfg.sampler, cfg.steps if cfg.sampler in MODEL_SAMPLERS else None, cfg.t_start, cfg.renoise, cfg.churn)
+    check_options(
+        cfg.sampler, cfg.steps if cfg.sampler in MODEL_SAMPLERS else None, cfg.t_start, cfg.renoise, cfg.churn
+    )
     if cfg.max_inputs is not None and cfg.max_inputs < 1:
         raise ValueError(f"max_inputs must be >= 1, got {cfg.max_inputs}")
     if cfg.t_start < 1.0 and (cfg.sampler not in MODEL_SAMPLERS or cfg.compositions is not None):
-        raise ValueError("t_start < 1 refines each input's pos and cell with a model sampler (pc, ode): "
-                         "it needs data_path and sampler pc or ode")  # fmt: skip
+        raise ValueError(
+            "t_start < 1 refines each input's pos and cell with a model sampler (pc, ode): "
+            "it needs data_path and sampler pc or ode"
+        )
     if cfg.given_positions not in ("pos", "pos_relaxed"):
         raise ValueError(f"given_positions must be 'pos' or 'pos_relaxed', got {cfg.given_positions!r}")
     if needs_model(cfg) and cfg.checkpoint is None:
-        raise ValueError(f"sampler {cfg.sampler} needs a checkpoint"
-                         + (" (or lattice_data for the csp lattices)" if cfg.sampler == "baseline_random" else ""))  # fmt: skip
+        raise ValueError(
+            f"sampler {cfg.sampler} needs a checkpoint"
+            + (" (or lattice_data for the csp lattices)" if cfg.sampler == "baseline_random" else "")
+        )
     for name in ("checkpoint", "data_path", "lattice_data"):
         path = getattr(cfg, name)
         if path is not None and not glob.glob(str(path)):  # data paths may be globs of files
@@ -152,8 +177,9 @@ def check_config(cfg: GenConfig) -> None:
 
 def needs_model(cfg: GenConfig) -> bool:
     """The model samplers, and the csp random baseline without lattice_data (it uses the prior)."""
-    return cfg.sampler in MODEL_SAMPLERS or (cfg.sampler == "baseline_random" and cfg.mode == "csp"
-                                             and cfg.lattice_data is None)  # fmt: skip
+    return cfg.sampler in MODEL_SAMPLERS or (
+        cfg.sampler == "baseline_random" and cfg.mode == "csp" and cfg.lattice_data is None
+    )
 
 
 def load_model(path: str, device: torch.device):
@@ -162,16 +188,18 @@ def load_model(path: str, device: torch.device):
 
     model = load_checkpoint(path)
     if not hasattr(model, "lattice_process") or model.checkpoint.get("task", "diffusion") != "diffusion":
-        raise ValueError(f"{path} holds a {model.checkpoint.get('task', type(model).__name__)} model, "
-                         "not a diffusion model")  # fmt: skip
+        raise ValueError(
+            f"{path} holds a {model.checkpoint.get('task', type(model).__name__)} model, not a diffusion model"
+        )
     return model.to(device).eval()
 
 
 def load_inputs(cfg: GenConfig, dictionary: Dictionary | None):
     if cfg.data_path is not None:
         return LmdbInputs(cfg.data_path, cfg.max_inputs, dictionary)
-    return CompositionInputs(parse_compositions(cfg.compositions), cfg.num_atoms, cfg.formula_units,
-                             cfg.max_inputs, dictionary)  # fmt: skip
+    return CompositionInputs(
+        parse_compositions(cfg.compositions), cfg.num_atoms, cfg.formula_units, cfg.max_inputs, dictionary
+    )
 
 
 def plan_batches(num_inputs: int, num_samples: int, batch_size: int) -> list[list[tuple[int, int]]]:
@@ -223,12 +251,23 @@ class CallCounter:
 def generate(batch: Batch, cfg: GenConfig, model, generator, pool=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pos [N, 3], cell [B, 3, 3])`` of one batch with ``cfg.sampler``."""
     if cfg.sampler in MODEL_SAMPLERS:
-        out = sample(model, batch, cfg.mode, cfg.sampler, cfg.steps, generator=generator,
-                     atom_given=batch.given if cfg.mode == "inpaint" else None, corrector=cfg.corrector,
-                     t_start=cfg.t_start, renoise=cfg.renoise, churn=cfg.churn)  # fmt: skip
+        out = sample(
+            model,
+            batch,
+            cfg.mode,
+            cfg.sampler,
+            cfg.steps,
+            generator=generator,
+            atom_given=batch.given if cfg.mode == "inpaint" else None,
+            corrector=cfg.corrector,
+            t_start=cfg.t_start,
+            renoise=cfg.renoise,
+            churn=cfg.churn,
+        )
         return out.pos, out.cell
-    return sample_baseline(batch, cfg.sampler, cfg.mode, generator, model, pool,
-                           atom_given=batch.given if cfg.mode == "inpaint" else None)  # fmt: skip
+    return sample_baseline(
+        batch, cfg.sampler, cfg.mode, generator, model, pool, atom_given=batch.given if cfg.mode == "inpaint" else None
+    )
 
 
 def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfig, nfe: int) -> list[Data]:
@@ -238,10 +277,24 @@ def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfi
     out = []
     for g, (data, (i, s)) in enumerate(zip(inputs, items)):
         sl = slice(ptr[g], ptr[g + 1])
-        record = Data(pos=pos[sl].clone(), cell=cell[g][None].clone(), atomic_numbers=data.atomic_numbers.long(),
-                      natoms=int(data.natoms), tags=data.tags.long(), fixed=fixed_mask(data), sid=data.sid, sample_idx=s, input_index=i,
-                      generated=~batch.given[sl].cpu(), mode=cfg.mode, sampler=cfg.sampler, steps=int(cfg.steps),
-                      nfe=int(nfe), seed=int(cfg.seed), t_start=float(cfg.t_start))  # fmt: skip
+        record = Data(
+            pos=pos[sl].clone(),
+            cell=cell[g][None].clone(),
+            atomic_numbers=data.atomic_numbers.long(),
+            natoms=int(data.natoms),
+            tags=data.tags.long(),
+            fixed=fixed_mask(data),
+            sid=data.sid,
+            sample_idx=s,
+            input_index=i,
+            generated=~batch.given[sl].cpu(),
+            mode=cfg.mode,
+            sampler=cfg.sampler,
+            steps=int(cfg.steps),
+            nfe=int(nfe),
+            seed=int(cfg.seed),
+            t_start=float(cfg.t_start),
+        )
         if "formula" in data:
             record.formula = data.formula
         out.append(record)
@@ -258,8 +311,10 @@ def check_run_file(cfg: GenConfig, has_samples: bool) -> Path:
         diff = {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k]}
         if diff:
             lines = ", ".join(f"{k}: {a!r} before, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(f"{cfg.save_dir} holds samples made with other settings ({lines}); "
-                             "rerun with the same settings to resume, or use another save_dir")  # fmt: skip
+            raise ValueError(
+                f"{cfg.save_dir} holds samples made with other settings ({lines}); "
+                "rerun with the same settings to resume, or use another save_dir"
+            )
     return path
 
 
@@ -289,10 +344,16 @@ def _sample(cfg: GenConfig, dist) -> dict:
     model = load_model(cfg.checkpoint, device) if needs_model(cfg) else None
     placement_t = getattr(model, "placement_t", None) if getattr(model, "placement_prob", 0) > 0 else None
     if dist.is_main and placement_t is not None and not cfg.renoise and abs(cfg.t_start - placement_t) > 1e-6:
-        print(f"warning: this checkpoint was trained to denoise placements at t = {placement_t}; "
-              f"--t_start {cfg.t_start} --no_renoise treats them as noisier/cleaner than that", file=sys.stderr)
-    dictionary = Dictionary(model.checkpoint["dictionary"], source=str(cfg.checkpoint)) if model is not None \
-        and model.checkpoint.get("dictionary") else None  # fmt: skip
+        print(
+            f"warning: this checkpoint was trained to denoise placements at t = {placement_t}; "
+            f"--t_start {cfg.t_start} --no_renoise treats them as noisier/cleaner than that",
+            file=sys.stderr,
+        )
+    dictionary = (
+        Dictionary(model.checkpoint["dictionary"], source=str(cfg.checkpoint))
+        if model is not None and model.checkpoint.get("dictionary")
+        else None
+    )
     inputs = load_inputs(cfg, dictionary)
     pool = None
     if cfg.sampler == "baseline_random" and cfg.mode == "csp" and cfg.lattice_data is not None:
@@ -330,8 +391,10 @@ def _sample(cfg: GenConfig, dist) -> dict:
             keep = [r for r, m in zip(records, missing) if m]
             broken = [sample_key(r) for r in keep if not (torch.isfinite(r.pos).all() and torch.isfinite(r.cell).all())]
             if broken:  # never dropped quietly: a run that "holds no entries" at the end says nothing
-                raise FloatingPointError(f"{len(broken)} sample(s) have non-finite positions or cell ((sid, sample_idx) "
-                                         f"{broken[:10]}); stopping, the samples written so far in {cfg.save_dir} are kept")
+                raise FloatingPointError(
+                    f"{len(broken)} sample(s) have non-finite positions or cell ((sid, sample_idx) "
+                    f"{broken[:10]}); stopping, the samples written so far in {cfg.save_dir} are kept"
+                )
             store.write(keep)
             stats["written"] += len(keep)
             stats["network_calls"] += nfe
@@ -349,8 +412,14 @@ def _progress(total: int, cfg: GenConfig, main: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"sample {cfg.mode} {cfg.sampler}", unit="sample", dynamic_ncols=True,
-                file=sys.stderr, mininterval=1.0)  # fmt: skip
+    return tqdm(
+        total=total,
+        desc=f"sample {cfg.mode} {cfg.sampler}",
+        unit="sample",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        mininterval=1.0,
+    )
 
 
 def _summarise(stats: dict, elapsed: float, num_inputs: int, cfg: GenConfig, dist, device) -> dict:
@@ -365,13 +434,23 @@ def _summarise(stats: dict, elapsed: float, num_inputs: int, cfg: GenConfig, dis
     made = out["written"]
     wall_s = float(wall.item())
     return {
-        "mode": cfg.mode, "sampler": cfg.sampler, "steps": cfg.steps, "t_start": cfg.t_start, "renoise": cfg.renoise, "churn": cfg.churn,
-        "inputs": num_inputs, "num_samples": cfg.num_samples, "batch_size": cfg.batch_size, "world_size": dist.world_size,
-        "device": str(device), "samples_written_this_run": out["written"],
+        "mode": cfg.mode,
+        "sampler": cfg.sampler,
+        "steps": cfg.steps,
+        "t_start": cfg.t_start,
+        "renoise": cfg.renoise,
+        "churn": cfg.churn,
+        "inputs": num_inputs,
+        "num_samples": cfg.num_samples,
+        "batch_size": cfg.batch_size,
+        "world_size": dist.world_size,
+        "device": str(device),
+        "samples_written_this_run": out["written"],
         "network_calls_per_sample": (out["nfe_samples"] / made) if made else None,
-        "network_calls_this_run": out["network_calls"], "sampling_wall_s": round(wall_s, 3),
+        "network_calls_this_run": out["network_calls"],
+        "sampling_wall_s": round(wall_s, 3),
         "samples_per_s": (made / wall_s) if made and wall_s > 0 else None,
-    }  # fmt: skip
+    }
 
 
 def finish(main_work=None):
@@ -387,5 +466,3 @@ def finish(main_work=None):
         main = tdist.get_rank() == 0
         teardown_distributed()
     return main_work() if main and main_work is not None else None
-
-

@@ -143,11 +143,14 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
 def check_model(model) -> None:
     for attr in ("loss", "build_kwargs"):
         if not hasattr(model, attr):
-            raise TypeError(f"{type(model).__name__} has no .{attr}: the trainer needs model.loss(batch) and model.build_kwargs")
+            raise TypeError(
+                f"{type(model).__name__} has no .{attr}: the trainer needs model.loss(batch) and model.build_kwargs"
+            )
 
 
-def train(model, train_set, valid_set, cfg: TrainConfig, meta: dict | None = None, collate_fn=None,
-          resume_dir=UNRESOLVED) -> dict:
+def train(
+    model, train_set, valid_set, cfg: TrainConfig, meta: dict | None = None, collate_fn=None, resume_dir=UNRESOLVED
+) -> dict:
     """Train `model` on `train_set` (validate on `valid_set`, may be None) as `cfg` says.
 
     meta: entries for the consolidated checkpoint (task, dictionary, args, ...).
@@ -219,8 +222,9 @@ def _train(model, train_set, valid_set, cfg, meta, collate_fn, dist: Dist, resum
         if state.step % cfg.log_interval == 0 or state.step == run.total_steps:
             last_train = tally.reduce(dist)
             state.dropped_structures += last_train["dropped_structures"]
-            last_train.update(epoch=state.epoch, nonfinite_steps=state.nonfinite_steps,
-                              peak_mem_gb=peak_memory_gb(dist.device))  # fmt: skip
+            last_train.update(
+                epoch=state.epoch, nonfinite_steps=state.nonfinite_steps, peak_mem_gb=peak_memory_gb(dist.device)
+            )
             log.write("train", state.step, last_train)
             tally = Tally()
         if run.valid_batches is not None and (epoch_done or state.step == run.total_steps):
@@ -242,7 +246,9 @@ def _setup(model, train_set, valid_set, cfg: TrainConfig, meta: dict, collate_fn
     train_batches = ShardedBatches(train_set, cfg.train_batch_size, collate_fn, dist, cfg.seed, True, cfg.num_workers)
     valid_batches = None
     if valid_set is not None:
-        valid_batches = ShardedBatches(valid_set, cfg.val_batch_size, collate_fn, dist, cfg.seed, False, cfg.num_workers)
+        valid_batches = ShardedBatches(
+            valid_set, cfg.val_batch_size, collate_fn, dist, cfg.seed, False, cfg.num_workers
+        )
     steps_per_epoch = math.ceil(len(train_batches) / cfg.gradient_accumulation_steps)
     total_steps = cfg.total_num_steps if cfg.total_num_steps > 0 else cfg.total_num_epochs * steps_per_epoch
     return _Run(cfg, dist, engine, ema, dist.zero_stage == 3, train_batches, valid_batches, total_steps, meta)
@@ -303,9 +309,11 @@ def _accumulate_gradients(run: _Run, state: TrainState, data, tally: "Tally"):
             state.consecutive_empty += 1
             tally.dropped += size  # none of this rank's batch is trained on
             if state.consecutive_empty >= len(run.train_batches):  # a whole epoch read without a step
-                raise ValueError(f"--max_sites {run.cfg.max_sites} drops every training structure "
-                                 f"({state.consecutive_empty} batches in a row, a whole epoch, were empty); "
-                                 "raise it (0: no limit)")  # fmt: skip
+                raise ValueError(
+                    f"--max_sites {run.cfg.max_sites} drops every training structure "
+                    f"({state.consecutive_empty} batches in a row, a whole epoch, were empty); "
+                    "raise it (0: no limit)"
+                )
             continue
         state.consecutive_empty = 0
         tally.dropped += getattr(batch, "num_dropped", 0)
@@ -326,7 +334,9 @@ def _account_step(run: _Run, state: TrainState, applied: bool, log: RunLog, last
         return
     state.nonfinite_steps += 1
     state.consecutive_nonfinite += 1
-    log.echo(f"[sfm] step {state.step + 1}: non-finite loss or gradients, step skipped ({state.nonfinite_steps} so far)")
+    log.echo(
+        f"[sfm] step {state.step + 1}: non-finite loss or gradients, step skipped ({state.nonfinite_steps} so far)"
+    )
     if state.consecutive_nonfinite >= run.cfg.max_nonfinite_steps:
         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
         raise NonFiniteTraining(
@@ -344,16 +354,28 @@ def save_checkpoint(run: _Run, state: TrainState, build_kwargs: dict) -> Path:
     tag_dir.mkdir(parents=True, exist_ok=True)  # every rank: save_dir should be shared, but need not be
     barrier(dist)
     run.engine.save(tag_dir)
-    torch.save({"rng": rng_state(), "ema": ema.state_dict() if run.ema_sharded else None},
-               tag_dir / f"rank_{dist.rank:05d}.pt")  # fmt: skip
+    torch.save(
+        {"rng": rng_state(), "ema": ema.state_dict() if run.ema_sharded else None}, tag_dir / f"rank_{dist.rank:05d}.pt"
+    )
     if dist.is_main:
-        torch.save({"state": asdict(state), "ema": None if run.ema_sharded else ema.state_dict(),
-                    "strategy": cfg.strategy, "world_size": dist.world_size, "config": run.meta["config"]},
-                   tag_dir / "trainer.pt")  # fmt: skip
+        torch.save(
+            {
+                "state": asdict(state),
+                "ema": None if run.ema_sharded else ema.state_dict(),
+                "strategy": cfg.strategy,
+                "world_size": dist.world_size,
+                "config": run.meta["config"],
+            },
+            tag_dir / "trainer.pt",
+        )
     with run.engine.ema_weights(ema), run.engine.full_state_dict() as state_dict:
         if dist.is_main:
-            save_consolidated(tag_dir / "model.pt", state_dict=state_dict, build_kwargs=build_kwargs,
-                              meta={**run.meta, "step": state.step, "epoch": state.epoch})  # fmt: skip
+            save_consolidated(
+                tag_dir / "model.pt",
+                state_dict=state_dict,
+                build_kwargs=build_kwargs,
+                meta={**run.meta, "step": state.step, "epoch": state.epoch},
+            )
     barrier(dist)
     if dist.is_main:
         mark_latest(run.ckpt_root, tag_dir.name, cfg.keep_checkpoints)
@@ -363,9 +385,11 @@ def save_checkpoint(run: _Run, state: TrainState, build_kwargs: dict) -> Path:
 def _finish(run: _Run, state: TrainState, log: RunLog, last_ckpt, last_train: dict, last_valid: dict) -> dict:
     """Copy the last consolidated checkpoint to save_dir/model.pt; the run's summary."""
     if run.cfg.max_sites:
-        log.echo(f"[sfm] --max_sites {run.cfg.max_sites}: {state.dropped_structures} training structures were not "
-                 f"trained on ({state.empty_batches} micro-batches empty); validation dropped "
-                 f"{last_valid.get('dropped_structures', 0)} in its last pass")  # fmt: skip
+        log.echo(
+            f"[sfm] --max_sites {run.cfg.max_sites}: {state.dropped_structures} training structures were not "
+            f"trained on ({state.empty_batches} micro-batches empty); validation dropped "
+            f"{last_valid.get('dropped_structures', 0)} in its last pass"
+        )
     final = None
     if run.dist.is_main and last_ckpt is not None:
         final = run.save_dir / "model.pt"
@@ -422,8 +446,13 @@ class Tally:
         vec = torch.stack(
             [self.sums.get(k, zero) for k in keys]
             + [self.counts.get(k, zero) for k in keys]
-            + [zero + self.structures, zero + self.atoms, zero + self.nonfinite, zero + self.cpu_seconds,
-               zero + self.dropped]
+            + [
+                zero + self.structures,
+                zero + self.atoms,
+                zero + self.nonfinite,
+                zero + self.cpu_seconds,
+                zero + self.dropped,
+            ]
         )
         vec = all_reduce_sum(vec, dist).tolist()
         n = len(keys)
@@ -474,8 +503,9 @@ def validate(engine, ema, batches: ShardedBatches, cfg: TrainConfig, dist: Dist)
                 sums[key] = sums.get(key, 0.0) + float(value) * n
     engine.net.train()
     keys = union_of_keys(list(sums), dist)
-    vec = torch.tensor([sums.get(k, 0.0) for k in keys] + [structures, nonfinite, dropped], dtype=torch.float64,
-                       device=dist.device)  # fmt: skip
+    vec = torch.tensor(
+        [sums.get(k, 0.0) for k in keys] + [structures, nonfinite, dropped], dtype=torch.float64, device=dist.device
+    )
     vec = all_reduce_sum(vec, dist).tolist()
     n = len(keys)
     out = {k: vec[i] / vec[n] if vec[n] else math.nan for i, k in enumerate(keys)}

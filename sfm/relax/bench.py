@@ -39,8 +39,9 @@ def make_slabs(n: int, seed: int = 0, sizes=SIZES, metals=("Cu", "Pt", "Au"), no
         slab = fcc111(metals[i % len(metals)], size=size, vacuum=7.0, periodic=True)  # as OC20
         layer = slab.get_tags()  # 1 = top layer
         ads = ADSORBATES[rng.integers(len(ADSORBATES))]
-        add_adsorbate(slab, molecule(ads) if len(ads) > 1 else ads, 1.8,
-                      ["fcc", "hcp", "ontop", "bridge"][rng.integers(4)])
+        add_adsorbate(
+            slab, molecule(ads) if len(ads) > 1 else ads, 1.8, ["fcc", "hcp", "ontop", "bridge"][rng.integers(4)]
+        )
         tags = np.concatenate([np.where(layer <= 2, 1, 0), np.full(len(slab) - len(layer), 2)])
         slab.set_tags(tags)
         slab.set_constraint(FixAtoms(mask=tags == 0))
@@ -52,8 +53,9 @@ def make_slabs(n: int, seed: int = 0, sizes=SIZES, metals=("Cu", "Pt", "Au"), no
 def load_structures(n: int, data: str | None, seed: int = 0):
     """n structures as (list of Data, list of ase.Atoms): from an OC20 LMDB (its first n;
     `pos` is the start) or from `make_slabs` with demo-world sizes (36-65 atoms)."""
-    from sfm.data.atoms import atoms_to_data, batch_to_atoms
     from torch_geometric.data import Batch
+
+    from sfm.data.atoms import atoms_to_data, batch_to_atoms
 
     if data is None:
         atoms = make_slabs(n, seed=seed, sizes=[(3, 3, 4), (4, 3, 4), (4, 4, 4)])
@@ -72,6 +74,7 @@ def build(model: str, device: str, force_std: float | None = None):
         from ase.calculators.emt import EMT
 
         from sfm.relax.emt import EMTFn
+
         return EMTFn(), EMT
     from sfm.models import PRESETS, build_model
     from sfm.relax.calculator import SFMCalculator, as_model
@@ -86,9 +89,18 @@ def build(model: str, device: str, force_std: float | None = None):
     return net, lambda: SFMCalculator(net, device=device)
 
 
-def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: int,
-        max_atoms: int | None = None, repeat: int = 1, skin: float | None = 1.0,
-        force_std: float | None = None) -> dict:
+def run(
+    n: int,
+    device: str,
+    model: str,
+    data: str | None,
+    fmax: float,
+    steps: int,
+    max_atoms: int | None = None,
+    repeat: int = 1,
+    skin: float | None = 1.0,
+    force_std: float | None = None,
+) -> dict:
     """Relax the same n structures both ways, `repeat` times alternating (best time of each
     kept: the machine may be shared); structures/s, steps, agreement of final energies."""
     from ase.optimize import FIRE
@@ -128,12 +140,24 @@ def run(n: int, device: str, model: str, data: str | None, fmax: float, steps: i
     ase_e, ase_steps, ase_conv = (np.array(x, dtype=float) for x in zip(*ase))
     natoms = np.array([len(a) for a in atoms_list])
     de = np.abs(res.energy.double().cpu().numpy() - ase_e) / natoms
-    return {"n": n, "device": device, "model": model, "max_atoms": max_atoms, "skin": skin, "atoms_mean": float(natoms.mean()),
-            "batched_per_s": n / t_batched, "ase_per_s": n / t_ase, "ratio": t_ase / t_batched,
-            "batched_s": t_batched, "ase_s": t_ase,
-            "steps_batched": float(res.steps.double().mean()), "steps_ase": float(ase_steps.mean()),
-            "converged_batched": float(res.converged.double().mean()), "converged_ase": float(ase_conv.mean()),
-            "max_dE_per_atom": float(de.max())}
+    return {
+        "n": n,
+        "device": device,
+        "model": model,
+        "max_atoms": max_atoms,
+        "skin": skin,
+        "atoms_mean": float(natoms.mean()),
+        "batched_per_s": n / t_batched,
+        "ase_per_s": n / t_ase,
+        "ratio": t_ase / t_batched,
+        "batched_s": t_batched,
+        "ase_s": t_ase,
+        "steps_batched": float(res.steps.double().mean()),
+        "steps_ase": float(ase_steps.mean()),
+        "converged_batched": float(res.converged.double().mean()),
+        "converged_ase": float(ase_conv.mean()),
+        "max_dE_per_atom": float(de.max()),
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -146,24 +170,43 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=100, help="step cap per structure")
     p.add_argument("--max_atoms", type=int, help="relax_batch: atoms per model call (default: all at once)")
     p.add_argument("--repeat", type=int, default=1, help="alternate the two paths this often, keep the best")
-    p.add_argument("--skin", type=float, default=1.0, help="relax_batch's neighbour-list skin, A (0: search every step)")
-    p.add_argument("--force_std", type=float,
-                   help="untrained preset: its force scale, eV/A (e.g. 30: relaxations of about 100 steps)")
+    p.add_argument(
+        "--skin", type=float, default=1.0, help="relax_batch's neighbour-list skin, A (0: search every step)"
+    )
+    p.add_argument(
+        "--force_std",
+        type=float,
+        help="untrained preset: its force scale, eV/A (e.g. 30: relaxations of about 100 steps)",
+    )
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     print(vars(args))
     rows = []
-    print(f"{'n':>5} {'device':>6} {'atoms':>6} {'batched/s':>10} {'ASE/s':>8} {'ratio':>7} "
-          f"{'steps b/a':>11} {'conv b/a':>11} {'max dE/atom':>12}")
+    print(
+        f"{'n':>5} {'device':>6} {'atoms':>6} {'batched/s':>10} {'ASE/s':>8} {'ratio':>7} "
+        f"{'steps b/a':>11} {'conv b/a':>11} {'max dE/atom':>12}"
+    )
     for device in args.device:
         for n in args.n:
-            r = run(n, device, args.model, args.data, args.fmax, args.steps, args.max_atoms, args.repeat,
-                    args.skin or None, args.force_std)
+            r = run(
+                n,
+                device,
+                args.model,
+                args.data,
+                args.fmax,
+                args.steps,
+                args.max_atoms,
+                args.repeat,
+                args.skin or None,
+                args.force_std,
+            )
             rows.append(r)
-            print(f"{n:>5} {device:>6} {r['atoms_mean']:>6.1f} {r['batched_per_s']:>10.2f} {r['ase_per_s']:>8.2f} "
-                  f"{r['ratio']:>6.1f}x {r['steps_batched']:>5.1f}/{r['steps_ase']:<5.1f} "
-                  f"{r['converged_batched']:>5.2f}/{r['converged_ase']:<5.2f} {r['max_dE_per_atom']:>12.2e}",
-                  flush=True)
+            print(
+                f"{n:>5} {device:>6} {r['atoms_mean']:>6.1f} {r['batched_per_s']:>10.2f} {r['ase_per_s']:>8.2f} "
+                f"{r['ratio']:>6.1f}x {r['steps_batched']:>5.1f}/{r['steps_ase']:<5.1f} "
+                f"{r['converged_batched']:>5.2f}/{r['converged_ase']:<5.2f} {r['max_dE_per_atom']:>12.2e}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": rows}, f, indent=2)

@@ -1,7 +1,7 @@
 """ASE calculator for an sfm S2EF model, so ASE optimisers and MD run with it.
 
-    atoms.calc = SFMCalculator("model.pt", device="cpu")   # or a model object
-    FIRE(atoms).run(fmax=0.05)
+atoms.calc = SFMCalculator("model.pt", device="cpu")   # or a model object
+FIRE(atoms).run(fmax=0.05)
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ class SFMCalculator(Calculator):
         stress = "stress" in properties and self.conservative
         out = self.model.predict(batch, stress=True) if stress else self.model.predict(batch)
         energy = out["energy"].item()
-        self.results = {"energy": energy, "free_energy": energy,
-                        "forces": out["forces"].detach().double().cpu().numpy()}
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out["forces"].detach().double().cpu().numpy(),
+        }
         if stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().double().cpu().numpy())

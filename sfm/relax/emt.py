@@ -33,8 +33,10 @@ class EMTFn:
             energies.append(atoms.get_potential_energy())
             forces.append(atoms.get_forces())
         like = batch.pos
-        return (torch.tensor(energies, dtype=like.dtype, device=like.device),
-                torch.as_tensor(np.concatenate(forces), dtype=like.dtype, device=like.device))
+        return (
+            torch.tensor(energies, dtype=like.dtype, device=like.device),
+            torch.as_tensor(np.concatenate(forces), dtype=like.dtype, device=like.device),
+        )
 
 
 def emt_fn(batch):

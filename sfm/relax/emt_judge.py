@@ -37,8 +37,10 @@ def check_emt_elements(structures: list[Data]) -> None:
     for d in structures:
         bad = sorted(set(d.atomic_numbers.tolist()) - covered)
         if bad:
-            raise ValueError(f"EMT judge: sid {sid_of(d)} has elements EMT does not cover (Z = {bad}); "
-                             f"EMT knows {' '.join(parameters)}")  # fmt: skip
+            raise ValueError(
+                f"EMT judge: sid {sid_of(d)} has elements EMT does not cover (Z = {bad}); "
+                f"EMT knows {' '.join(parameters)}"
+            )
 
 
 def emt_energies(structures: list[Data], pos: list[torch.Tensor] | None = None) -> np.ndarray:

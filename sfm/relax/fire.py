@@ -26,8 +26,9 @@ class FIRE:
     batch: [N] structure index in [0, B). `keep(atom_mask, graph_mask)` drops structures.
     """
 
-    def __init__(self, num_graphs: int, dt=0.1, maxstep=0.2, dtmax=1.0, Nmin=5, finc=1.1,
-                 fdec=0.5, astart=0.1, fa=0.99, a=0.1):
+    def __init__(
+        self, num_graphs: int, dt=0.1, maxstep=0.2, dtmax=1.0, Nmin=5, finc=1.1, fdec=0.5, astart=0.1, fa=0.99, a=0.1
+    ):
         self.num_graphs, self.dt0, self.a0 = num_graphs, dt, a
         self.maxstep, self.dtmax, self.Nmin = maxstep, dtmax, Nmin
         self.finc, self.fdec, self.astart, self.fa = finc, fdec, astart, fa

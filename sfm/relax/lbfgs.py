@@ -48,8 +48,7 @@ class LBFGS:
             z = z + s * (a - b)[batch, None]
         dr = -z
         longest = scatter(dr.norm(dim=-1), batch, dim=0, dim_size=B, reduce="max")
-        scale = torch.where(longest >= self.maxstep, self.maxstep / longest.clamp_min(1e-300),
-                            torch.ones_like(longest))
+        scale = torch.where(longest >= self.maxstep, self.maxstep / longest.clamp_min(1e-300), torch.ones_like(longest))
         self.pos0, self.grad0 = pos, grad
         return pos + dr * (scale * self.damping)[batch, None]
 

@@ -28,25 +28,25 @@ OPTIMIZERS = {"fire": FIRE, "lbfgs": LBFGS}
 class RelaxResult:
     """Per atom [N, ...] in the order of the input batch; per structure [B]."""
 
-    pos: Tensor        # [N, 3] A, relaxed positions (dtype of batch.pos)
-    energy: Tensor     # [B] eV at the relaxed positions
-    forces: Tensor     # [N, 3] eV/A at the relaxed positions, as predicted (fixed atoms not zeroed)
-    fmax: Tensor       # [B] eV/A, max |F| over free atoms at the relaxed positions
+    pos: Tensor  # [N, 3] A, relaxed positions (dtype of batch.pos)
+    energy: Tensor  # [B] eV at the relaxed positions
+    forces: Tensor  # [N, 3] eV/A at the relaxed positions, as predicted (fixed atoms not zeroed)
+    fmax: Tensor  # [B] eV/A, max |F| over free atoms at the relaxed positions
     converged: Tensor  # [B] bool, fmax < the requested fmax
-    steps: Tensor      # [B] long, optimiser steps taken (ASE's nsteps); force calls = steps + 1
+    steps: Tensor  # [B] long, optimiser steps taken (ASE's nsteps); force calls = steps + 1
 
 
 @dataclass
 class RelaxFrame:
     """What the callback sees after each force call: only the structures still relaxing."""
 
-    step: int          # optimiser steps taken so far (0 = the input positions)
-    index: Tensor      # [b] long, index in the input batch of each active structure
-    batch: Tensor      # [n] long, active structure (0..b-1) of each active atom
-    pos: Tensor        # [n, 3]
-    energy: Tensor     # [b]
-    forces: Tensor     # [n, 3]
-    fmax: Tensor       # [b]
+    step: int  # optimiser steps taken so far (0 = the input positions)
+    index: Tensor  # [b] long, index in the input batch of each active structure
+    batch: Tensor  # [n] long, active structure (0..b-1) of each active atom
+    pos: Tensor  # [n, 3]
+    energy: Tensor  # [b]
+    forces: Tensor  # [n, 3]
+    fmax: Tensor  # [b]
 
 
 def energy_forces_fn(model_or_fn) -> Callable[[Batch], tuple[Tensor, Tensor]]:
@@ -54,9 +54,11 @@ def energy_forces_fn(model_or_fn) -> Callable[[Batch], tuple[Tensor, Tensor]]:
     A model's fn also takes `edges` (the graph at these positions, see `skin_neighbor_list`)."""
     predict = getattr(model_or_fn, "predict", None)
     if predict is not None:
+
         def fn(batch, edges=None):
             out = predict(batch) if edges is None else predict(batch, edges=edges)
             return out["energy"], out["forces"]
+
         return fn
     if callable(model_or_fn):
         return model_or_fn
@@ -89,8 +91,9 @@ def skin_neighbor_list(model_or_fn, skin: float | None) -> SkinNeighborList | No
     return SkinNeighborList(backbone.cfg.cutoff, backbone.cfg.max_neighbors, pbc, skin)
 
 
-def evaluate(fn, parts: list[tuple[Batch, slice]], pos: Tensor, whole: Batch,
-             neighbors: SkinNeighborList | None = None) -> tuple[Tensor, Tensor]:
+def evaluate(
+    fn, parts: list[tuple[Batch, slice]], pos: Tensor, whole: Batch, neighbors: SkinNeighborList | None = None
+) -> tuple[Tensor, Tensor]:
     """fn on each part at positions pos [N, 3] of the batch `whole`; energies [B] and forces
     [N, 3] joined. With `neighbors`, each part's graph comes from that list (model.predict(part,
     edges=...)), found on the whole batch and split by part (edges never cross structures)."""
@@ -111,9 +114,17 @@ def evaluate(fn, parts: list[tuple[Batch, slice]], pos: Tensor, whole: Batch,
     return torch.cat([e for e, _ in outs]), torch.cat([f for _, f in outs])
 
 
-def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float = 0.05,
-                steps: int = 300, callback: Callable[[RelaxFrame], None] | None = None,
-                max_atoms: int | None = None, skin: float | None = 1.0, **optimizer_kwargs) -> RelaxResult:
+def relax_batch(
+    model_or_fn,
+    batch: Batch,
+    optimizer: str = "fire",
+    fmax: float = 0.05,
+    steps: int = 300,
+    callback: Callable[[RelaxFrame], None] | None = None,
+    max_atoms: int | None = None,
+    skin: float | None = 1.0,
+    **optimizer_kwargs,
+) -> RelaxResult:
     """Relax the atoms of every structure of a PyG batch with a batched FIRE or L-BFGS (see
     fire.py, lbfgs.py); the cell is held (no cell relaxation: not needed for OC20 slabs).
 
@@ -140,14 +151,17 @@ def relax_batch(model_or_fn, batch: Batch, optimizer: str = "fire", fmax: float 
     fn = energy_forces_fn(model_or_fn)
     B, N, dtype, device = batch.num_graphs, batch.pos.shape[0], batch.pos.dtype, batch.pos.device
     opt = OPTIMIZERS[optimizer](B, **optimizer_kwargs)
-    out = RelaxResult(pos=batch.pos.detach().clone(), energy=torch.zeros(B, dtype=dtype, device=device),
-                      forces=torch.zeros(N, 3, dtype=dtype, device=device),
-                      fmax=torch.zeros(B, dtype=dtype, device=device),
-                      converged=torch.zeros(B, dtype=torch.bool, device=device),
-                      steps=torch.zeros(B, dtype=torch.long, device=device))
+    out = RelaxResult(
+        pos=batch.pos.detach().clone(),
+        energy=torch.zeros(B, dtype=dtype, device=device),
+        forces=torch.zeros(N, 3, dtype=dtype, device=device),
+        fmax=torch.zeros(B, dtype=dtype, device=device),
+        converged=torch.zeros(B, dtype=torch.bool, device=device),
+        steps=torch.zeros(B, dtype=torch.long, device=device),
+    )
     sub = copy.copy(batch)  # shallow: setting sub.pos leaves the caller's batch alone
     parts = split_batch(sub, max_atoms)
-    index = torch.arange(B, device=device)       # active structures, in input numbering
+    index = torch.arange(B, device=device)  # active structures, in input numbering
     atom_index = torch.arange(N, device=device)  # active atoms, in input numbering
     pos = batch.pos.detach().to(torch.float64)
     free = ~fixed_mask(batch)

@@ -26,9 +26,9 @@ class RelaxSettings:
     """How a list of structures is relaxed (``steps=0``: evaluated only, not moved)."""
 
     optimizer: str = "fire"
-    fmax: float = 0.05          # eV/A, convergence on free atoms
-    steps: int = 300            # optimiser step cap
-    batch_size: int = 32        # structures relaxed together
+    fmax: float = 0.05  # eV/A, convergence on free atoms
+    steps: int = 300  # optimiser step cap
+    batch_size: int = 32  # structures relaxed together
     max_atoms: int | None = None  # atoms per model call (relax_batch), None: the whole batch
     device: str = "cpu"
     progress: bool = True
@@ -37,13 +37,24 @@ class RelaxSettings:
 def relax_input(d: Data, key: int, pos: torch.Tensor | None = None) -> Data:
     """What a relaxation reads of a structure (other stored fields stay out of the batch), at
     ``pos`` if given; ``sid`` = ``key``, unique per structure (EMTFn keeps one calculator per sid)."""
-    return Data(pos=(d.pos if pos is None else pos).float().cpu(), cell=as_cell(d.cell)[None].float().cpu(),
-                atomic_numbers=d.atomic_numbers.long().cpu(), natoms=int(d.natoms), tags=d.tags.long().cpu(),
-                fixed=fixed_mask(d).cpu(), sid=key)  # fmt: skip
+    return Data(
+        pos=(d.pos if pos is None else pos).float().cpu(),
+        cell=as_cell(d.cell)[None].float().cpu(),
+        atomic_numbers=d.atomic_numbers.long().cpu(),
+        natoms=int(d.natoms),
+        tags=d.tags.long().cpu(),
+        fixed=fixed_mask(d).cpu(),
+        sid=key,
+    )
 
 
-def relax_structures(model_or_fn, structures: list[Data], settings: RelaxSettings, desc: str = "relax",
-                     pos: list[torch.Tensor] | None = None) -> list[dict]:
+def relax_structures(
+    model_or_fn,
+    structures: list[Data],
+    settings: RelaxSettings,
+    desc: str = "relax",
+    pos: list[torch.Tensor] | None = None,
+) -> list[dict]:
     """Relax ``structures`` (at ``pos`` where given) in batches; per structure a dict (CPU):
     ``pos`` [n, 3] A and ``force`` [n, 3] eV/A at the end, ``energy`` (eV, final),
     ``energy_initial`` (eV, at the start), ``fmax`` (eV/A, free atoms), ``converged``,
@@ -53,7 +64,9 @@ def relax_structures(model_or_fn, structures: list[Data], settings: RelaxSetting
     try:
         for start in range(0, len(structures), settings.batch_size):
             stop = min(start + settings.batch_size, len(structures))
-            batch = collate([relax_input(structures[i], i, None if pos is None else pos[i]) for i in range(start, stop)])
+            batch = collate(
+                [relax_input(structures[i], i, None if pos is None else pos[i]) for i in range(start, stop)]
+            )
             out += _relax_one_batch(model_or_fn, batch.to(settings.device), settings, bar)
             bar.update(stop - start)
     finally:
@@ -70,13 +83,28 @@ def _relax_one_batch(model_or_fn, batch, settings: RelaxSettings, bar) -> list[d
         if settings.progress and frame.step % 10 == 0:
             bar.set_postfix(step=frame.step, relaxing=len(frame.index), refresh=False)
 
-    res = relax_batch(model_or_fn, batch, settings.optimizer, settings.fmax, settings.steps, callback=record_start,
-                      max_atoms=settings.max_atoms)  # fmt: skip
+    res = relax_batch(
+        model_or_fn,
+        batch,
+        settings.optimizer,
+        settings.fmax,
+        settings.steps,
+        callback=record_start,
+        max_atoms=settings.max_atoms,
+    )
     ptr = batch.ptr.cpu()
     out = []
     for b in range(batch.num_graphs):
         s = slice(int(ptr[b]), int(ptr[b + 1]))
-        out.append(dict(pos=res.pos[s].detach().float().cpu(), force=res.forces[s].detach().float().cpu(),
-                        energy=float(res.energy[b]), energy_initial=float(initial[b]), fmax=float(res.fmax[b]),
-                        converged=bool(res.converged[b]), relax_steps=int(res.steps[b])))  # fmt: skip
+        out.append(
+            dict(
+                pos=res.pos[s].detach().float().cpu(),
+                force=res.forces[s].detach().float().cpu(),
+                energy=float(res.energy[b]),
+                energy_initial=float(initial[b]),
+                fmax=float(res.fmax[b]),
+                converged=bool(res.converged[b]),
+                relax_steps=int(res.steps[b]),
+            )
+        )
     return out

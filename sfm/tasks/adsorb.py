@@ -26,9 +26,13 @@ def _ints(text: str, what: str, parser) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("surface and adsorbate")
-    g.add_argument("--slab", help="slab file ASE reads (cif, POSCAR, extxyz, traj, file.db@id=N); tags 0/1 used if present")
+    g.add_argument(
+        "--slab", help="slab file ASE reads (cif, POSCAR, extxyz, traj, file.db@id=N); tags 0/1 used if present"
+    )
     g.add_argument("--bulk", help="bulk file to cut the slab from, OC20's way (with --miller)")
     g.add_argument("--miller", help="h,k,l of the surface cut from --bulk")
     g.add_argument("--slab_index", type=int, default=0, help="--bulk: which termination of the cut")
@@ -37,23 +41,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min_vacuum", type=float, default=6.0, help="A of vacuum along c the slab must have")
     g = p.add_argument_group("placements")
     g.add_argument("--heuristic", action="store_true", help="every OC20 heuristic site")
-    g.add_argument("--max_heuristic", type=int, help="at most this many heuristic sites (a uniform subset; alloy "
-                                                     "slabs have 100-300)")
+    g.add_argument(
+        "--max_heuristic",
+        type=int,
+        help="at most this many heuristic sites (a uniform subset; alloy slabs have 100-300)",
+    )
     g.add_argument("--random", type=int, default=0, help="this many random sites (AdsorbML's random placements)")
     g.add_argument("--diffusion", help="diffusion checkpoint (.pt) for generated / refined placements")
     g.add_argument("--num_generated", type=int, default=0, help="adsorbates inpainted from noise")
     g.add_argument("--sampler", choices=("ode", "pc"), default="ode")
     g.add_argument("--sample_steps", type=int, default=25)
-    g.add_argument("--t_start", type=float, default=1.0, help="< 1: also refine each heuristic placement from this level")
+    g.add_argument(
+        "--t_start", type=float, default=1.0, help="< 1: also refine each heuristic placement from this level"
+    )
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("relaxation and energies")
-    g.add_argument("--relaxer", required=True, help="S2EF checkpoint (.pt, batched) or module:factory of an ASE calculator "
-                                                    "(ASE loop), e.g. ase.calculators.emt:EMT")
-    g.add_argument("--judge", help="single point on the --top_k best relaxed placements (AdsorbML's ML+SP): "
-                                   "S2EF checkpoint or module:factory")
-    g.add_argument("--energy", choices=("auto", "referenced", "total"), default="auto",
-                   help="referenced: the relaxer gives adsorption energies (auto for sfm checkpoints); total: "
-                        "subtract the relaxed clean slab and gas references (auto for calculators)")
+    g.add_argument(
+        "--relaxer",
+        required=True,
+        help="S2EF checkpoint (.pt, batched) or module:factory of an ASE calculator "
+        "(ASE loop), e.g. ase.calculators.emt:EMT",
+    )
+    g.add_argument(
+        "--judge",
+        help="single point on the --top_k best relaxed placements (AdsorbML's ML+SP): "
+        "S2EF checkpoint or module:factory",
+    )
+    g.add_argument(
+        "--energy",
+        choices=("auto", "referenced", "total"),
+        default="auto",
+        help="referenced: the relaxer gives adsorption energies (auto for sfm checkpoints); total: "
+        "subtract the relaxed clean slab and gas references (auto for calculators)",
+    )
     g.add_argument("--optimizer", choices=("fire", "lbfgs"), default="fire")
     g.add_argument("--fmax", type=float, default=0.05, help="eV/A on free atoms")
     g.add_argument("--steps", type=int, default=300, help="optimiser step cap")
@@ -69,14 +89,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_of(args, parser) -> AdsorbConfig:
     return AdsorbConfig(
-        out=args.out, relaxer=args.relaxer, judge=args.judge, adsorbate=args.adsorbate, slab=args.slab, bulk=args.bulk,
-        miller=_ints(args.miller, "miller", parser) if args.miller else None, slab_index=args.slab_index,
-        binding=_ints(args.binding, "binding", parser) if args.binding else None, diffusion=args.diffusion,
-        num_generated=args.num_generated, sampler=args.sampler, sample_steps=args.sample_steps, t_start=args.t_start,
-        heuristic=args.heuristic, max_heuristic=args.max_heuristic, random=args.random, energy=args.energy, optimizer=args.optimizer, fmax=args.fmax,
-        steps=args.steps, batch_size=args.batch_size, max_atoms=args.max_atoms, top_k=args.top_k, seed=args.seed,
-        min_vacuum=args.min_vacuum, device=args.device, progress=not args.no_progress,
-    )  # fmt: skip
+        out=args.out,
+        relaxer=args.relaxer,
+        judge=args.judge,
+        adsorbate=args.adsorbate,
+        slab=args.slab,
+        bulk=args.bulk,
+        miller=_ints(args.miller, "miller", parser) if args.miller else None,
+        slab_index=args.slab_index,
+        binding=_ints(args.binding, "binding", parser) if args.binding else None,
+        diffusion=args.diffusion,
+        num_generated=args.num_generated,
+        sampler=args.sampler,
+        sample_steps=args.sample_steps,
+        t_start=args.t_start,
+        heuristic=args.heuristic,
+        max_heuristic=args.max_heuristic,
+        random=args.random,
+        energy=args.energy,
+        optimizer=args.optimizer,
+        fmax=args.fmax,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_atoms=args.max_atoms,
+        top_k=args.top_k,
+        seed=args.seed,
+        min_vacuum=args.min_vacuum,
+        device=args.device,
+        progress=not args.no_progress,
+    )
 
 
 def main(argv=None):
@@ -95,8 +136,10 @@ def main(argv=None):
     if s["best"] is None:
         print("no valid placement (all anomalous): see", result.out / "report.md")
     else:
-        print(f"best: {s['best']['adsorption_energy']:.3f} eV ({s['best']['source']} placement {s['best']['index']}); "
-              f"report: {result.out / 'report.md'}")  # fmt: skip
+        print(
+            f"best: {s['best']['adsorption_energy']:.3f} eV ({s['best']['source']} placement {s['best']['index']}); "
+            f"report: {result.out / 'report.md'}"
+        )
     return result
 
 

@@ -78,13 +78,17 @@ def summarize(systems: list[dict], threshold: float) -> dict:
         firsts = [first_success(s["rows"], source, s["best"], threshold) for s in have]
         reached = [f for f in firsts if f is not None]
         out[source] = {
-            "systems": len(have), "placements_per_system": len(rows) / len(have),
-            **{f"success@{k}": float(np.mean([success(s["rows"], source, k, s["best"], threshold) for s in have]))
-               for k in KS},
-            "reached": len(reached), "relaxations_to_first_success": float(np.mean(reached)) if reached else math.nan,
+            "systems": len(have),
+            "placements_per_system": len(rows) / len(have),
+            **{
+                f"success@{k}": float(np.mean([success(s["rows"], source, k, s["best"], threshold) for s in have]))
+                for k in KS
+            },
+            "reached": len(reached),
+            "relaxations_to_first_success": float(np.mean(reached)) if reached else math.nan,
             "anomaly_rate": float(np.mean([not r["valid"] for r in rows])),
             "mean_steps": float(np.mean([r["steps"] for r in rows])),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -99,13 +103,18 @@ def timing(spec: str, structures: list[Atoms], cfg: AdsorbConfig) -> dict:
         out[f"{mode}_wall_s"] = round(time.perf_counter() - start, 2)
         out[f"{mode}_mean_steps"] = float(np.mean([a.info["steps"] for a in results[mode]]))
     out["speedup"] = out["ase_loop_wall_s"] / out["batched_wall_s"]
-    diff = [abs(a.get_potential_energy() - b.get_potential_energy()) for a, b in zip(results["batched"], results["ase_loop"])]
+    diff = [
+        abs(a.get_potential_energy() - b.get_potential_energy())
+        for a, b in zip(results["batched"], results["ase_loop"])
+    ]
     out["max_abs_energy_difference_eV"] = float(max(diff))
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", required=True, help="IS2RE split of a demo world (e.g. data/demo/is2re/test_id)")
     p.add_argument("--mapping", help="data_mapping.json (default: the demo world root above --data)")
     p.add_argument("--num_systems", type=int, default=8)
@@ -147,30 +156,61 @@ def main(argv=None) -> dict:
         entry = dataset[i]
         sid = int(entry.sid)
         folder = out / "systems" / str(sid)
-        cfg = AdsorbConfig(out=str(folder), relaxer=args.relaxer, adsorbate=mapping[str(sid)]["adsorbate"],
-                           slab=str(system_slab(entry, folder / "slab.extxyz")), heuristic=args.max_heuristic > 0,
-                           max_heuristic=args.max_heuristic or None, random=args.random, diffusion=args.diffusion,
-                           num_generated=args.num_generated if args.diffusion else 0, sample_steps=args.sample_steps,
-                           t_start=args.t_start, optimizer=args.optimizer, fmax=args.fmax, steps=args.steps,
-                           batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)  # fmt: skip
+        cfg = AdsorbConfig(
+            out=str(folder),
+            relaxer=args.relaxer,
+            adsorbate=mapping[str(sid)]["adsorbate"],
+            slab=str(system_slab(entry, folder / "slab.extxyz")),
+            heuristic=args.max_heuristic > 0,
+            max_heuristic=args.max_heuristic or None,
+            random=args.random,
+            diffusion=args.diffusion,
+            num_generated=args.num_generated if args.diffusion else 0,
+            sample_steps=args.sample_steps,
+            t_start=args.t_start,
+            optimizer=args.optimizer,
+            fmax=args.fmax,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
         result = run_adsorb(cfg)
         valid = [r["adsorption_energy"] for r in result.rows if r["valid"]]
-        print(f"system {sid} ({mapping[str(sid)]['catalyst']} {mapping[str(sid)]['facet']}, {cfg.adsorbate}): "
-              f"{len(result.rows)} placements, {len(valid)} valid")  # fmt: skip
+        print(
+            f"system {sid} ({mapping[str(sid)]['catalyst']} {mapping[str(sid)]['facet']}, {cfg.adsorbate}): "
+            f"{len(result.rows)} placements, {len(valid)} valid"
+        )
         if valid:
             systems.append({"sid": sid, "rows": result.rows, "best": min(valid), "folder": folder})
     search_wall = time.perf_counter() - start
-    report = {"data": str(data), "systems": len(systems), "systems_without_valid_placement":
-              min(args.num_systems, len(dataset)) - len(systems), "relaxer": args.relaxer,
-              "diffusion": args.diffusion, "threshold_eV": args.threshold, "search_wall_s": round(search_wall, 1),
-              "by_source": summarize(systems, args.threshold)}  # fmt: skip
+    report = {
+        "data": str(data),
+        "systems": len(systems),
+        "systems_without_valid_placement": min(args.num_systems, len(dataset)) - len(systems),
+        "relaxer": args.relaxer,
+        "diffusion": args.diffusion,
+        "threshold_eV": args.threshold,
+        "search_wall_s": round(search_wall, 1),
+        "by_source": summarize(systems, args.threshold),
+    }
     if args.timing_relaxer:
         import ase.io
 
-        structures = [a for s in systems[: args.timing_systems]
-                      for a in ase.io.read(s["folder"] / "work" / "placements.extxyz", ":")]  # fmt: skip
-        tcfg = AdsorbConfig(out=str(out), relaxer=args.timing_relaxer, optimizer=args.optimizer, fmax=1e-9,
-                            steps=args.timing_steps, batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
+        structures = [
+            a
+            for s in systems[: args.timing_systems]
+            for a in ase.io.read(s["folder"] / "work" / "placements.extxyz", ":")
+        ]
+        tcfg = AdsorbConfig(
+            out=str(out),
+            relaxer=args.timing_relaxer,
+            optimizer=args.optimizer,
+            fmax=1e-9,
+            steps=args.timing_steps,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
         report["timing"] = {"relaxer": args.timing_relaxer, **timing(args.timing_relaxer, structures, tcfg)}
     report["load_average_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
     text = format_report(report)
@@ -182,26 +222,56 @@ def main(argv=None) -> dict:
 
 
 def format_report(report: dict) -> str:
-    header = ["source", "placements/system", *(f"success@{k}" for k in KS),
-              "relaxations to first success (reached)", "anomaly rate", "mean steps"]  # fmt: skip
-    intro = (f"relaxer {report['relaxer']}; diffusion {report['diffusion']}; success: within "
-             f"{report['threshold_eV']} eV of the best valid energy over all placements of the system; "
-             f"{report['systems_without_valid_placement']} system(s) without any valid placement left out")  # fmt: skip
-    lines = [f"# Adsorption search benchmark: {report['systems']} systems of {report['data']}", "", intro, "",
-             "| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]  # fmt: skip
+    header = [
+        "source",
+        "placements/system",
+        *(f"success@{k}" for k in KS),
+        "relaxations to first success (reached)",
+        "anomaly rate",
+        "mean steps",
+    ]
+    intro = (
+        f"relaxer {report['relaxer']}; diffusion {report['diffusion']}; success: within "
+        f"{report['threshold_eV']} eV of the best valid energy over all placements of the system; "
+        f"{report['systems_without_valid_placement']} system(s) without any valid placement left out"
+    )
+    lines = [
+        f"# Adsorption search benchmark: {report['systems']} systems of {report['data']}",
+        "",
+        intro,
+        "",
+        "| " + " | ".join(header) + " |",
+        "| --- " * len(header) + "|",
+    ]
     for source, s in report["by_source"].items():
-        cells = [source, f"{s['placements_per_system']:.1f}", *(f"{s[f'success@{k}']:.2f}" for k in KS),
-                 f"{s['relaxations_to_first_success']:.2f} ({s['reached']}/{s['systems']})",
-                 f"{s['anomaly_rate']:.2f}", f"{s['mean_steps']:.0f}"]  # fmt: skip
+        cells = [
+            source,
+            f"{s['placements_per_system']:.1f}",
+            *(f"{s[f'success@{k}']:.2f}" for k in KS),
+            f"{s['relaxations_to_first_success']:.2f} ({s['reached']}/{s['systems']})",
+            f"{s['anomaly_rate']:.2f}",
+            f"{s['mean_steps']:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     t = report.get("timing")
     if t:
-        lines += ["", (f"Relaxation of {t['structures']} placements ({t['atoms']} atoms) with {t['relaxer']}: "
-                       f"batched {t['batched_wall_s']} s, ASE loop {t['ase_loop_wall_s']} s (x{t['speedup']:.2f}); "
-                       f"mean steps {t['batched_mean_steps']:.0f} vs {t['ase_loop_mean_steps']:.0f}; largest energy "
-                       f"difference {t['max_abs_energy_difference_eV']:.4f} eV")]  # fmt: skip
-    lines += ["", (f"search wall time {report['search_wall_s']} s; load average (1, 5, 15 min) before / after: "
-                   f"{report['load_average_before_after']}"), ""]  # fmt: skip
+        lines += [
+            "",
+            (
+                f"Relaxation of {t['structures']} placements ({t['atoms']} atoms) with {t['relaxer']}: "
+                f"batched {t['batched_wall_s']} s, ASE loop {t['ase_loop_wall_s']} s (x{t['speedup']:.2f}); "
+                f"mean steps {t['batched_mean_steps']:.0f} vs {t['ase_loop_mean_steps']:.0f}; largest energy "
+                f"difference {t['max_abs_energy_difference_eV']:.4f} eV"
+            ),
+        ]
+    lines += [
+        "",
+        (
+            f"search wall time {report['search_wall_s']} s; load average (1, 5, 15 min) before / after: "
+            f"{report['load_average_before_after']}"
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 

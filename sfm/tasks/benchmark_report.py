@@ -58,8 +58,13 @@ def junit_rows(path: Path) -> dict:
     for case in ET.parse(path).getroot().iter("testcase"):
         tags = {child.tag for child in case}
         outcome = "failed" if tags & {"failure", "error"} else "skipped" if "skipped" in tags else "passed"
-        rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
-                     "seconds": float(case.get("time", 0.0))})  # fmt: skip
+        rows.append(
+            {
+                "test": f"{case.get('classname')}::{case.get('name')}",
+                "outcome": outcome,
+                "seconds": float(case.get("time", 0.0)),
+            }
+        )
     count = {k: sum(r["outcome"] == k for r in rows) for k in ("passed", "failed", "skipped")}
     return {"tests": len(rows), **count, "rows": rows}
 

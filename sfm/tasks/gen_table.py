@@ -14,8 +14,23 @@ import argparse
 import json
 from pathlib import Path
 
-COLUMNS = ("run", "mode", "sampler", "steps", "calls/sample", "systems x k", "valid", "match@1 (rmse)",
-           "match@k (rmse)", "match/sample", "ADwT@1", "ADwT@k", "dist@1 (A)", "dist@k (A)", "samples/s")  # fmt: skip
+COLUMNS = (
+    "run",
+    "mode",
+    "sampler",
+    "steps",
+    "calls/sample",
+    "systems x k",
+    "valid",
+    "match@1 (rmse)",
+    "match@k (rmse)",
+    "match/sample",
+    "ADwT@1",
+    "ADwT@k",
+    "dist@1 (A)",
+    "dist@k (A)",
+    "samples/s",
+)
 
 
 def _num(x, fmt=".3f") -> str:
@@ -37,10 +52,23 @@ def row(path: Path) -> list[str]:
     steps = str(run["steps"]) + (f" from t={run['t_start']}" if run.get("t_start", 1.0) < 1 else "")
     steps += "" if run.get("renoise", True) else " (no noise)"
     steps += f", churn {run['churn']}" if run.get("churn") else ""
-    return [Path(path).parent.name, run["mode"], run["sampler"], steps, _num(calls, ".0f"),
-            f"{m.get('systems', m.get('samples', '-'))} x {k}", _num(m.get("validity")), _match(m, "match@1"),
-            _match(m, f"match@{k}"), _num(m.get("per_sample", {}).get("match_rate")), _num(m.get("adwt@1")), _num(m.get(f"adwt@{k}")),
-            _num(m.get("distance@1"), ".2f"), _num(m.get(f"distance@{k}"), ".2f"), _num(run.get("samples_per_s"), ".2f")]  # fmt: skip
+    return [
+        Path(path).parent.name,
+        run["mode"],
+        run["sampler"],
+        steps,
+        _num(calls, ".0f"),
+        f"{m.get('systems', m.get('samples', '-'))} x {k}",
+        _num(m.get("validity")),
+        _match(m, "match@1"),
+        _match(m, f"match@{k}"),
+        _num(m.get("per_sample", {}).get("match_rate")),
+        _num(m.get("adwt@1")),
+        _num(m.get(f"adwt@{k}")),
+        _num(m.get("distance@1"), ".2f"),
+        _num(m.get(f"distance@{k}"), ".2f"),
+        _num(run.get("samples_per_s"), ".2f"),
+    ]
 
 
 def table(paths) -> str:

@@ -51,9 +51,15 @@ def adsorbate_distance(structures, pos) -> np.ndarray:
 
 def row(name: str, sp: np.ndarray, ref: np.ndarray, distance: np.ndarray, model_energy=None, relaxed=None) -> dict:
     delta = sp - ref
-    out = {"placements": name, "systems": len(ref), "success": float(np.mean(delta <= 0.1)),
-           "within_0.1": float(np.mean(np.abs(delta) <= 0.1)), "median_abs_dE": float(np.median(np.abs(delta))),
-           "median_distance": float(np.median(distance)), "adwt": adwt(distance)}  # fmt: skip
+    out = {
+        "placements": name,
+        "systems": len(ref),
+        "success": float(np.mean(delta <= 0.1)),
+        "within_0.1": float(np.mean(np.abs(delta) <= 0.1)),
+        "median_abs_dE": float(np.median(np.abs(delta))),
+        "median_distance": float(np.median(distance)),
+        "adwt": adwt(distance),
+    }
     if model_energy is not None:
         out["median_model_error"] = float(np.median(np.abs(model_energy - sp)))
     if relaxed is not None:
@@ -69,8 +75,10 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
     structures = [dataset[i] for i in range(min(num_systems, len(dataset)))]
     missing = [i for i, d in enumerate(structures) if "pos_relaxed" not in d or "y_relaxed" not in d]
     if missing:
-        raise ValueError(f"{data}: entries {missing[:5]} have no pos_relaxed / y_relaxed (a test split?); "
-                         "ML+SP needs the reference relaxation")  # fmt: skip
+        raise ValueError(
+            f"{data}: entries {missing[:5]} have no pos_relaxed / y_relaxed (a test split?); "
+            "ML+SP needs the reference relaxation"
+        )
     start = time.perf_counter()
     relaxed = relax_structures(model, structures, settings, desc="model relaxation")
     relax_s = time.perf_counter() - start
@@ -80,19 +88,36 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
     sp = np.asarray(judge(structures, final, references)[0], dtype=float)
     sp_initial = np.asarray(judge(structures, [d.pos for d in structures], references)[0], dtype=float)
     rows = [
-        row("model relaxation + EMT single point", sp, ref, adsorbate_distance(structures, final),
-            np.array([r["energy"] for r in relaxed]), relaxed),
-        row("initial placement, EMT single point", sp_initial, ref,
-            adsorbate_distance(structures, [d.pos for d in structures])),
+        row(
+            "model relaxation + EMT single point",
+            sp,
+            ref,
+            adsorbate_distance(structures, final),
+            np.array([r["energy"] for r in relaxed]),
+            relaxed,
+        ),
+        row(
+            "initial placement, EMT single point",
+            sp_initial,
+            ref,
+            adsorbate_distance(structures, [d.pos for d in structures]),
+        ),
         row("EMT relaxation (the reference)", ref, ref, np.zeros(len(ref))),
-    ]  # fmt: skip
-    return {"data": str(data), "settings": vars(settings), "rows": rows,
-            "model_relax_wall_s": relax_s}
+    ]
+    return {"data": str(data), "settings": vars(settings), "rows": rows, "model_relax_wall_s": relax_s}
 
 
 def format_table(report: dict) -> str:
-    cols = ["success", "within_0.1", "median_abs_dE", "median_model_error", "median_distance", "adwt", "converged",
-            "steps_mean"]  # fmt: skip
+    cols = [
+        "success",
+        "within_0.1",
+        "median_abs_dE",
+        "median_model_error",
+        "median_distance",
+        "adwt",
+        "converged",
+        "steps_mean",
+    ]
     lines = ["| placements | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
     for r in report["rows"]:
         cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else "" for c in cols]
@@ -101,19 +126,34 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, help="S2EF checkpoint (model.pt)")
-    p.add_argument("--data", required=True, help="IS2RE split with pos_relaxed / y_relaxed (e.g. data/demo/is2re/val_id)")
+    p.add_argument(
+        "--data", required=True, help="IS2RE split with pos_relaxed / y_relaxed (e.g. data/demo/is2re/val_id)"
+    )
     p.add_argument("--num_systems", type=int, default=100)
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs", help="the demo world's references: lbfgs")
+    p.add_argument(
+        "--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs", help="the demo world's references: lbfgs"
+    )
     p.add_argument("--steps", type=int, default=300, help="optimiser step cap")
     p.add_argument("--fmax", type=float, default=0.05, help="eV/A, convergence on free atoms")
     p.add_argument("--batch_size", type=int, default=32, help="structures relaxed together")
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
-    settings = RelaxSettings(optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, batch_size=args.batch_size, progress=not args.no_progress)
-    report = {"checkpoint": args.checkpoint, **run(load_checkpoint(args.checkpoint), args.data, args.num_systems, settings)}
+    settings = RelaxSettings(
+        optimizer=args.optimizer,
+        fmax=args.fmax,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    report = {
+        "checkpoint": args.checkpoint,
+        **run(load_checkpoint(args.checkpoint), args.data, args.num_systems, settings),
+    }
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

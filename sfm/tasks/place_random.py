@@ -15,7 +15,9 @@ from sfm.tasks.train_args import float_in, int_at_least
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data_path", required=True, help="IS2RE LMDB split (slab + adsorbate at pos)")
     p.add_argument("--k", type=int_at_least(1), default=5, help="placements per system")
     p.add_argument("--out", required=True, help="output LMDB file")

@@ -31,9 +31,23 @@ from sfm.data.strict_json import write_json
 from sfm.data.structure import sid_of
 from sfm.eval import figures
 
-SKIP_KEYS = {"split", "step", "time", "lr", "grad_norm", "structures_per_s", "atoms_per_s", "structures_per_cpu_s",
-             "epoch", "peak_mem_gb", "structures", "nonfinite_batches", "nonfinite_losses", "nonfinite_steps",
-             "dropped_structures"}
+SKIP_KEYS = {
+    "split",
+    "step",
+    "time",
+    "lr",
+    "grad_norm",
+    "structures_per_s",
+    "atoms_per_s",
+    "structures_per_cpu_s",
+    "epoch",
+    "peak_mem_gb",
+    "structures",
+    "nonfinite_batches",
+    "nonfinite_losses",
+    "nonfinite_steps",
+    "dropped_structures",
+}
 
 
 def _finite(x):
@@ -105,7 +119,9 @@ def training_section(rep: Report, run_dir: Path):
         last = {f"{split}_{k}": pts[-1][1] for (split, k), pts in series.items()}
         steps = max(p[0] for pts in series.values() for p in pts)
         out[name] = {"steps": steps, "last": last, "parts": parts}
-        rep.md.append(f"{name}: {steps} steps; last " + ", ".join(f"{k} {_f(v, '.4g')}" for k, v in sorted(last.items())))
+        rep.md.append(
+            f"{name}: {steps} steps; last " + ", ".join(f"{k} {_f(v, '.4g')}" for k, v in sorted(last.items()))
+        )
         rep.md.append("")
     rep.data["sections"]["training"] = out
 
@@ -123,12 +139,24 @@ def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int
                 if not isinstance(m, dict):
                     continue
                 for pred, vals in _predictors(m).items():
-                    rows.append([split, view, pred, _f(vals.get("energy_mae")), _f(vals.get("force_mae")),
-                                 _f(vals.get("force_cos")), _f(vals.get("efwt", vals.get("ewt"))), m.get("structures", "-")])
+                    rows.append(
+                        [
+                            split,
+                            view,
+                            pred,
+                            _f(vals.get("energy_mae")),
+                            _f(vals.get("force_mae")),
+                            _f(vals.get("force_cos")),
+                            _f(vals.get("efwt", vals.get("ewt"))),
+                            m.get("structures", "-"),
+                        ]
+                    )
                     table[f"{split}/{view}/{pred}"] = vals
         rep.md.append("Model next to the training-mean and per-element linear-fit energy baselines (zero forces):")
         rep.md.append("")
-        rep.md.append(_md_table(["split", "view", "predictor", "E MAE (eV)", "F MAE (eV/A)", "F cos", "EFwT/EwT", "n"], rows))
+        rep.md.append(
+            _md_table(["split", "view", "predictor", "E MAE (eV)", "F MAE (eV/A)", "F cos", "EFwT/EwT", "n"], rows)
+        )
         rep.md.append("")
         out["eval"] = table
     else:
@@ -188,12 +216,16 @@ def sampling_section(rep: Report, run_dir: Path):
             m = json.loads(path.read_text())
         except (KeyError, ValueError) as err:
             raise ValueError(f"{path}: unreadable ({type(err).__name__}: {err})") from err
-        out[path.parent.name] = {"run": {k: v for k, v in m["run"].items() if not isinstance(v, (dict, list))},
-                                 "metrics": m.get("metrics")}
-    rep.md.append("`*_ode`: the trained model, few-step ODE sampler from noise; `*_denoise`: the same model started "
-                  "from the initial placement, taken as a noisy structure (`--t_start --no_renoise`); "
-                  "`*_initial`: the relaxation's starting placement; "
-                  "`*_random`: uniform random positions. Reference: the relaxed structures (pos_relaxed).")
+        out[path.parent.name] = {
+            "run": {k: v for k, v in m["run"].items() if not isinstance(v, (dict, list))},
+            "metrics": m.get("metrics"),
+        }
+    rep.md.append(
+        "`*_ode`: the trained model, few-step ODE sampler from noise; `*_denoise`: the same model started "
+        "from the initial placement, taken as a noisy structure (`--t_start --no_renoise`); "
+        "`*_initial`: the relaxation's starting placement; "
+        "`*_random`: uniform random positions. Reference: the relaxed structures (pos_relaxed)."
+    )
     rep.md.append("")
     rep.md.append(_md_table(COLUMNS, rows))
     rep.data["sections"]["sampling"] = out
@@ -219,11 +251,19 @@ def scoring_section(rep: Report, run_dir: Path, demo_dir: Path | None, n_picture
     anom = sorted(anom_keys)
     for name, v in out.items():
         s = v["summary"]
-        rows.append([name, *(s.get(c, "-") if not _finite(s.get(c)) else _f(s[c], ".3g") for c in SCORE_COLS),
-                     *(s.get("anomalies", {}).get(a, "-") for a in anom), *(_f(s.get(k)) for k in succ)])
-    rep.md.append("Each sample relaxed by the S2EF model (FIRE), ranked per system by its energy; the best one judged "
-                  "by EMT against the reference relaxed energy (success: within the threshold). Baselines: "
-                  "`inpaint_initial` (the starting placement), `inpaint_random`.")
+        rows.append(
+            [
+                name,
+                *(s.get(c, "-") if not _finite(s.get(c)) else _f(s[c], ".3g") for c in SCORE_COLS),
+                *(s.get("anomalies", {}).get(a, "-") for a in anom),
+                *(_f(s.get(k)) for k in succ),
+            ]
+        )
+    rep.md.append(
+        "Each sample relaxed by the S2EF model (FIRE), ranked per system by its energy; the best one judged "
+        "by EMT against the reference relaxed energy (success: within the threshold). Baselines: "
+        "`inpaint_initial` (the starting placement), `inpaint_random`."
+    )
     rep.md.append("")
     rep.md.append(_md_table(["run", *SCORE_COLS, *anom, *succ], rows))
     rep.md.append("")
@@ -231,8 +271,7 @@ def scoring_section(rep: Report, run_dir: Path, demo_dir: Path | None, n_picture
         csv_path = path.parent / "samples.csv"
         if csv_path.exists():
             with open(csv_path) as f:
-                out[path.parent.name]["samples"] = [
-                    {k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+                out[path.parent.name]["samples"] = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
     rep.data["sections"]["scoring"] = {k: {"summary": v["summary"]} for k, v in out.items()}
     histogram(rep, out, reference_energies(demo_dir))
     pictures(rep, run_dir, demo_dir, out, n_pictures)
@@ -258,17 +297,38 @@ def histogram(rep: Report, scored: dict, refs: dict):
         ref = [refs[s] for s in {str(int(r["sid"])) for r in rows if _finite(r.get("sid"))} if s in refs]
         if not e:
             continue
-        stats[name] = {"n": len(e), "mean": sum(e) / len(e), "median": sorted(e)[len(e) // 2], "min": min(e),
-                       "max": max(e), "reference_n": len(ref),
-                       "reference_mean": sum(ref) / len(ref) if ref else None}
+        stats[name] = {
+            "n": len(e),
+            "mean": sum(e) / len(e),
+            "median": sorted(e)[len(e) // 2],
+            "min": min(e),
+            "max": max(e),
+            "reference_n": len(ref),
+            "reference_mean": sum(ref) / len(ref) if ref else None,
+        }
         panels.append((name, e, ref))
     if not panels:
         rep.missing("per-sample energies (score/*/samples.csv)")
         return
     rep.figure(figures.energy_histograms(panels), "energy_hist.png", "energy histograms")
-    rep.md.append(_md_table(["run", "n", "mean (eV)", "median", "min", "max", "reference n", "reference mean"],
-                            [[k, v["n"], _f(v["mean"]), _f(v["median"]), _f(v["min"]), _f(v["max"]), v["reference_n"],
-                              _f(v["reference_mean"])] for k, v in stats.items()]))
+    rep.md.append(
+        _md_table(
+            ["run", "n", "mean (eV)", "median", "min", "max", "reference n", "reference mean"],
+            [
+                [
+                    k,
+                    v["n"],
+                    _f(v["mean"]),
+                    _f(v["median"]),
+                    _f(v["min"]),
+                    _f(v["max"]),
+                    v["reference_n"],
+                    _f(v["reference_mean"]),
+                ]
+                for k, v in stats.items()
+            ],
+        )
+    )
     rep.data["sections"]["energy_histogram"] = stats
 
 
@@ -314,7 +374,9 @@ def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n:
     def gap(sid):  # energy above the reference relaxed energy (judge scale when EMT judged)
         e, d = best[sid]
         ref = refs[sid]
-        ref_e = float(d.ref_energy) if "ref_energy" in d and math.isfinite(float(d.ref_energy)) else float(ref.y_relaxed)
+        ref_e = (
+            float(d.ref_energy) if "ref_energy" in d and math.isfinite(float(d.ref_energy)) else float(ref.y_relaxed)
+        )
         return e - ref_e
 
     order = sorted(best, key=gap)
@@ -330,12 +392,23 @@ def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n:
         e, d = best[sid]
         ref = refs[sid]
         g = gap(sid)
-        rows.append((f"{label}: sid {sid}, {d.atomic_numbers.numel()} atoms, E - E_ref = {g:+.3f} eV",
-                     data_to_atoms(d), data_to_atoms(ref, ref.pos_relaxed)))
+        rows.append(
+            (
+                f"{label}: sid {sid}, {d.atomic_numbers.numel()} atoms, E - E_ref = {g:+.3f} eV",
+                data_to_atoms(d),
+                data_to_atoms(ref, ref.pos_relaxed),
+            )
+        )
         out.append({"which": label, "sid": sid, "energy": e, "energy_above_reference": g})
-    rep.figure(figures.structure_rows(rows), "structures.png", "generated (relaxed) structures next to their references")
-    rep.md.append(_md_table(["which", "sid", "energy (eV)", "E - E_ref (eV)"],
-                            [[o["which"], o["sid"], _f(o["energy"]), _f(o["energy_above_reference"], "+.3f")] for o in out]))
+    rep.figure(
+        figures.structure_rows(rows), "structures.png", "generated (relaxed) structures next to their references"
+    )
+    rep.md.append(
+        _md_table(
+            ["which", "sid", "energy (eV)", "E - E_ref (eV)"],
+            [[o["which"], o["sid"], _f(o["energy"]), _f(o["energy_above_reference"], "+.3f")] for o in out],
+        )
+    )
     rep.data["sections"]["pictures"] = {"run": name, "structures": out}
 
 
@@ -360,25 +433,34 @@ def at_a_glance(sec: dict) -> list[str]:
     lines = []
     parity = sec.get("s2ef", {}).get("parity")
     if parity:
-        lines.append(f"S2EF model on {parity['structures']} validation frames: energy MAE {_f(parity['energy_mae'])} eV, "
-                     f"force MAE {_f(parity.get('force_mae'))} eV/A")
+        lines.append(
+            f"S2EF model on {parity['structures']} validation frames: energy MAE {_f(parity['energy_mae'])} eV, "
+            f"force MAE {_f(parity.get('force_mae'))} eV/A"
+        )
     for run, m in sec.get("sampling", {}).items():
         met = m.get("metrics") or {}
         k = met.get("k", 1)
         hit = met.get(f"match@{k}") or {}
-        lines.append(f"sampling `{run}`: validity {_f(met.get('validity'))}, match@{k} {_f(hit.get('match_rate'))}, "
-                     f"ADwT@{k} {_f(met.get(f'adwt@{k}'))}")
+        lines.append(
+            f"sampling `{run}`: validity {_f(met.get('validity'))}, match@{k} {_f(hit.get('match_rate'))}, "
+            f"ADwT@{k} {_f(met.get(f'adwt@{k}'))}"
+        )
     for run, v in sec.get("scoring", {}).items():
         s = v["summary"]
         succ = [k for k in s if k.startswith("success@")]
         if succ:
-            lines.append(f"placement `{run}`: " + ", ".join(f"{k} {_f(s[k])}" for k in sorted(succ, key=lambda k: int(k.split("@")[1])))
-                         + f" ({s.get('systems', '-')} systems, EMT judge)")
+            lines.append(
+                f"placement `{run}`: "
+                + ", ".join(f"{k} {_f(s[k])}" for k in sorted(succ, key=lambda k: int(k.split("@")[1])))
+                + f" ({s.get('systems', '-')} systems, EMT judge)"
+            )
     return lines
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--run_dir", required=True, help="run folder (diff/, s2ef/, gen/, score/ as quickstart.sh writes)")
     p.add_argument("--demo_dir", help="demo world (s2ef/val_id, is2re/val_id); default: the S2EF run's data")
     p.add_argument("--out", help="report folder (default run_dir/report)")
@@ -393,11 +475,13 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out)
     rep.md += [f"# sfm report: `{run_dir}`", "", f"Demo world: `{demo_dir}`. Every number here is also in report.json."]
-    for name, fn in (("training", lambda: training_section(rep, run_dir)),
-                     ("s2ef", lambda: s2ef_section(rep, run_dir, demo_dir, args.val_max)),
-                     ("sampling", lambda: sampling_section(rep, run_dir)),
-                     ("scoring", lambda: scoring_section(rep, run_dir, demo_dir, args.pictures)),
-                     ("timings", lambda: timings(rep, run_dir))):
+    for name, fn in (
+        ("training", lambda: training_section(rep, run_dir)),
+        ("s2ef", lambda: s2ef_section(rep, run_dir, demo_dir, args.val_max)),
+        ("sampling", lambda: sampling_section(rep, run_dir)),
+        ("scoring", lambda: scoring_section(rep, run_dir, demo_dir, args.pictures)),
+        ("timings", lambda: timings(rep, run_dir)),
+    ):
         try:
             fn()
         except Exception as err:  # one broken section must not hide the others; the exit status says it failed

@@ -28,16 +28,23 @@ from sfm.tasks.train_args import float_in, int_at_least
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, help="consolidated S2EF checkpoint (.pt) from train_s2ef.py")
     p.add_argument("--samples", required=True, help="sample LMDB (file or folder of shards) or .extxyz/.xyz")
     p.add_argument("--reference", help="reference LMDB by sid (y_relaxed: success@k; pos_relaxed: EMT offsets)")
-    p.add_argument("--drop_unmatched", action="store_true",
-                   help="drop samples whose sid is not in --reference (default: an error)")
+    p.add_argument(
+        "--drop_unmatched", action="store_true", help="drop samples whose sid is not in --reference (default: an error)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max_samples", type=int_at_least(0), default=0, help="score only the first N samples (0: all)")
-    p.add_argument("--samples_per_system", type=int_at_least(0), default=0,
-                   help="keep each system's K samples of lowest sample_idx (0: all)")
+    p.add_argument(
+        "--samples_per_system",
+        type=int_at_least(0),
+        default=0,
+        help="keep each system's K samples of lowest sample_idx (0: all)",
+    )
     g = p.add_argument_group("relaxation")
     g.add_argument("--steps", type=int_at_least(0), default=300, help="optimiser step cap (0: predict only)")
     g.add_argument("--optimizer", choices=("fire", "lbfgs"), default="fire")
@@ -46,12 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_atoms", type=int_at_least(1), default=None, help="atoms per model call (memory)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = p.add_argument_group("judging and success")
-    g.add_argument("--judge", choices=("none", *EMTJudge.NAMES), default="none",
-                   help="re-evaluate model-relaxed structures: emt (single point) or emt_relax (EMT relaxation)")
-    g.add_argument("--k", type=int_at_least(1), nargs="+", default=[1], help="success@k for these k (and for all samples)")
-    g.add_argument("--threshold", type=float_in(0.0), default=0.1, help="eV above y_relaxed that still counts as success")
-    g.add_argument("--exclude", default=",".join(ANOMALIES),
-                   help=f"anomaly kinds that disqualify a sample (comma list of {','.join(ANOMALIES)}; '' for none)")
+    g.add_argument(
+        "--judge",
+        choices=("none", *EMTJudge.NAMES),
+        default="none",
+        help="re-evaluate model-relaxed structures: emt (single point) or emt_relax (EMT relaxation)",
+    )
+    g.add_argument(
+        "--k", type=int_at_least(1), nargs="+", default=[1], help="success@k for these k (and for all samples)"
+    )
+    g.add_argument(
+        "--threshold", type=float_in(0.0), default=0.1, help="eV above y_relaxed that still counts as success"
+    )
+    g.add_argument(
+        "--exclude",
+        default=",".join(ANOMALIES),
+        help=f"anomaly kinds that disqualify a sample (comma list of {','.join(ANOMALIES)}; '' for none)",
+    )
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -63,10 +81,18 @@ def main(argv=None) -> dict:
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
             parser.error(f"--{flag} {path}: no such file or directory")
-    cfg = RankingConfig(optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, batch_size=args.batch_size,
-                        max_atoms=args.max_atoms,
-                        exclude=tuple(k.strip() for k in args.exclude.split(",") if k.strip()), threshold=args.threshold,
-                        ks=tuple(args.k), device=args.device, progress=not args.no_progress)  # fmt: skip
+    cfg = RankingConfig(
+        optimizer=args.optimizer,
+        fmax=args.fmax,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_atoms=args.max_atoms,
+        exclude=tuple(k.strip() for k in args.exclude.split(",") if k.strip()),
+        threshold=args.threshold,
+        ks=tuple(args.k),
+        device=args.device,
+        progress=not args.no_progress,
+    )
     judge = None if args.judge == "none" else EMTJudge(relax=args.judge == "emt_relax", settings=cfg.relax_settings())
     try:
         check_config(cfg)
@@ -79,8 +105,10 @@ def main(argv=None) -> dict:
     if references is not None:
         missing = {sid_of(s) for s in samples} - set(references)
         if missing and not args.drop_unmatched:
-            parser.error(f"{len(missing)} sample sid(s) not in --reference {args.reference}, e.g. {sorted(missing)[:5]} "
-                         "(--drop_unmatched scores only the reference's systems)")
+            parser.error(
+                f"{len(missing)} sample sid(s) not in --reference {args.reference}, e.g. {sorted(missing)[:5]} "
+                "(--drop_unmatched scores only the reference's systems)"
+            )
         samples = [s for s in samples if sid_of(s) in references]
         if not samples:
             parser.error(f"no sample sid is in --reference {args.reference}")
@@ -90,8 +118,13 @@ def main(argv=None) -> dict:
     start = time.time()
     scored = rank_samples(model, samples, cfg, references, judge)
     scored.summary["wall_s"] = round(time.time() - start, 1)
-    config = {**asdict(cfg), "judge": args.judge, "checkpoint": str(args.checkpoint), "samples": str(args.samples),
-              "reference": args.reference}  # fmt: skip
+    config = {
+        **asdict(cfg),
+        "judge": args.judge,
+        "checkpoint": str(args.checkpoint),
+        "samples": str(args.samples),
+        "reference": args.reference,
+    }
     paths = write_outputs(scored, args.out, config)
     print(format_summary(scored.summary))
     print("wrote " + "  ".join(str(p) for p in paths.values()))

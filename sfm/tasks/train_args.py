@@ -34,8 +34,10 @@ def float_in(low: float, high: float | None = None, low_open: bool = False, high
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value != value or (value <= low if low_open else value < low) or (
-            high is not None and (value >= high if high_open else value > high)
+        if (
+            value != value
+            or (value <= low if low_open else value < low)
+            or (high is not None and (value >= high if high_open else value > high))
         ):
             lo = f"{'(' if low_open else '['}{low}"
             hi = f"{high}{')' if high_open else ']'}" if high is not None else "inf)"
@@ -49,47 +51,90 @@ def build_parser(description: str, default_save_dir: str, model_types: list[str]
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dict_path", default=None, help="element dictionary (default: dicts/dict.txt of the package)")
-    g.add_argument("--train_data_path", required=True, help="dataset: OC20 LMDB (file / folder of shards), ase.db (.aselmdb, .db, .json), extxyz / traj / ... or a glob")
-    g.add_argument("--valid_data_path", default=None, help="validation dataset, any format the training data takes (optional)")
-    g.add_argument("--max_sites", type=int_at_least(0), default=D.max_sites,
-                   help="drop structures with more atoms than this (0: keep all)")
+    g.add_argument(
+        "--train_data_path",
+        required=True,
+        help="dataset: OC20 LMDB (file / folder of shards), ase.db (.aselmdb, .db, .json), extxyz / traj / ... or a glob",
+    )
+    g.add_argument(
+        "--valid_data_path", default=None, help="validation dataset, any format the training data takes (optional)"
+    )
+    g.add_argument(
+        "--max_sites",
+        type=int_at_least(0),
+        default=D.max_sites,
+        help="drop structures with more atoms than this (0: keep all)",
+    )
     g.add_argument("--num_workers", type=int_at_least(0), default=D.num_workers, help="DataLoader workers per process")
 
     g = p.add_argument_group("schedule and optimizer")
     g.add_argument("--total_num_epochs", type=int_at_least(0), default=D.total_num_epochs)
-    g.add_argument("--total_num_steps", type=int_at_least(0), default=D.total_num_steps,
-                   help="optimizer steps; > 0 overrides --total_num_epochs")
+    g.add_argument(
+        "--total_num_steps",
+        type=int_at_least(0),
+        default=D.total_num_steps,
+        help="optimizer steps; > 0 overrides --total_num_epochs",
+    )
     g.add_argument("--warmup_num_steps", type=int_at_least(0), default=D.warmup_num_steps)
     g.add_argument("--max_lr", type=float_in(0.0, low_open=True), default=D.max_lr)
-    g.add_argument("--min_lr_ratio", type=float_in(0.0, 1.0, high_open=False), default=D.min_lr_ratio,
-                   help="cosine floor as a fraction of --max_lr")
-    g.add_argument("--weight_decay", type=float_in(0.0), default=D.weight_decay,
-                   help="AdamW decay on weight matrices (not on norms, biases, embeddings)")
+    g.add_argument(
+        "--min_lr_ratio",
+        type=float_in(0.0, 1.0, high_open=False),
+        default=D.min_lr_ratio,
+        help="cosine floor as a fraction of --max_lr",
+    )
+    g.add_argument(
+        "--weight_decay",
+        type=float_in(0.0),
+        default=D.weight_decay,
+        help="AdamW decay on weight matrices (not on norms, biases, embeddings)",
+    )
     g.add_argument("--clip_grad_norm", type=float_in(0.0), default=D.clip_grad_norm, help="0 disables")
     g.add_argument("--ema_decay", type=float_in(0.0, 1.0), default=D.ema_decay)
-    g.add_argument("--train_batch_size", type=int_at_least(1), default=D.train_batch_size,
-                   help="structures per forward PER PROCESS")
+    g.add_argument(
+        "--train_batch_size",
+        type=int_at_least(1),
+        default=D.train_batch_size,
+        help="structures per forward PER PROCESS",
+    )
     g.add_argument("--val_batch_size", type=int_at_least(1), default=D.val_batch_size, help="per process")
     g.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=D.gradient_accumulation_steps)
-    g.add_argument("--max_nonfinite_steps", type=int_at_least(1), default=D.max_nonfinite_steps,
-                   help="stop after this many consecutive steps skipped for a non-finite loss or gradient")
+    g.add_argument(
+        "--max_nonfinite_steps",
+        type=int_at_least(1),
+        default=D.max_nonfinite_steps,
+        help="stop after this many consecutive steps skipped for a non-finite loss or gradient",
+    )
 
     g = p.add_argument_group("run")
     g.add_argument("--model_type", default="tiny", choices=model_types, help="backbone preset")
-    g.add_argument("--strategy", default=D.strategy, choices=STRATEGIES,
-                   help="Single: one process; DDP: torch DDP; Zero1/2/3: DeepSpeed ZeRO stage (launch with torchrun)")
+    g.add_argument(
+        "--strategy",
+        default=D.strategy,
+        choices=STRATEGIES,
+        help="Single: one process; DDP: torch DDP; Zero1/2/3: DeepSpeed ZeRO stage (launch with torchrun)",
+    )
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 master weights, optimizer state, geometry)")
-    g.add_argument("--activation_checkpointing", action="store_true",
-                   help="recompute each backbone block in the backward pass (less memory, ~25%% more time)")
+    g.add_argument(
+        "--activation_checkpointing",
+        action="store_true",
+        help="recompute each backbone block in the backward pass (less memory, ~25%% more time)",
+    )
     g.add_argument("--seed", type=int, default=D.seed)
     g.add_argument("--save_dir", default=default_save_dir)
     g.add_argument("--log_interval", type=int_at_least(1), default=D.log_interval, help="optimizer steps")
     g.add_argument("--save_interval", type=int_at_least(1), default=D.save_interval, help="optimizer steps")
-    g.add_argument("--keep_checkpoints", type=int_at_least(0), default=D.keep_checkpoints,
-                   help="step checkpoints kept (0: all)")
-    g.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue a run: alone, from the latest checkpoint in --save_dir (a fresh start if none); "
-                        "or from a given checkpoint directory")  # fmt: skip
+    g.add_argument(
+        "--keep_checkpoints", type=int_at_least(0), default=D.keep_checkpoints, help="step checkpoints kept (0: all)"
+    )
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue a run: alone, from the latest checkpoint in --save_dir (a fresh start if none); "
+        "or from a given checkpoint directory",
+    )
     return p
 
 

@@ -22,24 +22,43 @@ from sfm.models import PRESETS, build_model
 from sfm.models.diffusion.model import DEFAULT_MODE_PROBS
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
-from sfm.tasks.train_args import int_at_least, build_parser, parse_args, train_config
+from sfm.tasks.train_args import build_parser, int_at_least, parse_args, train_config
 
 
 def main(argv=None) -> dict:
     parser = build_parser("Train the diffusion model", "runs/diff", sorted(PRESETS))
     g = parser.add_argument_group("diffusion")
-    g.add_argument("--target", choices=("pos_relaxed", "pos"), default="pos_relaxed",
-                   help="positions the generated atoms are drawn toward")
-    g.add_argument("--mode_probs", default=",".join(f"{k}={v}" for k, v in DEFAULT_MODE_PROBS.items()),
-                   help="training mix of conditioning modes (csp, lattice_given, inpaint)")
-    g.add_argument("--given_tags", default=",".join(map(str, SLAB_TAGS)), help="tags of the atoms given in inpaint mode (0,1: the slab)")
-    g.add_argument("--placement_prob", type=float, default=0.0,
-                   help="fraction of inpaint structures trained on the path from their initial placement `pos` "
-                        "(the noisy state at --placement_t) to pos_relaxed; sample with gen.py --t_start PLACEMENT_T "
-                        "--no_renoise")
+    g.add_argument(
+        "--target",
+        choices=("pos_relaxed", "pos"),
+        default="pos_relaxed",
+        help="positions the generated atoms are drawn toward",
+    )
+    g.add_argument(
+        "--mode_probs",
+        default=",".join(f"{k}={v}" for k, v in DEFAULT_MODE_PROBS.items()),
+        help="training mix of conditioning modes (csp, lattice_given, inpaint)",
+    )
+    g.add_argument(
+        "--given_tags",
+        default=",".join(map(str, SLAB_TAGS)),
+        help="tags of the atoms given in inpaint mode (0,1: the slab)",
+    )
+    g.add_argument(
+        "--placement_prob",
+        type=float,
+        default=0.0,
+        help="fraction of inpaint structures trained on the path from their initial placement `pos` "
+        "(the noisy state at --placement_t) to pos_relaxed; sample with gen.py --t_start PLACEMENT_T "
+        "--no_renoise",
+    )
     g.add_argument("--placement_t", type=float, default=0.55, help="the time a placement is taken to be at")
-    g.add_argument("--normalizer_structures", type=int_at_least(0), default=10000,
-                   help="training structures the lattice prior is fitted on (0: all)")
+    g.add_argument(
+        "--normalizer_structures",
+        type=int_at_least(0),
+        default=10000,
+        help="training structures the lattice prior is fitted on (0: all)",
+    )
     args = parse_args(parser, argv)
     try:
         given_tags = parse_tags(args.given_tags)
@@ -53,9 +72,17 @@ def main(argv=None) -> dict:
 
     seed_everything(args.seed)  # same initial weights on every rank
     try:
-        model = build_model(args.model_type, head="diffusion", target=args.target, mode_probs=args.mode_probs,
-                            given_tags=given_tags, placement_prob=args.placement_prob, placement_t=args.placement_t,
-                            checkpoint=args.activation_checkpointing, dictionary=dictionary.tokens)  # fmt: skip
+        model = build_model(
+            args.model_type,
+            head="diffusion",
+            target=args.target,
+            mode_probs=args.mode_probs,
+            given_tags=given_tags,
+            placement_prob=args.placement_prob,
+            placement_t=args.placement_t,
+            checkpoint=args.activation_checkpointing,
+            dictionary=dictionary.tokens,
+        )
     except ValueError as err:  # a bad --mode_probs / --target / --placement_* reaches the user as a flag error
         parser.error(str(err))
     meta = {"task": "diffusion", "dictionary": dictionary.tokens, "args": vars(args)}

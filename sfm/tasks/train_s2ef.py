@@ -17,11 +17,10 @@ import argparse
 from sfm.data import Dictionary, open_dataset
 from sfm.data.views import KINDS, IS2REAsS2EF
 from sfm.models import PRESETS, build_model
+from sfm.models.s2ef import OC20_AVG_NUM_ATOMS
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
-from sfm.models.s2ef import OC20_AVG_NUM_ATOMS
 from sfm.tasks.train_args import build_parser, float_in, int_at_least, parse_args, train_config
-
 
 REQUIRED = {"s2ef": ("y", "force"), "is2re": ("y_init", "y_relaxed", "pos_relaxed")}  # fields per --data_kind
 
@@ -36,27 +35,49 @@ def without_forces(items):
 def main(argv=None) -> dict:
     parser = build_parser("Train the S2EF energy/force model", "runs/s2ef", sorted(PRESETS))
     g = parser.add_argument_group("s2ef")
-    g.add_argument("--data_kind", choices=KINDS, default="s2ef",
-                   help="s2ef: y/force/fixed LMDBs; is2re: y_init at pos and y_relaxed with zero force at pos_relaxed")
-    g.add_argument("--forces", choices=("direct", "conservative"), default="direct",
-                   help="direct: l=1 head (EquiformerV2); conservative: minus the autograd gradient of the energy")
+    g.add_argument(
+        "--data_kind",
+        choices=KINDS,
+        default="s2ef",
+        help="s2ef: y/force/fixed LMDBs; is2re: y_init at pos and y_relaxed with zero force at pos_relaxed",
+    )
+    g.add_argument(
+        "--forces",
+        choices=("direct", "conservative"),
+        default="direct",
+        help="direct: l=1 head (EquiformerV2); conservative: minus the autograd gradient of the energy",
+    )
     g.add_argument("--energy_coef", type=float, default=4.0, help="energy loss weight (EquiformerV2: 4)")
     g.add_argument("--force_coef", type=float, default=100.0, help="force loss weight (EquiformerV2: 100)")
-    g.add_argument("--avg_num_atoms", type=float_in(0.0, low_open=True), default=1.0,
-                   help="the summed per-atom energies are divided by this. 1 (default): an adsorbate's few atoms "
-                        "carry an energy change of order std with order-one outputs; EquiformerV2 divides by "
-                        f"OC20's mean size, {OC20_AVG_NUM_ATOMS:.2f}, which left the demo world's energies "
-                        "unlearned (README, energy and forces)")
-    g.add_argument("--normalizer_structures", type=int_at_least(0), default=10000,
-                   help="training structures the normaliser is fitted on (0: all)")
-    g.add_argument("--element_refs", action=argparse.BooleanOptionalAction, default=True,
-                   help="fit per-element linear energy references")
+    g.add_argument(
+        "--avg_num_atoms",
+        type=float_in(0.0, low_open=True),
+        default=1.0,
+        help="the summed per-atom energies are divided by this. 1 (default): an adsorbate's few atoms "
+        "carry an energy change of order std with order-one outputs; EquiformerV2 divides by "
+        f"OC20's mean size, {OC20_AVG_NUM_ATOMS:.2f}, which left the demo world's energies "
+        "unlearned (README, energy and forces)",
+    )
+    g.add_argument(
+        "--normalizer_structures",
+        type=int_at_least(0),
+        default=10000,
+        help="training structures the normaliser is fitted on (0: all)",
+    )
+    g.add_argument(
+        "--element_refs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit per-element linear energy references",
+    )
     args = parse_args(parser, argv)
     if args.forces == "conservative" and args.strategy == "Zero3":
         # The force loss differentiates -dE/dpos again through the weights; ZeRO-3 has released
         # its partitioned parameters by then (DeepSpeed 0.19 fails in backward).
-        parser.error("--forces conservative does not run under --strategy Zero3 (second derivatives through "
-                     "partitioned weights); use Zero2, Zero1 or DDP")  # fmt: skip
+        parser.error(
+            "--forces conservative does not run under --strategy Zero3 (second derivatives through "
+            "partitioned weights); use Zero2, Zero1 or DDP"
+        )
     cfg = train_config(args)
 
     dictionary = Dictionary.load(args.dict_path)
@@ -68,10 +89,16 @@ def main(argv=None) -> dict:
         valid_set = IS2REAsS2EF(valid_set) if valid_set is not None else None
 
     seed_everything(args.seed)  # same initial weights on every rank
-    model = build_model(args.model_type, head="s2ef", forces=args.forces, energy_coef=args.energy_coef,
-                        force_coef=args.force_coef, avg_num_atoms=args.avg_num_atoms,
-                        checkpoint=args.activation_checkpointing,
-                        dictionary=dictionary.tokens)  # the model embeds with the dictionary the run is given
+    model = build_model(
+        args.model_type,
+        head="s2ef",
+        forces=args.forces,
+        energy_coef=args.energy_coef,
+        force_coef=args.force_coef,
+        avg_num_atoms=args.avg_num_atoms,
+        checkpoint=args.activation_checkpointing,
+        dictionary=dictionary.tokens,
+    )  # the model embeds with the dictionary the run is given
     meta = {"task": "s2ef", "dictionary": dictionary.tokens, "args": vars(args)}
     resume_dir = resolve_resume(cfg)
     if resume_dir is None:  # a fresh run: fit the normaliser its checkpoints will carry

@@ -28,8 +28,12 @@ def oh_on_pt() -> "Atoms":  # noqa: F821
 
 def fairchem_flags(init, final, slab=None) -> dict:
     ref = DetectTrajAnomaly(init, final, init.get_tags(), final_slab_atoms=slab)
-    return {"desorbed": ref.is_adsorbate_desorbed(), "dissociated": ref.is_adsorbate_dissociated(),
-            "surface_changed": ref.has_surface_changed(), "intercalated": ref.is_adsorbate_intercalated()}  # fmt: skip
+    return {
+        "desorbed": ref.is_adsorbate_desorbed(),
+        "dissociated": ref.is_adsorbate_dissociated(),
+        "surface_changed": ref.has_surface_changed(),
+        "intercalated": ref.is_adsorbate_intercalated(),
+    }
 
 
 def hand_made():
@@ -75,8 +79,11 @@ def hand_made():
     return out
 
 
-@pytest.mark.parametrize("expected,init,final", hand_made(),
-                         ids=["normal", "wrapped", "desorbed", "dissociated", "surface_changed", "intercalated"])  # fmt: skip
+@pytest.mark.parametrize(
+    "expected,init,final",
+    hand_made(),
+    ids=["normal", "wrapped", "desorbed", "dissociated", "surface_changed", "intercalated"],
+)
 def test_hand_made_placements(expected, init, final):
     flags = detect_atoms(init, final)
     assert flags.labels() == expected
@@ -141,8 +148,13 @@ def test_agrees_with_fairchem_on_tilted_cells(make_structure):
     raised = set()
     for seed in range(12):
         d = make_structure(seed, natoms=24)
-        init = Atoms(numbers=d.atomic_numbers.long().numpy(), positions=d.pos.double().numpy(),
-                     cell=d.cell[0].double().numpy(), pbc=True, tags=d.tags.numpy())
+        init = Atoms(
+            numbers=d.atomic_numbers.long().numpy(),
+            positions=d.pos.double().numpy(),
+            cell=d.cell[0].double().numpy(),
+            pbc=True,
+            tags=d.tags.numpy(),
+        )
         final = init.copy()
         final.positions += np.random.default_rng(seed).normal(scale=0.7, size=final.positions.shape)
         flags = detect_atoms(init, final)

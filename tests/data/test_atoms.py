@@ -24,7 +24,10 @@ def slab(symbol="Cu", skew=True):
 def same(a, b):
     assert np.allclose(a.positions, b.positions, atol=1e-5) and np.allclose(a.cell.array, b.cell.array, atol=1e-5)
     assert (a.numbers == b.numbers).all() and (a.get_tags() == b.get_tags()).all() and a.pbc.all() and b.pbc.all()
-    fixed = [set(c.get_indices().tolist()) for c in a.constraints], [set(c.get_indices().tolist()) for c in b.constraints]
+    fixed = (
+        [set(c.get_indices().tolist()) for c in a.constraints],
+        [set(c.get_indices().tolist()) for c in b.constraints],
+    )
     assert fixed[0] == fixed[1]
 
 

@@ -15,6 +15,10 @@ def test_bench_loader_runs(lmdb_file, tmp_path, capsys):
 
 def test_bench_loader_measures_the_same_structures_as_aselmdb(lmdb_file, capsys):
     result = main(["--data", str(lmdb_file), "--workers", "0", "--batch-size", "1", "--also", "aselmdb", "extxyz"])
-    assert [(r["format"], r["structures"]) for r in result["rows"]] == [("LmdbDataset", 4), ("aselmdb", 4), ("extxyz", 4)]
+    assert [(r["format"], r["structures"]) for r in result["rows"]] == [
+        ("LmdbDataset", 4),
+        ("aselmdb", 4),
+        ("extxyz", 4),
+    ]
     assert len({r["edges_per_structure"] for r in result["rows"]}) == 1  # the same structures, the same graphs
     assert "aselmdb" in capsys.readouterr().out

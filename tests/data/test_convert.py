@@ -56,16 +56,27 @@ def test_split_by_fraction_and_by_sid_list(oc20, tmp_path):
     assert len(train) == len(val) == 3 and sorted(sids) == list(range(6))
     (tmp_path / "a.txt").write_text("4\n# a comment\n1\n")
     (tmp_path / "b.txt").write_text("0\n")
-    main([str(oc20), "--out", str(tmp_path / "by_sid" / "s.extxyz"), "--split", f"a={tmp_path / 'a.txt'},b={tmp_path / 'b.txt'}"])
+    main(
+        [
+            str(oc20),
+            "--out",
+            str(tmp_path / "by_sid" / "s.extxyz"),
+            "--split",
+            f"a={tmp_path / 'a.txt'},b={tmp_path / 'b.txt'}",
+        ]
+    )
     assert [d.sid for d in open_dataset(tmp_path / "by_sid" / "a" / "s.extxyz")] == [1, 4]
     assert [d.sid for d in open_dataset(tmp_path / "by_sid" / "b" / "s.extxyz")] == [0]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--split", "train=0.7,val=0.7"], "sum to at most 1"),
-    (["--split", "train=0.01"], "would be empty"),
-    (["--split", "train"], "expected NAME=FRACTION"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--split", "train=0.7,val=0.7"], "sum to at most 1"),
+        (["--split", "train=0.01"], "would be empty"),
+        (["--split", "train"], "expected NAME=FRACTION"),
+    ],
+)
 def test_bad_splits_are_refused(oc20, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         main([str(oc20), "--out", str(tmp_path / "o.lmdb"), *flags])
@@ -79,7 +90,16 @@ def test_nothing_written_when_an_entry_fails(oc20, tmp_path, capsys, make_struct
     write_lmdb(tmp_path / "bad.lmdb", [bad])
     for suffix in (".lmdb", ".aselmdb", ".extxyz"):
         with pytest.raises(SystemExit):
-            main([str(oc20), str(tmp_path / "bad.lmdb"), "--out", str(tmp_path / "out" / f"o{suffix}"), "--split", "a=0.5,b=0.5"])
+            main(
+                [
+                    str(oc20),
+                    str(tmp_path / "bad.lmdb"),
+                    "--out",
+                    str(tmp_path / "out" / f"o{suffix}"),
+                    "--split",
+                    "a=0.5,b=0.5",
+                ]
+            )
         assert "bad.lmdb[0] (sid 9): pos has NaN" in capsys.readouterr().err
         assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
     with pytest.raises(SystemExit):

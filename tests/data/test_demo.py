@@ -49,8 +49,12 @@ def s2ef(world, split):
 
 
 def atoms_of(data, pos):
-    return Atoms(numbers=data.atomic_numbers.numpy(), positions=np.asarray(pos, dtype=float),
-                 cell=data.cell[0].double().numpy(), pbc=True)
+    return Atoms(
+        numbers=data.atomic_numbers.numpy(),
+        positions=np.asarray(pos, dtype=float),
+        cell=data.cell[0].double().numpy(),
+        pbc=True,
+    )
 
 
 def emt(atoms):

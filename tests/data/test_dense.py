@@ -23,8 +23,13 @@ from sfm.data.dense import (
 
 
 def atoms_of(d, pos):
-    atoms = Atoms(numbers=d.atomic_numbers.numpy(), positions=pos.double().numpy(),
-                  cell=d.cell[0].double().numpy(), tags=d.tags.numpy(), pbc=True)  # fmt: skip
+    atoms = Atoms(
+        numbers=d.atomic_numbers.numpy(),
+        positions=pos.double().numpy(),
+        cell=d.cell[0].double().numpy(),
+        tags=d.tags.numpy(),
+        pbc=True,
+    )
     atoms.set_constraint(FixAtoms(mask=d.tags.numpy() == 0))
     atoms.calc = EMT()
     return atoms
@@ -43,8 +48,11 @@ def test_layout_and_counts(dense_world, dense):
     summary = json.loads((root / "summary.json").read_text())
     assert summary["config"] == {"num_val": 1, "num_train": 1, "max_sites": 2, "num_random": 2, "seed": 0, "version": 2}
     world = {split: LmdbDataset(dense_world / "is2re" / split / "data.lmdb") for split in DENSE_SPLITS}
-    expect = {"test_id": [int(d.sid) for d in world["test_id"]], "val_id": [int(world["val_id"][0].sid)],
-              "train": [int(world["train"][0].sid)]}  # fmt: skip
+    expect = {
+        "test_id": [int(d.sid) for d in world["test_id"]],
+        "val_id": [int(world["val_id"][0].sid)],
+        "train": [int(world["train"][0].sid)],
+    }
     demo_map = json.loads((dense_world / "data_mapping.json").read_text())
     for split in DENSE_SPLITS:
         sids = [int(s) for s, r in mapping.items() if r["split"] == split]
@@ -91,8 +99,11 @@ def test_reference_is_the_minimum_over_placements_not_disqualified(dense):
     _, mapping, _ = dense
     for rec in mapping.values():
         for exclude in (EXCLUDE, ADSORBML_EXCLUDE):
-            ok = [c for c in rec["configs"]
-                  if "unconverged" not in c["anomalies"] and not set(c["anomalies"]) & set(exclude)]  # fmt: skip
+            ok = [
+                c
+                for c in rec["configs"]
+                if "unconverged" not in c["anomalies"] and not set(c["anomalies"]) & set(exclude)
+            ]
             best = reference(rec, exclude)
             assert best == (min(ok, key=lambda c: c["y_relaxed"]) if ok else None)
     assert "dissociated" not in EXCLUDE and set(ADSORBML_EXCLUDE) == set(KINDS)

@@ -32,6 +32,8 @@ def test_dataset_checks_elements_against_dictionary(tmp_path, make_structure):
     write_lmdb(tmp_path / "d.lmdb", [make_structure(0)])  # holds H, C, N, O, Cu, Pt
     path = tmp_path / "metals.txt"
     path.write_text("<pad>\nCu\nPt\n")
-    with pytest.raises(KeyError, match=r"d\.lmdb\[0\] \(sid 0\): element '[HCNO]' is not in the dictionary .*metals\.txt"):
+    with pytest.raises(
+        KeyError, match=r"d\.lmdb\[0\] \(sid 0\): element '[HCNO]' is not in the dictionary .*metals\.txt"
+    ):
         LmdbDataset(tmp_path / "d.lmdb", dictionary=Dictionary.load(path))[0]
     assert LmdbDataset(tmp_path / "d.lmdb", dictionary=Dictionary.load())[0].natoms == 12

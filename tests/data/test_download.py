@@ -117,11 +117,16 @@ def test_count_mismatch_fails(server, is2re_tarball, tmp_path, monkeypatch, caps
 
 def test_s2ef_member_layout_and_unknown_split():
     folders = dl.plan("s2ef", "200k")[1]
-    assert dl._member_split("s2ef_train_200K/s2ef_train_200K/0.extxyz.xz", "s2ef", folders) == ("200k/train", "0.extxyz.xz")
+    assert dl._member_split("s2ef_train_200K/s2ef_train_200K/0.extxyz.xz", "s2ef", folders) == (
+        "200k/train",
+        "0.extxyz.xz",
+    )
     assert dl._member_split("s2ef_train_200K/README.txt", "s2ef", folders) is None
     test = dl.plan("s2ef", "test")[1]
-    assert dl._member_split("s2ef_test_lmdbs/test_data/s2ef/all/test_id/data.0000.lmdb", "s2ef", test) == \
-        ("all/test_id", "data.0000.lmdb")  # fmt: skip
+    assert dl._member_split("s2ef_test_lmdbs/test_data/s2ef/all/test_id/data.0000.lmdb", "s2ef", test) == (
+        "all/test_id",
+        "data.0000.lmdb",
+    )
     with pytest.raises(ValueError, match="points outside"):
         dl._member_split("../evil.txt", "s2ef", folders)
     with pytest.raises(ValueError, match="unknown --split '5k'"):

@@ -12,7 +12,6 @@ from hypothesis.extra.numpy import arrays
 from sfm.data.lattice import cart_to_frac, check_lattice, frac_to_cart, minimum_image, volume, wrap_frac
 
 
-
 @st.composite
 def skewed_cells(draw):
     """Right-handed cells, from near-cubic to strongly sheared (rows = a, b, c)."""

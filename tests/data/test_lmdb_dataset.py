@@ -40,8 +40,11 @@ def test_folder_of_s2ef_shards_with_length_key(tmp_path, make_structure):
     write_lmdb(tmp_path / "a.lmdb", [make_structure(i, s2ef=True) for i in range(3)])
     # keys out of order and a non-integer key, as in published S2EF shards
     entries = [make_structure(10 + i, s2ef=True) for i in range(12)]
-    _raw_put(tmp_path / "b.lmdb", [(str(i).encode(), pickle.dumps(d)) for i, d in reversed(list(enumerate(entries)))]
-             + [(b"length", pickle.dumps(12))])
+    _raw_put(
+        tmp_path / "b.lmdb",
+        [(str(i).encode(), pickle.dumps(d)) for i, d in reversed(list(enumerate(entries)))]
+        + [(b"length", pickle.dumps(12))],
+    )
     ds = LmdbDataset(tmp_path)
     assert len(ds) == 15
     assert [ds[i].sid for i in range(15)] == [0, 1, 2] + list(range(10, 22))
@@ -169,8 +172,11 @@ def test_truncated_empty_and_foreign_files_are_named_before_reading(tmp_path, ma
     shards.mkdir()
     (shards / "a.lmdb").write_bytes(raw)
     (shards / "b.lmdb").write_bytes(raw[: len(raw) // 2])  # a shard missing its tail
-    with pytest.raises(ValueError, match=rf"b\.lmdb: truncated: {len(raw) // 2} bytes, but its LMDB header says "
-                                         rf"{len(raw)}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"b\.lmdb: truncated: {len(raw) // 2} bytes, but its LMDB header says "
+        rf"{len(raw)}",
+    ):
         LmdbDataset(shards)
     (tmp_path / "cut.lmdb").write_bytes(raw[:3000])  # shorter than the second meta page
     with pytest.raises(ValueError, match=r"cut\.lmdb: truncated: 3000 bytes"):
@@ -193,6 +199,9 @@ def test_corrupt_value_names_file_key_and_index(tmp_path, make_structure):
     env.close()
     dataset = LmdbDataset(shards)
     assert int(dataset[3].sid) == 3
-    with pytest.raises(ValueError, match=r"b\.lmdb\[1\] \(entry 4 of .*shards\): the value is not a readable pickle "
-                                         r"\(UnpicklingError"):
+    with pytest.raises(
+        ValueError,
+        match=r"b\.lmdb\[1\] \(entry 4 of .*shards\): the value is not a readable pickle "
+        r"\(UnpicklingError",
+    ):
         dataset[4]

@@ -27,14 +27,18 @@ ONE_HOME = {
     # sid normalisation
     r"is_tensor\((\w+\.)?sid\)|sid\.item\(\)": {"data/structure.py": "the definition"},
     # the [., 3, 3] cell reshape
-    r"\.reshape\((-1, |1, )?3, 3\)|\.view\((-1, |1, )?3, 3\)": {"data/lattice.py": "as_cells / as_cell",
-                                                                  "models/so3.py": "a skew matrix, not a cell",
-                                                                  "data/anomaly.py": "numpy arrays of any caller"},
+    r"\.reshape\((-1, |1, )?3, 3\)|\.view\((-1, |1, )?3, 3\)": {
+        "data/lattice.py": "as_cells / as_cell",
+        "models/so3.py": "a skew matrix, not a cell",
+        "data/anomaly.py": "numpy arrays of any caller",
+    },
     # NaN-to-None JSON
     r"isfinite\(\w+\) else \w+|def _strict\b|def json_safe\b": {"data/strict_json.py": "the definition"},
     # Data-to-Atoms
-    r"Atoms\(numbers=": {"data/atoms.py": "the definition",
-                          "data/dense.py": "the dense world builds ase structures from its own arrays, no Data"},
+    r"Atoms\(numbers=": {
+        "data/atoms.py": "the definition",
+        "data/dense.py": "the dense world builds ase structures from its own arrays, no Data",
+    },
     # the IS2RE-as-S2EF views
     r"y=float\(\w+\.y_(init|relaxed)\)|class IS2REAsS2EF|def labelled\b": {"data/views.py": "the definition"},
     # the given-tags mask and its flag text
@@ -57,5 +61,6 @@ def test_convention_has_one_home(pattern):
     hits = _hits(pattern)
     stray = {f: lines for f, lines in hits.items() if f not in ONE_HOME[pattern]}
     assert not stray, f"copies of a convention outside its home (use sfm/data): {stray}"
-    assert set(hits) & {f for f, why in ONE_HOME[pattern].items() if why.startswith(("the definition", "as_cells",
-                                                                                      "tag_mask"))}, "definition not found"
+    assert set(hits) & {
+        f for f, why in ONE_HOME[pattern].items() if why.startswith(("the definition", "as_cells", "tag_mask"))
+    }, "definition not found"

@@ -127,7 +127,9 @@ def test_empty_and_float32():
         torch.rand(4, 3), torch.eye(3)[None] * 50, torch.zeros(4, dtype=torch.long), 0.01
     )
     assert edge_index.shape == (2, 0) and offsets.shape == (0, 3) and offsets.dtype == torch.float32
-    edge_index, _ = radius_graph_pbc(torch.rand(4, 3), torch.eye(3)[None] * 50, torch.zeros(4, dtype=torch.long), 0.01, 3)
+    edge_index, _ = radius_graph_pbc(
+        torch.rand(4, 3), torch.eye(3)[None] * 50, torch.zeros(4, dtype=torch.long), 0.01, 3
+    )
     assert edge_index.shape == (2, 0)
 
 

@@ -40,10 +40,7 @@ def check_geometry(slab, ads, placement):
     assert tags[:n].tolist() == slab.get_tags().tolist() and (tags[n:] == 2).all()
     assert atoms.numbers[n:].tolist() == ads.atoms.numbers.tolist()
     assert atoms.pbc.all()
-    assert (
-        atoms.constraints[0].get_indices().tolist()
-        == np.flatnonzero(tags == 0).tolist()
-    )
+    assert atoms.constraints[0].get_indices().tolist() == np.flatnonzero(tags == 0).tolist()
     # slab atoms are where they were (up to the wrap)
     shift = atoms.positions[:n] - slab.positions
     frac = np.linalg.solve(slab.cell.array.T, shift.T).T
@@ -54,33 +51,22 @@ def check_geometry(slab, ads, placement):
     # above the surface, and nowhere closer to a slab atom than the covalent contact plus the gap
     surface_z = slab.positions[slab.get_tags() == 1, 2].mean()
     assert atoms.positions[n:, 2].min() > surface_z
-    dist = np.array(
-        [atoms.get_distances(i, list(range(n)), mic=True) for i in range(n, len(atoms))]
-    )
-    contact = (
-        covalent_radii[atoms.numbers[n:]][:, None]
-        + covalent_radii[slab.numbers][None, :]
-    )
+    dist = np.array([atoms.get_distances(i, list(range(n)), mic=True) for i in range(n, len(atoms))])
+    contact = covalent_radii[atoms.numbers[n:]][:, None] + covalent_radii[slab.numbers][None, :]
     assert (dist >= contact + INTERSTITIAL_GAP - 1e-3).all()
 
 
 def test_every_heuristic_site_of_pymatgen():
     slab = pt111()
     struct = AseAtomsAdaptor.get_structure(slab).copy(
-        site_properties={
-            "surface_properties": [
-                "surface" if t == 1 else "subsurface" for t in slab.get_tags()
-            ]
-        }
+        site_properties={"surface_properties": ["surface" if t == 1 else "subsurface" for t in slab.get_tags()]}
     )
     expected = AdsorbateSiteFinder(struct).find_adsorption_sites(distance=0)["all"]
     ads = oc20_adsorbate("*CO")
     got = heuristic_placements(slab, ads, seed=0)
     # the demo tags the top two layers as surface: on-top, bridge and hollow sites of both, symmetry-reduced
     assert len(got) == len(expected) == 8
-    assert sorted(map(tuple, np.round([p.site for p in got], 6))) == sorted(
-        map(tuple, np.round(expected, 6))
-    )
+    assert sorted(map(tuple, np.round([p.site for p in got], 6))) == sorted(map(tuple, np.round(expected, 6)))
     assert [p.config_id for p in got] == [f"heur{i}" for i in range(8)]
     for p in got:
         check_geometry(slab, ads, p)
@@ -116,9 +102,7 @@ def test_deterministic_and_global_state_kept():
     c = placements(slab, ads, num_random=3, seed=6, max_sites=4)
     for p, q in zip(a, b):
         np.testing.assert_array_equal(p.atoms.positions, q.atoms.positions)
-    assert any(
-        not np.allclose(p.atoms.positions, q.atoms.positions) for p, q in zip(a, c)
-    )
+    assert any(not np.allclose(p.atoms.positions, q.atoms.positions) for p, q in zip(a, c))
 
 
 def test_own_adsorbate_from_atoms_and_binding_indices():

@@ -16,10 +16,22 @@ def _strict_load(text):
 
 
 def test_non_finite_become_null_everywhere():
-    nested = {"a": {"b": float("nan"), "c": 1.5}, "d": float("inf"), "e": [1.0, -math.inf, (np.float64("nan"), 2)],
-              3: torch.tensor(float("nan")), "f": np.int64(4), "g": torch.tensor([2.5])}
-    assert json_safe(nested) == {"a": {"b": None, "c": 1.5}, "d": None, "e": [1.0, None, [None, 2]], "3": None,
-                                 "f": 4, "g": 2.5}
+    nested = {
+        "a": {"b": float("nan"), "c": 1.5},
+        "d": float("inf"),
+        "e": [1.0, -math.inf, (np.float64("nan"), 2)],
+        3: torch.tensor(float("nan")),
+        "f": np.int64(4),
+        "g": torch.tensor([2.5]),
+    }
+    assert json_safe(nested) == {
+        "a": {"b": None, "c": 1.5},
+        "d": None,
+        "e": [1.0, None, [None, 2]],
+        "3": None,
+        "f": 4,
+        "g": 2.5,
+    }
 
 
 def test_write_json_is_strict_json(tmp_path):

@@ -17,8 +17,9 @@ def test_fixed_mask_stored_else_subsurface_else_none():
     assert none.dtype == torch.bool and not none.any()
 
 
-@pytest.mark.parametrize("sid, plain", [(torch.tensor([7]), 7), (torch.tensor(7), 7), (np.int64(7), 7), (7, 7),
-                                        ("Cu4", "Cu4")])
+@pytest.mark.parametrize(
+    "sid, plain", [(torch.tensor([7]), 7), (torch.tensor(7), 7), (np.int64(7), 7), (7, 7), ("Cu4", "Cu4")]
+)
 def test_sid_is_a_plain_python_value(sid, plain):
     assert plain_sid(sid) == plain and type(plain_sid(sid)) is type(plain)
     assert sid_of(Data(sid=sid)) == plain

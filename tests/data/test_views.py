@@ -33,5 +33,7 @@ def test_is2re_as_s2ef_training_items(make_structure):
     relaxed, initial = ds[2], ds[3]  # entry 1
     assert torch.equal(relaxed.pos, base[1].pos_relaxed) and torch.equal(relaxed.fixed, base[1].tags == 0)
     # the initial structure's forces are unknown: all atoms held, zero placeholder force
-    assert torch.equal(initial.pos, base[1].pos) and initial.fixed.all() and torch.equal(initial.force, torch.zeros(5, 3))
+    assert (
+        torch.equal(initial.pos, base[1].pos) and initial.fixed.all() and torch.equal(initial.force, torch.zeros(5, 3))
+    )
     assert initial.y == pytest.approx(base[1].y_init)

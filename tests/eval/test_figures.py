@@ -11,7 +11,9 @@ def test_figures_save(tmp_path):
     add_adsorbate(slab, "O", 1.5, "fcc")
     e = np.linspace(-3, 1, 8)
     figs = {
-        "curves": figures.training_curves("toy", {("train", "loss"): [(1, 2.0), (2, 1.0)], ("valid", "coord"): [(2, 0.5)]}),
+        "curves": figures.training_curves(
+            "toy", {("train", "loss"): [(1, 2.0), (2, 1.0)], ("valid", "coord"): [(2, 0.5)]}
+        ),
         "parity": figures.parity(e, e + 0.1, e, -e),
         "parity_energy_only": figures.parity(e, e + 0.1),
         "hist": figures.energy_histograms([("a", list(e) + [100.0], [-2.0, -1.0]), ("b", list(e), [])]),

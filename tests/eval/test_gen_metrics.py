@@ -40,10 +40,14 @@ def lmdbs(tmp_path_factory):
     assert (clash[-1] - r1.pos_relaxed[-1]).norm() > 1.0
     swapped = r1.atomic_numbers.clone()
     swapped[-1] = 79  # composition changed
-    samples = [sample(r0, 1, pos=far, energy=0.5), sample(r0, 0, energy=0.05),  # written out of order
-               sample(r1, 0, pos=clash, energy=1.5), sample(r1, 1, numbers=swapped, energy=1.5),
-               sample(r2, 0, energy=2.3),
-               sample(r2, 1, energy=1.9)]
+    samples = [
+        sample(r0, 1, pos=far, energy=0.5),
+        sample(r0, 0, energy=0.05),  # written out of order
+        sample(r1, 0, pos=clash, energy=1.5),
+        sample(r1, 1, numbers=swapped, energy=1.5),
+        sample(r2, 0, energy=2.3),
+        sample(r2, 1, energy=1.9),
+    ]
     stray = sample(r2, 0)
     stray.sid = 99  # no such reference: reported, not scored
     write_lmdb(tmp / "ref.lmdb", refs)
@@ -53,8 +57,20 @@ def lmdbs(tmp_path_factory):
 
 def test_gen_metrics_cli(lmdbs, capsys):
     out = lmdbs / "m.json"
-    main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"),
-          "--json", str(out), "--stol", "0.1", "--energy_key", "energy"])
+    main(
+        [
+            "--samples",
+            str(lmdbs / "samples.lmdb"),
+            "--reference",
+            str(lmdbs / "ref.lmdb"),
+            "--json",
+            str(out),
+            "--stol",
+            "0.1",
+            "--energy_key",
+            "energy",
+        ]
+    )
     m = json.loads(out.read_text())
     table = capsys.readouterr().out
     assert "match rate @1" in table and "wasserstein" not in table and "W1" in table
@@ -100,8 +116,16 @@ def test_reference_without_relaxed_fields_skips_with_reason(lmdbs, tmp_path, cap
     for d in refs:
         del d.pos_relaxed, d.y_relaxed
     write_lmdb(tmp_path / "test_split.lmdb", refs)
-    m = main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(tmp_path / "test_split.lmdb"),
-              "--energy_key", "energy"])  # fmt: skip
+    m = main(
+        [
+            "--samples",
+            str(lmdbs / "samples.lmdb"),
+            "--reference",
+            str(tmp_path / "test_split.lmdb"),
+            "--energy_key",
+            "energy",
+        ]
+    )
     table = capsys.readouterr().out
     assert not any(k.startswith(("match@", "adwt@", "distance@", "success@")) for k in m)
     assert "no pos_relaxed (a test split?)" in m["skipped"]["match, ADwT, distance"]
@@ -120,13 +144,24 @@ def test_success_against_the_dense_minimum(lmdbs, tmp_path, capsys):
     y_relaxed = sid is beaten by a lower placement of system 2; system 1 has no valid placement)."""
     dense = tmp_path / "is2re_dense"
     dense.mkdir()
+
     def system(*placements):
         return {"split": "test_id", "configs": [{"y_relaxed": y, "anomalies": flags} for y, flags in placements]}
 
     mapping = {"0": system((0.0, []), (0.5, [])), "1": system((-3.0, ["desorbed"])), "2": system((1.7, []))}
     (dense / "mapping.json").write_text(json.dumps(mapping))
-    m = main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"),
-              "--energy_key", "energy", "--dense", str(dense)])  # fmt: skip
+    m = main(
+        [
+            "--samples",
+            str(lmdbs / "samples.lmdb"),
+            "--reference",
+            str(lmdbs / "ref.lmdb"),
+            "--energy_key",
+            "energy",
+            "--dense",
+            str(dense),
+        ]
+    )
     # system 0: 0.05 within 0.1 of 0.0; system 2: 2.3 / 1.9 both > 0.1 above 1.7
     assert m["success@1"] == 0.5 and m["success@2"] == 0.5
     assert m["success_reference"] == "dense minimum (2 systems)"
@@ -135,5 +170,15 @@ def test_success_against_the_dense_minimum(lmdbs, tmp_path, capsys):
         main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"), "--dense", str(dense)])
     (dense / "mapping.json").write_text(json.dumps({"7": system((0.0, []))}))
     with pytest.raises(ValueError, match="no sample sid has a dense reference"):
-        main(["--samples", str(lmdbs / "samples.lmdb"), "--reference", str(lmdbs / "ref.lmdb"),
-              "--energy_key", "energy", "--dense", str(dense)])  # fmt: skip
+        main(
+            [
+                "--samples",
+                str(lmdbs / "samples.lmdb"),
+                "--reference",
+                str(lmdbs / "ref.lmdb"),
+                "--energy_key",
+                "energy",
+                "--dense",
+                str(dense),
+            ]
+        )

@@ -7,8 +7,18 @@ from ase import Atoms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfm.eval.generation import (composition_kept, is_valid, lattice_parameters, lattice_stats, match_at_k,
-                                 match_rms, min_distance, structure_matcher, to_structure, uniqueness)
+from sfm.eval.generation import (
+    composition_kept,
+    is_valid,
+    lattice_parameters,
+    lattice_stats,
+    match_at_k,
+    match_rms,
+    min_distance,
+    structure_matcher,
+    to_structure,
+    uniqueness,
+)
 from sfm.relax.bench import make_slabs
 
 
@@ -65,10 +75,7 @@ def test_match_rms_is_pymatgen(slab):
 
 
 def test_match_at_k_by_hand():
-    rms = np.array([[np.nan, 0.2, 0.1],
-                    [0.3, np.nan, np.nan],
-                    [np.nan, np.nan, np.nan],
-                    [np.nan, np.nan, 0.05]])
+    rms = np.array([[np.nan, 0.2, 0.1], [0.3, np.nan, np.nan], [np.nan, np.nan, np.nan], [np.nan, np.nan, 0.05]])
     assert match_at_k(rms, 1) == pytest.approx({"match_rate": 0.25, "rmse": 0.3})
     assert match_at_k(rms, 2) == pytest.approx({"match_rate": 0.5, "rmse": (0.2 + 0.3) / 2})
     assert match_at_k(rms, 3) == pytest.approx({"match_rate": 0.75, "rmse": (0.1 + 0.3 + 0.05) / 3})

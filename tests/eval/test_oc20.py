@@ -7,8 +7,18 @@ from ase.geometry import get_distances
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfm.eval.oc20 import (adwt, efwt, energy_mae, ewt, force_cos, force_mae, is2re_metrics, mean_distance, s2ef_metrics,
-                           success_at_k)
+from sfm.eval.oc20 import (
+    adwt,
+    efwt,
+    energy_mae,
+    ewt,
+    force_cos,
+    force_mae,
+    is2re_metrics,
+    mean_distance,
+    s2ef_metrics,
+    success_at_k,
+)
 
 
 def test_energy_metrics_by_hand():
@@ -31,9 +41,15 @@ def test_efwt_by_hand():
     batch = torch.tensor([0, 0, 1, 1, 2])
     free = torch.tensor([True, False, True, True, True])
     target_f = torch.zeros(5, 3)
-    pred_f = torch.tensor([[0.02, 0, 0], [5.0, 0, 0],    # structure 0: fixed atom off, free ok
-                           [0.01, 0, 0], [0, 0.04, 0],   # structure 1: one component 0.04 > 0.03
-                           [0.0, 0, 0]])                 # structure 2: forces fine, energy off
+    pred_f = torch.tensor(
+        [
+            [0.02, 0, 0],
+            [5.0, 0, 0],  # structure 0: fixed atom off, free ok
+            [0.01, 0, 0],
+            [0, 0.04, 0],  # structure 1: one component 0.04 > 0.03
+            [0.0, 0, 0],
+        ]
+    )  # structure 2: forces fine, energy off
     pred_e, target_e = torch.tensor([0.0, 0.0, 0.03]), torch.zeros(3)
     assert efwt(pred_e, target_e, pred_f, target_f, batch, free) == pytest.approx(1 / 3)
     m = s2ef_metrics(pred_e, target_e, pred_f, target_f, batch, free)
@@ -76,9 +92,13 @@ def test_mean_distance_all_masked_is_nan():
 
 
 def test_success_at_k_by_hand():
-    energies = np.array([[0.35, 0.05, 0.2],    # best of 1: 0.35 (0.25 above), of 2: 0.05
-                         [np.nan, -0.3, 0.0],  # anomalous first sample; below the reference
-                         [0.5, 0.6, 0.7]])     # never within 0.1 eV
+    energies = np.array(
+        [
+            [0.35, 0.05, 0.2],  # best of 1: 0.35 (0.25 above), of 2: 0.05
+            [np.nan, -0.3, 0.0],  # anomalous first sample; below the reference
+            [0.5, 0.6, 0.7],
+        ]
+    )  # never within 0.1 eV
     ref = np.array([0.1, 0.0, 0.0])
     assert success_at_k(energies, ref, 1) == pytest.approx(0.0)
     assert success_at_k(energies, ref, 2) == pytest.approx(2 / 3)
@@ -98,4 +118,6 @@ def test_within_system_metrics_by_hand():
     assert m["centred_energy_mae"] == pytest.approx(float(torch.cat([centred0, centred1]).abs().mean()))
     # a constant prediction (a per-element fit) has no ranking at all
     flat = within_system_metrics(torch.zeros(7), target, system)
-    assert np.isnan(flat["spearman_median"]) and flat["centred_energy_mae"] == pytest.approx((1.5 + 0.5 + 0.5 + 1.5 + 1 + 0 + 1) / 7)
+    assert np.isnan(flat["spearman_median"]) and flat["centred_energy_mae"] == pytest.approx(
+        (1.5 + 0.5 + 0.5 + 1.5 + 1 + 0 + 1) / 7
+    )

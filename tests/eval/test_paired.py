@@ -35,8 +35,20 @@ def lmdbs(tmp_path_factory):
 
 def test_exact_samples_beat_displaced_ones(lmdbs, capsys):
     out = lmdbs / "paired.json"
-    r = main(["--reference", str(lmdbs / "ref.lmdb"), "--samples", str(lmdbs / "exact.lmdb"),
-              "--baseline", str(lmdbs / "off.lmdb"), "--json", str(out), "--resamples", "200"])
+    r = main(
+        [
+            "--reference",
+            str(lmdbs / "ref.lmdb"),
+            "--samples",
+            str(lmdbs / "exact.lmdb"),
+            "--baseline",
+            str(lmdbs / "off.lmdb"),
+            "--json",
+            str(out),
+            "--resamples",
+            "200",
+        ]
+    )
     assert r == json.loads(out.read_text())
     # 3 common systems; every exact sample is at 0 A (below every ADwT threshold), every displaced at 1 A
     assert r["systems"] == 3 and r["adwt"] == 1.0 and r["adwt_baseline"] == 0.0
@@ -52,9 +64,18 @@ def test_ties_missing_and_bad_input(lmdbs, capsys):
     assert tie["systems"] == 2 and tie["closer"] == 0.0 and tie["difference"] < 0
     with pytest.raises(ValueError, match="share no system"):
         compare({1: 0.1}, {2: 0.1})
-    for flags, message in ((["--samples", str(lmdbs / "nope.lmdb")], "no such file"), (["--resamples", "0"], "--resamples")):
-        args = ["--reference", str(lmdbs / "ref.lmdb"), "--samples", str(lmdbs / "exact.lmdb"), "--baseline",
-                str(lmdbs / "off.lmdb")] + flags
+    for flags, message in (
+        (["--samples", str(lmdbs / "nope.lmdb")], "no such file"),
+        (["--resamples", "0"], "--resamples"),
+    ):
+        args = [
+            "--reference",
+            str(lmdbs / "ref.lmdb"),
+            "--samples",
+            str(lmdbs / "exact.lmdb"),
+            "--baseline",
+            str(lmdbs / "off.lmdb"),
+        ] + flags
         with pytest.raises(SystemExit):
             main(args)
         assert message in capsys.readouterr().err

@@ -19,16 +19,26 @@ def mapping():
     """Systems 0, 1 with a reference (the lowest placement not disqualified: -1.0, -2.0), system 2
     with none (its only placement desorbed), system 3 in another split; energies in eV."""
     return {
-        "0": {"split": "test_id", "configs": [conf("heuristic", -0.5), conf("heuristic", -0.95, ["dissociated"]),
-                                              conf("random", -1.0), conf("random", -3.0, ["desorbed"])]},
+        "0": {
+            "split": "test_id",
+            "configs": [
+                conf("heuristic", -0.5),
+                conf("heuristic", -0.95, ["dissociated"]),
+                conf("random", -1.0),
+                conf("random", -3.0, ["desorbed"]),
+            ],
+        },
         "1": {"split": "test_id", "configs": [conf("heuristic", -2.0), conf("random", -1.0), conf("random", -1.85)]},
         "2": {"split": "test_id", "configs": [conf("heuristic", 0.0, ["desorbed"])]},
         "3": {"split": "val_id", "configs": [conf("heuristic", 0.0)]},
-    }  # fmt: skip
+    }
 
 
 def test_success_table_by_hand():
-    rows = [[conf("h", -0.5), conf("h", -0.95)], [conf("h", -5.0, ["surface_changed"]), conf("h", -2.0), conf("h", 0.0)]]
+    rows = [
+        [conf("h", -0.5), conf("h", -0.95)],
+        [conf("h", -5.0, ["surface_changed"]), conf("h", -2.0), conf("h", 0.0)],
+    ]
     wins, rates = success_table(rows, np.array([-1.0, -2.0]), ks=(1, 2, 3))
     assert wins[1].tolist() == [False, False]  # 0.5 eV above; the other disqualified
     assert wins[2].tolist() == [True, True]  # -0.95 is within 0.1 eV; -2.0 hits it
@@ -80,8 +90,20 @@ def test_judge_reproduces_the_dense_relaxations(dense_world, tmp_path, capsys):
             samples.append(s)
     write_lmdb(tmp_path / "heur.lmdb", samples)
     out = tmp_path / "success.json"
-    r = main(["--dense", str(root), "--samples", f"again={tmp_path / 'heur.lmdb'}", "--k", "1,2",
-              "--resamples", "100", "--json", str(out)])  # fmt: skip
+    r = main(
+        [
+            "--dense",
+            str(root),
+            "--samples",
+            f"again={tmp_path / 'heur.lmdb'}",
+            "--k",
+            "1,2",
+            "--resamples",
+            "100",
+            "--json",
+            str(out),
+        ]
+    )
     assert "again" in capsys.readouterr().out
     for sid, judged in r["judged"]["again"].items():
         stored = [c for c in m[sid]["configs"] if c["source"] == "heuristic"]

@@ -40,14 +40,10 @@ def so2_conv_reference(conv: SO2Convolution, x, radial):
 
 
 def layer_norm_reference(norm: EquivariantLayerNormSH, x):
-    scalars = nn.functional.layer_norm(
-        x[:, 0], x.shape[-1:], norm.weight[0], norm.bias, norm.eps
-    )
+    scalars = nn.functional.layer_norm(x[:, 0], x.shape[-1:], norm.weight[0], norm.bias, norm.eps)
     rest = x[:, 1:]
     ms = torch.einsum("nic,i->n", rest.pow(2), norm.balance) / rest.shape[-1]
-    rest = (
-        rest * torch.rsqrt(ms + norm.eps)[:, None, None] * norm.weight[norm.degree[1:]]
-    )
+    rest = rest * torch.rsqrt(ms + norm.eps)[:, None, None] * norm.weight[norm.degree[1:]]
     return torch.cat([scalars[:, None], rest], dim=1)
 
 
@@ -142,9 +138,7 @@ def test_gather_pair_backward_equals_indexing():
     )
     x = torch.randn(9, 4, 3, dtype=torch.float64, requires_grad=True)
     assert_same(graph.gather_pair(x), torch.cat([x[src], x[dst]], dim=-1), [x], [])
-    torch.autograd.gradgradcheck(
-        graph.gather_pair, (x,)
-    )  # double backward (conservative-force training)
+    torch.autograd.gradgradcheck(graph.gather_pair, (x,))  # double backward (conservative-force training)
 
 
 @pytest.mark.parametrize("forces", ["direct", "conservative"])
@@ -156,8 +150,16 @@ def test_s2ef_loss_and_gradients_equal_reference_layers(forces, monkeypatch, eqv
     for seed, n in ((0, 5), (1, 7)):
         z, frac, lattice = eqv2_cell(seed, n=n)
         g = torch.Generator().manual_seed(seed)
-        items.append(Data(atomic_numbers=z, pos=frac @ lattice[0], cell=lattice, y=torch.tensor([1.0 * n]),
-                          force=torch.randn(n, 3, generator=g), fixed=torch.arange(n) < 2))  # fmt: skip
+        items.append(
+            Data(
+                atomic_numbers=z,
+                pos=frac @ lattice[0],
+                cell=lattice,
+                y=torch.tensor([1.0 * n]),
+                force=torch.randn(n, 3, generator=g),
+                fixed=torch.arange(n) < 2,
+            )
+        )
     batch = Batch.from_data_list(items)
     torch.manual_seed(4)
     model = build_model("tiny", forces=forces, lmax=3, mmax=2).train()

@@ -31,11 +31,14 @@ def structures(eqv2_cell, seeds=(0, 1), sizes=(4, 5), dtype=torch.float32):
         g = torch.Generator().manual_seed(seed)
         items.append(
             Data(
-                atomic_numbers=z, pos=frac.to(dtype) @ lattice[0], cell=lattice,
+                atomic_numbers=z,
+                pos=frac.to(dtype) @ lattice[0],
+                cell=lattice,
                 y=torch.tensor([float(n)], dtype=dtype),
-                force=torch.randn(n, 3, generator=g, dtype=dtype), fixed=torch.arange(n) < 2,
+                force=torch.randn(n, 3, generator=g, dtype=dtype),
+                fixed=torch.arange(n) < 2,
             )
-        )  # fmt: skip
+        )
     return Batch.from_data_list(items)
 
 
@@ -152,7 +155,9 @@ def test_nan_force_label_on_a_free_atom_is_named_at_fitting_time(make_structure,
     frames = [make_structure(i, s2ef=True) for i in range(4)]
     free = int((frames[2].fixed == 0).nonzero()[0])
     frames[2].force[free, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"non-finite force label on a free atom in item 2 of the fitted data \(sid 2\)"):
+    with pytest.raises(
+        ValueError, match=r"non-finite force label on a free atom in item 2 of the fitted data \(sid 2\)"
+    ):
         build_model("tiny", head="s2ef").fit_normalizer(frames)
     write_lmdb(tmp_path / "frames.lmdb", frames)
     with pytest.raises(ValueError, match=rf"frames\.lmdb\[2\] \(sid 2\): force has NaN/inf at atom\(s\) \[{free}\]"):

@@ -50,9 +50,12 @@ def to_batch(atoms, pos=None, cell=None, order=None):
     pos = torch.tensor(atoms.positions if pos is None else pos, dtype=torch.float64)[order]
     cell = torch.tensor(np.asarray(atoms.cell) if cell is None else cell, dtype=torch.float64)[None]
     data = Data(
-        atomic_numbers=torch.tensor(atoms.numbers)[order], pos=pos, cell=cell,
-        tags=torch.tensor(atoms.get_tags())[order], natoms=len(atoms),
-    )  # fmt: skip
+        atomic_numbers=torch.tensor(atoms.numbers)[order],
+        pos=pos,
+        cell=cell,
+        tags=torch.tensor(atoms.get_tags())[order],
+        natoms=len(atoms),
+    )
     batch = Batch.from_data_list([data])
     batch.frac = wrap_frac(cart_to_frac(batch.pos, batch.cell[batch.batch]))
     return batch

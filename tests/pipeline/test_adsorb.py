@@ -15,7 +15,7 @@ from sfm.pipeline.adsorb import (
     check_config,
     gas_references,
     load_adsorbate,
-    load_slab,  # fmt: skip
+    load_slab,
     prepare_slab,
     table,
     vacuum_gap,
@@ -58,10 +58,13 @@ def test_slab_straddling_the_cell_boundary_is_made_whole():
     assert vacuum_gap(out) == pytest.approx(vacuum_gap(slab))
 
 
-@pytest.mark.parametrize("name,atoms,match", [
-    ("bulk.cif", bulk("Cu", "fcc", a=3.6, cubic=True), "vacuum along c"),
-    ("nocell.xyz", Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]]), "no \\(full 3-D\\) cell"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,atoms,match",
+    [
+        ("bulk.cif", bulk("Cu", "fcc", a=3.6, cubic=True), "vacuum along c"),
+        ("nocell.xyz", Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]]), "no \\(full 3-D\\) cell"),
+    ],
+)
 def test_bad_slab_files_are_named(tmp_path, name, atoms, match):
     path = tmp_path / name
     atoms.write(path)
@@ -195,5 +198,4 @@ def test_relaxed_frames_keep_energy_forces_and_info_through_extxyz(tmp_path):
         assert b.get_potential_energy() == a.get_potential_energy()
         assert b.info["converged"] is True and b.info["steps"] == 3
         assert (b.get_tags() == a.get_tags()).all()
-        np.testing.assert_array_equal(
-            np.sort(b.constraints[0].get_indices()), np.sort(a.constraints[0].get_indices()))
+        np.testing.assert_array_equal(np.sort(b.constraints[0].get_indices()), np.sort(a.constraints[0].get_indices()))

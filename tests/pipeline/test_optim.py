@@ -27,7 +27,15 @@ def test_decay_only_on_weight_matrices():
     ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
     assert ids(decay) == {id(net.lin.weight)}
     assert ids(no_decay) == {
-        id(p) for p in (net.atom_embedding.weight, net.lin.bias, net.norm.weight, net.norm.bias, net.rms.scale, net.species_embed_table)
+        id(p)
+        for p in (
+            net.atom_embedding.weight,
+            net.lin.bias,
+            net.norm.weight,
+            net.norm.bias,
+            net.rms.scale,
+            net.species_embed_table,
+        )
     }
 
 

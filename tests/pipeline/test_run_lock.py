@@ -38,10 +38,34 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_killing_the_launcher_ends_its_workers_and_frees_the_folder(tmp_path):
     save_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", trainer_toy.__file__,
-           "--strategy", "DDP", "--save_dir", str(save_dir), "--train_batch_size", "2", "--total_num_steps", "1000000",
-           "--n_train", "8", "--save_interval", "1000000", "--log_interval", "1000"]  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        trainer_toy.__file__,
+        "--strategy",
+        "DDP",
+        "--save_dir",
+        str(save_dir),
+        "--train_batch_size",
+        "2",
+        "--total_num_steps",
+        "1000000",
+        "--n_train",
+        "8",
+        "--save_interval",
+        "1000000",
+        "--log_interval",
+        "1000",
+    ]
     launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
     try:

@@ -40,16 +40,30 @@ def world(tmp_path_factory):
     model = build_model("tiny", head="diffusion")
     model.fit_normalizer(items)
     model.lattice_process.std.mul_(0.1)  # a narrow prior: the untrained network's csp lattices stay usable cells
-    save_consolidated(out / "model.pt", state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
-                      meta={"task": "diffusion", "dictionary": Dictionary.load().tokens})  # fmt: skip
+    save_consolidated(
+        out / "model.pt",
+        state_dict=model.state_dict(),
+        build_kwargs=model.build_kwargs,
+        meta={"task": "diffusion", "dictionary": Dictionary.load().tokens},
+    )
     write_lmdb(out / "data.lmdb", items)
     return out / "model.pt", out / "data.lmdb"
 
 
 def config(world, save_dir, **kw):
     ckpt, data = world
-    base = dict(save_dir=str(save_dir), checkpoint=str(ckpt), data_path=str(data), mode="inpaint", sampler="ode",
-                steps=2, num_samples=2, batch_size=3, seed=0, progress=False)  # fmt: skip
+    base = dict(
+        save_dir=str(save_dir),
+        checkpoint=str(ckpt),
+        data_path=str(data),
+        mode="inpaint",
+        sampler="ode",
+        steps=2,
+        num_samples=2,
+        batch_size=3,
+        seed=0,
+        progress=False,
+    )
     base.update(kw)
     return GenConfig(**base)
 
@@ -88,11 +102,15 @@ def test_outputs_readable_given_parts_held(world, tmp_path, mode):
     assert len(xyz) == len(samples)
     for atoms in xyz:
         d = samples[(int(atoms.info["sid"]), int(atoms.info["sample_idx"]))]
-        assert np.allclose(atoms.positions, d.pos.numpy(), atol=1e-5) and (atoms.numbers == d.atomic_numbers.numpy()).all()
+        assert (
+            np.allclose(atoms.positions, d.pos.numpy(), atol=1e-5) and (atoms.numbers == d.atomic_numbers.numpy()).all()
+        )
         assert np.allclose(atoms.cell[:], d.cell[0].numpy(), atol=1e-5) and atoms.pbc.all()
     for (sid, s), d in samples.items():
         ref = inputs[sid - 100]
-        assert d.cell.shape == (1, 3, 3) and d.natoms == ref.natoms and torch.equal(d.atomic_numbers, ref.atomic_numbers)
+        assert (
+            d.cell.shape == (1, 3, 3) and d.natoms == ref.natoms and torch.equal(d.atomic_numbers, ref.atomic_numbers)
+        )
         assert torch.equal(d.tags, ref.tags) and d.mode == mode and d.sampler == "ode" and d.steps == 2 and d.nfe == 3
         frac = torch.linalg.solve(d.cell[0].double().T, d.pos.double().T).T
         assert frac.min() > -1e-5 and frac.max() < 1 + 1e-5
@@ -154,11 +172,24 @@ def test_denoising_away_from_the_trained_placement_time_warns(world, tmp_path, c
     model = build_model("tiny", head="diffusion", placement_prob=0.5, placement_t=0.4)
     model.fit_normalizer(list(LmdbDataset(world[1])))
     ckpt = tmp_path / "placed.pt"
-    save_consolidated(ckpt, state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
-                      meta={"task": "diffusion", "dictionary": Dictionary.load().tokens})  # fmt: skip
+    save_consolidated(
+        ckpt,
+        state_dict=model.state_dict(),
+        build_kwargs=model.build_kwargs,
+        meta={"task": "diffusion", "dictionary": Dictionary.load().tokens},
+    )
     for t_start, warned in ((0.3, True), (0.4, False)):
-        run_sampling(config(world, tmp_path / f"t{t_start}", checkpoint=str(ckpt), t_start=t_start, renoise=False,
-                            num_samples=1, max_inputs=2))  # fmt: skip
+        run_sampling(
+            config(
+                world,
+                tmp_path / f"t{t_start}",
+                checkpoint=str(ckpt),
+                t_start=t_start,
+                renoise=False,
+                num_samples=1,
+                max_inputs=2,
+            )
+        )
         err = capsys.readouterr().err
         assert ("trained to denoise placements at t = 0.4" in err) == warned, err
 
@@ -175,7 +206,9 @@ def test_baselines_need_no_model(world, tmp_path):
     for (sid, _), d in by_key(rand.save_dir).items():
         ref = inputs[sid - 100]
         assert torch.equal(d.pos[ref.tags != 2], ref.pos[ref.tags != 2]) and torch.equal(d.cell, ref.cell)
-    csp = config(world, tmp_path / "csp", checkpoint=None, sampler="baseline_random", mode="csp", lattice_data=str(data))
+    csp = config(
+        world, tmp_path / "csp", checkpoint=None, sampler="baseline_random", mode="csp", lattice_data=str(data)
+    )
     run_sampling(csp)
     cells = {tuple(inputs[i].cell.flatten().tolist()) for i in range(NUM_INPUTS)}
     assert all(tuple(d.cell.flatten().tolist()) in cells for d in by_key(csp.save_dir).values())
@@ -201,16 +234,40 @@ def test_cli_compositions_and_metrics(world, tmp_path):
     samples = by_key(tmp_path / "c")
     assert [int(samples[(i, 0)].natoms) for i in range(2)] == [8, 4] and samples[(1, 0)].formula == "NaCl"
     assert out["metrics"]["samples"] == 2 and (tmp_path / "c" / "metrics.txt").exists()
-    out = gen.main([*common, "--data_path", str(data), "--mode", "inpaint", "--num_samples", "2",
-                    "--save_dir", str(tmp_path / "i")])  # fmt: skip
+    out = gen.main(
+        [
+            *common,
+            "--data_path",
+            str(data),
+            "--mode",
+            "inpaint",
+            "--num_samples",
+            "2",
+            "--save_dir",
+            str(tmp_path / "i"),
+        ]
+    )
     m = out["metrics"]
     assert m["systems"] == NUM_INPUTS and m["k"] == 2 and m["adwt_atoms"] == "adsorbate" and m["validity"] >= 0
     assert out["run"]["network_calls_per_sample"] == 3 and out["run"]["samples_per_s"] > 0
-    assert (tmp_path / "i" / "metrics.json").exists() and "network calls per sample" in (tmp_path / "i" / "metrics.txt").read_text()
+    assert (tmp_path / "i" / "metrics.json").exists() and "network calls per sample" in (
+        tmp_path / "i" / "metrics.txt"
+    ).read_text()
     lines = gen_table.main([str(tmp_path / name / "metrics.json") for name in ("c", "i")]).splitlines()
     assert len(lines) == 4 and lines[3].startswith("| i | inpaint | ode | 2 | 3 | 5 x 2 |")
-    again = gen.main([*common, "--data_path", str(data), "--mode", "inpaint", "--num_samples", "2",
-                      "--save_dir", str(tmp_path / "i")])  # fmt: skip  # a resume with nothing left to make
+    again = gen.main(
+        [
+            *common,
+            "--data_path",
+            str(data),
+            "--mode",
+            "inpaint",
+            "--num_samples",
+            "2",
+            "--save_dir",
+            str(tmp_path / "i"),
+        ]
+    )  # a resume with nothing left to make
     assert again["run"]["samples_written_this_run"] == 0 and again["run"]["network_calls_per_sample"] == 3
     assert all(again["metrics"][key] == m[key] for key in ("validity", "adwt@1", "adwt@2", "distance@2"))
 
@@ -227,10 +284,16 @@ def test_cli_compositions_and_metrics(world, tmp_path):
         (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--given_tags", "a"], "comma-separated integers"),
         (["--data_path", "{data}", "--sampler", "pc"], "needs a checkpoint"),
         (["--data_path", "{data}", "--mode", "fold"], "invalid choice: 'fold'"),
-        (["--data_path", "{data}", "--sampler", "baseline_initial", "--t_start", "0.5"], "needs data_path and sampler pc or ode"),
+        (
+            ["--data_path", "{data}", "--sampler", "baseline_initial", "--t_start", "0.5"],
+            "needs data_path and sampler pc or ode",
+        ),
         (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--t_start", "0"], "t_start must be in (0, 1]"),
         (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--no_renoise"], "it needs t_start < 1"),
-        (["--checkpoint", "{ckpt}", "--data_path", "{data}", "--sampler", "pc", "--churn", "1"], "setting of the ode sampler"),
+        (
+            ["--checkpoint", "{ckpt}", "--data_path", "{data}", "--sampler", "pc", "--churn", "1"],
+            "setting of the ode sampler",
+        ),
     ],
 )
 def test_cli_rejects_bad_input(world, tmp_path, capsys, flags, message):
@@ -249,8 +312,9 @@ def test_other_settings_in_the_same_save_dir_are_refused(world, tmp_path):
 
 def test_s2ef_checkpoint_is_refused(world, tmp_path):
     model = build_model("tiny", head="s2ef")
-    save_consolidated(tmp_path / "s2ef.pt", state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
-                      meta={"task": "s2ef"})  # fmt: skip
+    save_consolidated(
+        tmp_path / "s2ef.pt", state_dict=model.state_dict(), build_kwargs=model.build_kwargs, meta={"task": "s2ef"}
+    )
     with pytest.raises(ValueError, match="not a diffusion model"):
         run_sampling(config(world, tmp_path / "out", checkpoint=str(tmp_path / "s2ef.pt")))
     assert run_sampling(config(world, tmp_path / "out", num_samples=1))["samples_written_this_run"] == NUM_INPUTS
@@ -261,9 +325,27 @@ def test_torchrun_two_processes_shard_without_overlap(world, tmp_path):
     single = config(world, tmp_path / "single")
     run_sampling(single)
     env = dict(os.environ, NPROC="2", OMP_NUM_THREADS="1")
-    cmd = ["bash", str(ROOT / "scripts" / "gen_oc20.sh"), "--checkpoint", str(ckpt), "--data_path", str(data),
-           "--mode", "inpaint", "--sampler", "ode", "--steps", "2", "--num_samples", "2", "--batch_size", "3",
-           "--save_dir", str(tmp_path / "two"), "--no_progress"]  # fmt: skip
+    cmd = [
+        "bash",
+        str(ROOT / "scripts" / "gen_oc20.sh"),
+        "--checkpoint",
+        str(ckpt),
+        "--data_path",
+        str(data),
+        "--mode",
+        "inpaint",
+        "--sampler",
+        "ode",
+        "--steps",
+        "2",
+        "--num_samples",
+        "2",
+        "--batch_size",
+        "3",
+        "--save_dir",
+        str(tmp_path / "two"),
+        "--no_progress",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     per_rank = [{sample_key(d) for d in LmdbDataset(p)} for p in sorted((tmp_path / "two" / "samples").glob("*.lmdb"))]
@@ -283,8 +365,19 @@ def test_test_split_scores_no_relaxed_metrics(world, tmp_path, capsys):
     for d in entries:
         del d.pos_relaxed, d.y_relaxed
     write_lmdb(tmp_path / "test.lmdb", entries)
-    out = gen.main(["--data_path", str(tmp_path / "test.lmdb"), "--sampler", "baseline_initial", "--mode", "inpaint",
-                    "--save_dir", str(tmp_path / "out"), "--no_progress"])  # fmt: skip
+    out = gen.main(
+        [
+            "--data_path",
+            str(tmp_path / "test.lmdb"),
+            "--sampler",
+            "baseline_initial",
+            "--mode",
+            "inpaint",
+            "--save_dir",
+            str(tmp_path / "out"),
+            "--no_progress",
+        ]
+    )
     m = out["metrics"]
     assert "adwt@1" not in m and "match@1" not in m and "no pos_relaxed" in m["skipped"]["match, ADwT, distance"]
     assert "skipped: match, ADwT, distance" in capsys.readouterr().out
@@ -296,8 +389,11 @@ def test_non_finite_model_output_stops_sampling_naming_the_structures(world, tmp
     name = next(k for k, v in saved["state_dict"].items() if v.is_floating_point() and "coord" in k)
     saved["state_dict"][name] = torch.full_like(saved["state_dict"][name], float("nan"))
     torch.save(saved, tmp_path / "nan.pt")
-    with pytest.raises(FloatingPointError, match=r"diffusion model's output is not finite at t = 1 for 3 structure\(s\) "
-                                                 r"\(sid 100, sid 101, sid 102\)"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"diffusion model's output is not finite at t = 1 for 3 structure\(s\) "
+        r"\(sid 100, sid 101, sid 102\)",
+    ):
         run_sampling(config(world, tmp_path / "out", checkpoint=str(tmp_path / "nan.pt")))
 
 

@@ -20,14 +20,53 @@ import trainer_toy
 from sfm.pipeline.checkpoint import read_consolidated
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMON = ["--total_num_steps", "4", "--n_train", "8", "--n_valid", "4", "--val_batch_size", "4", "--warmup_num_steps", "1",
-          "--max_lr", "3e-3", "--log_interval", "1", "--save_interval", "2", "--keep_checkpoints", "0", "--ema_decay", "0.5"]  # fmt: skip
+COMMON = [
+    "--total_num_steps",
+    "4",
+    "--n_train",
+    "8",
+    "--n_valid",
+    "4",
+    "--val_batch_size",
+    "4",
+    "--warmup_num_steps",
+    "1",
+    "--max_lr",
+    "3e-3",
+    "--log_interval",
+    "1",
+    "--save_interval",
+    "2",
+    "--keep_checkpoints",
+    "0",
+    "--ema_decay",
+    "0.5",
+]
 
 
 def torchrun(save_dir, strategy, extra=()):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", trainer_toy.__file__,
-           "--strategy", strategy, "--save_dir", str(save_dir), "--train_batch_size", "2", *COMMON, *extra]  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        trainer_toy.__file__,
+        "--strategy",
+        strategy,
+        "--save_dir",
+        str(save_dir),
+        "--train_batch_size",
+        "2",
+        *COMMON,
+        *extra,
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return r
@@ -75,6 +114,8 @@ def test_zero2_two_processes_match_one_and_resume(tmp_path, single):
     (b / "model.pt").unlink()
     torchrun(b, "Zero2", ["--resume", "auto"])
     for split in ("train", "valid"):
-        assert [(r["step"], r["loss"]) for r in records(b, split)] == [(r["step"], r["loss"]) for r in records(a, split)]
+        assert [(r["step"], r["loss"]) for r in records(b, split)] == [
+            (r["step"], r["loss"]) for r in records(a, split)
+        ]
     sa, sb = read_consolidated(a / "model.pt")["state_dict"], read_consolidated(b / "model.pt")["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

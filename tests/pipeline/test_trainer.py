@@ -24,8 +24,16 @@ def fresh_model(noise=0.0, seed=0):
 
 
 def config(tmp_path, name="run", **kw):
-    base = dict(save_dir=str(tmp_path / name), total_num_steps=6, warmup_num_steps=2, max_lr=3e-3, train_batch_size=4,
-                val_batch_size=4, log_interval=1, save_interval=100)
+    base = dict(
+        save_dir=str(tmp_path / name),
+        total_num_steps=6,
+        warmup_num_steps=2,
+        max_lr=3e-3,
+        train_batch_size=4,
+        val_batch_size=4,
+        log_interval=1,
+        save_interval=100,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -41,8 +49,15 @@ def test_overfits_a_handful_of_structures(tmp_path):
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     """Kill after the step-3 checkpoint (mid-epoch, inside an accumulation cycle's epoch), resume, compare."""
     data, valid = toy_structures(10), toy_structures(3, seed=1)
-    cfg = config(tmp_path, "a", total_num_steps=8, save_interval=3, keep_checkpoints=0, train_batch_size=3,
-                 gradient_accumulation_steps=2)
+    cfg = config(
+        tmp_path,
+        "a",
+        total_num_steps=8,
+        save_interval=3,
+        keep_checkpoints=0,
+        train_batch_size=3,
+        gradient_accumulation_steps=2,
+    )
     train(fresh_model(noise=0.05), data, valid, cfg)
     a = tmp_path / "a"
     # The run as it stood when killed right after writing step 3: later checkpoints and records gone.
@@ -52,7 +67,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
         shutil.rmtree(b / "checkpoints" / late)
     (b / "checkpoints" / "latest").write_text("step_0000003\n")
     (b / "model.pt").unlink()
-    (b / "metrics.jsonl").write_text("".join(line for line in open(a / "metrics.jsonl") if json.loads(line)["step"] <= 3))
+    (b / "metrics.jsonl").write_text(
+        "".join(line for line in open(a / "metrics.jsonl") if json.loads(line)["step"] <= 3)
+    )
 
     with pytest.raises(FileExistsError, match="--resume"):
         train(fresh_model(noise=0.05, seed=7), data, valid, replace(cfg, save_dir=str(b)))
@@ -93,9 +110,15 @@ def test_checkpoint_holds_ema_not_live_weights(tmp_path):
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     data = toy_structures(8)
-    one = train(fresh_model(), data, None, config(tmp_path, "big", total_num_steps=1, train_batch_size=4, ema_decay=0.0))
-    two = train(fresh_model(), data, None, config(tmp_path, "acc", total_num_steps=1, train_batch_size=2,
-                                                  gradient_accumulation_steps=2, ema_decay=0.0))
+    one = train(
+        fresh_model(), data, None, config(tmp_path, "big", total_num_steps=1, train_batch_size=4, ema_decay=0.0)
+    )
+    two = train(
+        fresh_model(),
+        data,
+        None,
+        config(tmp_path, "acc", total_num_steps=1, train_batch_size=2, gradient_accumulation_steps=2, ema_decay=0.0),
+    )
     a, b = read_consolidated(one["checkpoint"])["state_dict"], read_consolidated(two["checkpoint"])["state_dict"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
@@ -107,7 +130,9 @@ def test_validation_logs_each_component_each_epoch(tmp_path):
     rows = records(tmp_path / "run", "valid")
     assert [r["step"] for r in rows] == [2, 4, 5]
     assert all({"loss", "energy_mse", "energy_mae", "structures"} <= set(r) and r["structures"] == 4 for r in rows)
-    assert (tmp_path / "run" / "tb").is_dir() and json.loads((tmp_path / "run" / "config.json").read_text())["total_steps"] == 5
+    assert (tmp_path / "run" / "tb").is_dir() and json.loads((tmp_path / "run" / "config.json").read_text())[
+        "total_steps"
+    ] == 5
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
@@ -136,7 +161,9 @@ class GoesBad(torch.utils.data.Dataset):
 
 
 def test_repeated_nonfinite_stops_with_a_clear_message(tmp_path):
-    cfg = config(tmp_path, total_num_steps=20, train_batch_size=4, save_interval=1, max_nonfinite_steps=3, keep_checkpoints=0)
+    cfg = config(
+        tmp_path, total_num_steps=20, train_batch_size=4, save_interval=1, max_nonfinite_steps=3, keep_checkpoints=0
+    )
     with pytest.raises(NonFiniteTraining, match=r"3 consecutive steps .*the last good checkpoint is \S*step_0000002"):
         train(fresh_model(), GoesBad(toy_structures(8), good=8), None, cfg)
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
@@ -149,8 +176,10 @@ def test_max_sites_skips_empty_batches_and_counts_what_it_dropped(tmp_path, caps
     assert out["step"] == 6 and out["empty_batches"] > 0
     assert out["dropped_structures"] == out["empty_batches"]  # one structure per batch
     assert out["valid"]["dropped_structures"] == too_big > 0
-    assert (f"--max_sites 5: {out['dropped_structures']} training structures were not trained on "
-            f"({out['empty_batches']} micro-batches empty); validation dropped {too_big}") in capsys.readouterr().out
+    assert (
+        f"--max_sites 5: {out['dropped_structures']} training structures were not trained on "
+        f"({out['empty_batches']} micro-batches empty); validation dropped {too_big}"
+    ) in capsys.readouterr().out
 
 
 def test_max_sites_below_every_structure_stops_with_a_clear_message(tmp_path):
@@ -190,7 +219,9 @@ def test_resume_accepts_run_checkpoint_dirs_and_files(tmp_path):
     from sfm.pipeline.trainer import resolve_resume
 
     run = tmp_path / "run"
-    train(fresh_model(), toy_structures(4), None, config(tmp_path, total_num_steps=2, save_interval=1, keep_checkpoints=0))
+    train(
+        fresh_model(), toy_structures(4), None, config(tmp_path, total_num_steps=2, save_interval=1, keep_checkpoints=0)
+    )
     step1, step2 = run / "checkpoints" / "step_0000001", run / "checkpoints" / "step_0000002"
     other = TrainConfig(save_dir=str(tmp_path / "elsewhere"))
     for given, want in [(run, step2), (run / "checkpoints", step2), (step1, step1), (step1 / "model.pt", step1)]:
@@ -214,8 +245,24 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    args = ["--total_num_steps", "12", "--save_interval", "3", "--log_interval", "1", "--noise", "0.05", "--n_train", "12",
-            "--train_batch_size", "3", "--warmup_num_steps", "2", "--max_lr", "3e-3"]  # fmt: skip
+    args = [
+        "--total_num_steps",
+        "12",
+        "--save_interval",
+        "3",
+        "--log_interval",
+        "1",
+        "--noise",
+        "0.05",
+        "--n_train",
+        "12",
+        "--train_batch_size",
+        "3",
+        "--warmup_num_steps",
+        "2",
+        "--max_lr",
+        "3e-3",
+    ]
     trainer_toy.main(["--save_dir", str(tmp_path / "full"), *args])
     cmd = [sys.executable, trainer_toy.__file__, "--save_dir", str(tmp_path / "killed"), *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
-
 ELEMENT_ENERGY = {1: -1.0, 8: -2.0, 29: -3.5, 78: -5.0}
 
 
@@ -44,7 +43,9 @@ class ToyEnergy(nn.Module):
         angle = 2 * math.pi * frac
         feats = torch.cat([self.embed(batch.atomic_numbers.long()), angle.sin(), angle.cos()], dim=-1)
         per_atom = self.mlp(feats).squeeze(-1)
-        return torch.zeros(batch.num_graphs, device=per_atom.device, dtype=per_atom.dtype).index_add(0, batch.batch, per_atom)
+        return torch.zeros(batch.num_graphs, device=per_atom.device, dtype=per_atom.dtype).index_add(
+            0, batch.batch, per_atom
+        )
 
     def loss(self, batch):
         pred = self.normalised_energy(batch).float()
@@ -98,7 +99,9 @@ def main(argv=None) -> None:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     seed_everything(0)
     model = ToyEnergy(noise=args.noise)
-    summary = train(model, toy_structures(args.n_train), toy_structures(args.n_valid, seed=1), cfg, meta={"task": "toy"})
+    summary = train(
+        model, toy_structures(args.n_train), toy_structures(args.n_valid, seed=1), cfg, meta={"task": "toy"}
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         Path(cfg.save_dir, "summary.json").write_text(json.dumps(summary))
 

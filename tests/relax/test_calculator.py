@@ -76,8 +76,11 @@ def test_a_cell_that_is_not_3d_is_refused_with_what_to_do(cell, rank):
     if cell is not None:
         atoms.set_cell(cell)
     atoms.calc = SFMCalculator(model("direct"))
-    with pytest.raises(ValueError, match=rf"CO: sfm needs a 3-D periodic cell .* has {rank} nonzero vector\(s\).*"
-                                         r"atoms\.center\(vacuum=10\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"CO: sfm needs a 3-D periodic cell .* has {rank} nonzero vector\(s\).*"
+        r"atoms\.center\(vacuum=10\)",
+    ):
         atoms.get_potential_energy()
     atoms.center(vacuum=5.0)  # what the message says: now a usable box
     assert np.isfinite(atoms.get_potential_energy())

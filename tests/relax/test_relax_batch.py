@@ -8,8 +8,8 @@ from ase.optimize import FIRE, LBFGS
 from torch_geometric.data import Batch
 
 from sfm.relax import atoms_to_data, emt_fn, relax_batch
-from sfm.relax.relax_batch import split_batch
 from sfm.relax.bench import make_slabs
+from sfm.relax.relax_batch import split_batch
 
 ASE_OPT = {"fire": FIRE, "lbfgs": LBFGS}
 
@@ -111,7 +111,6 @@ def test_max_atoms_splits_calls_not_results(slabs):
     parts = split_batch(batch, 1)  # each structure alone when none fits
     assert [p.num_graphs for p, _ in parts] == [1] * len(slabs)
     assert torch.equal(torch.cat([batch.pos[s] for _, s in parts]), batch.pos)
-
 
 
 def test_s2ef_model_with_skin_list_equals_search_per_call_and_the_ase_loop(slabs, device, monkeypatch):

@@ -41,8 +41,12 @@ def tiny_checkpoint(path, head, task, without=()):
     torch.manual_seed(0)
     tokens = [t for t in Dictionary.load().tokens if t not in without]
     model = build_model("tiny", head=head, dictionary=tokens)  # the model embeds with the dictionary it stores
-    save_consolidated(path, state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
-                      meta={"task": task, "dictionary": tokens, "args": {}})  # fmt: skip
+    save_consolidated(
+        path,
+        state_dict=model.state_dict(),
+        build_kwargs=model.build_kwargs,
+        meta={"task": task, "dictionary": tokens, "args": {}},
+    )
     return str(path)
 
 
@@ -53,8 +57,13 @@ def demo_slab(demo_world, tmp_path):
     entry = LmdbDataset(demo_world / "is2re" / "train")[0]
     keep = (entry.tags != 2).numpy()
     pos = entry.pos.double().numpy()[keep]
-    slab = ase.Atoms(entry.atomic_numbers.numpy()[keep], pos, cell=entry.cell[0].double().numpy(), pbc=True,
-                     tags=(pos[:, 2] > pos[:, 2].max() - 0.7).astype(int))  # fmt: skip
+    slab = ase.Atoms(
+        entry.atomic_numbers.numpy()[keep],
+        pos,
+        cell=entry.cell[0].double().numpy(),
+        pbc=True,
+        tags=(pos[:, 2] > pos[:, 2].max() - 0.7).astype(int),
+    )
     slab.set_constraint(FixAtoms(mask=entry.fixed.numpy()[keep]))
     path = tmp_path / "slab.extxyz"
     slab.write(path)
@@ -70,8 +79,26 @@ def read_csv(path):
 def test_demo_slab_with_emt(demo_world, tmp_path, monkeypatch):
     slab_path, adsorbate = demo_slab(demo_world, tmp_path)
     out = tmp_path / "out"
-    argv = ["--slab", str(slab_path), "--adsorbate", adsorbate, "--heuristic", "--random", "3", "--relaxer", EMT_SPEC,
-            "--optimizer", "lbfgs", "--batch_size", "4", "--out", str(out), "--no_progress", "--top_k", "2"]  # fmt: skip
+    argv = [
+        "--slab",
+        str(slab_path),
+        "--adsorbate",
+        adsorbate,
+        "--heuristic",
+        "--random",
+        "3",
+        "--relaxer",
+        EMT_SPEC,
+        "--optimizer",
+        "lbfgs",
+        "--batch_size",
+        "4",
+        "--out",
+        str(out),
+        "--no_progress",
+        "--top_k",
+        "2",
+    ]
     result = main(argv)
     rows = read_csv(out / "placements.csv")
     assert list(rows[0]) == COLUMNS
@@ -125,9 +152,21 @@ def test_bulk_cut_with_tiny_checkpoints_through_the_api(tmp_path, capsys):
     bulk("Pt", "fcc", a=3.92).write(tmp_path / "Pt.cif")
     diffusion = tiny_checkpoint(tmp_path / "diff.pt", "diffusion", "diffusion")
     s2ef = tiny_checkpoint(tmp_path / "s2ef.pt", "s2ef", "s2ef")
-    result = sfm.adsorb(tmp_path / "out", relaxer=s2ef, adsorbate="*CO", bulk=str(tmp_path / "Pt.cif"), miller=(1, 0, 0),
-                        heuristic=True, random=2, diffusion=diffusion, num_generated=3, sample_steps=2, t_start=0.5,
-                        steps=3, progress=False)  # fmt: skip
+    result = sfm.adsorb(
+        tmp_path / "out",
+        relaxer=s2ef,
+        adsorbate="*CO",
+        bulk=str(tmp_path / "Pt.cif"),
+        miller=(1, 0, 0),
+        heuristic=True,
+        random=2,
+        diffusion=diffusion,
+        num_generated=3,
+        sample_steps=2,
+        t_start=0.5,
+        steps=3,
+        progress=False,
+    )
     sources = [r["source"] for r in result.rows]
     heuristic = sources.count("heuristic")
     assert sources == ["generated"] * 3 + ["refined"] * heuristic + ["heuristic"] * heuristic + ["random"] * 2
@@ -139,7 +178,10 @@ def test_bulk_cut_with_tiny_checkpoints_through_the_api(tmp_path, capsys):
     frames = ase.io.read(tmp_path / "out" / "relaxed.extxyz", ":")
     assert [f.info["source"] for f in frames] == sources
     ranked = [r for r in result.rows if r["rank"] is not None]
-    assert len(result.best) == len(ranked) and result.best[0].info["index"] == min(ranked, key=lambda r: r["rank"])["index"]
+    assert (
+        len(result.best) == len(ranked)
+        and result.best[0].info["index"] == min(ranked, key=lambda r: r["rank"])["index"]
+    )
 
 
 def test_emt_judges_the_best_placements_of_a_checkpoint(tmp_path):
@@ -150,8 +192,27 @@ def test_emt_judges_the_best_placements_of_a_checkpoint(tmp_path):
     fcc111("Cu", (3, 3, 4), vacuum=8.0, periodic=True).write(tmp_path / "cu.cif")
     s2ef = tiny_checkpoint(tmp_path / "s2ef.pt", "s2ef", "s2ef")
     out = tmp_path / "out"
-    result = main(["--slab", str(tmp_path / "cu.cif"), "--adsorbate", "*O", "--random", "4", "--relaxer", s2ef,
-                   "--steps", "3", "--judge", EMT_SPEC, "--top_k", "2", "--out", str(out), "--no_progress"])  # fmt: skip
+    result = main(
+        [
+            "--slab",
+            str(tmp_path / "cu.cif"),
+            "--adsorbate",
+            "*O",
+            "--random",
+            "4",
+            "--relaxer",
+            s2ef,
+            "--steps",
+            "3",
+            "--judge",
+            EMT_SPEC,
+            "--top_k",
+            "2",
+            "--out",
+            str(out),
+            "--no_progress",
+        ]
+    )
     frames = ase.io.read(out / "relaxed.extxyz", ":")
     clean = ase.io.read(out / "work" / "judge_clean_slab.extxyz")
     clean.calc = EMT()
@@ -173,8 +234,22 @@ def test_every_placement_desorbed_is_reported(tmp_path):
 
     fcc111("Cu", (3, 3, 4), vacuum=8.0, periodic=True).write(tmp_path / "cu.cif")
     out = tmp_path / "out"
-    result = main(["--slab", str(tmp_path / "cu.cif"), "--adsorbate", "*O", "--heuristic", "--relaxer",
-                   "test_adsorb_task:Lift", "--steps", "25", "--out", str(out), "--no_progress"])  # fmt: skip
+    result = main(
+        [
+            "--slab",
+            str(tmp_path / "cu.cif"),
+            "--adsorbate",
+            "*O",
+            "--heuristic",
+            "--relaxer",
+            "test_adsorb_task:Lift",
+            "--steps",
+            "25",
+            "--out",
+            str(out),
+            "--no_progress",
+        ]
+    )
     assert result.rows and all(r["anomalies"].startswith("desorbed") and r["rank"] is None for r in result.rows)
     assert result.summary["best"] is None and "No valid placement" in (out / "report.md").read_text()
     assert not list(out.glob("best_*.cif"))
@@ -191,8 +266,21 @@ def test_cli_errors_name_the_input(tmp_path, capsys):
 
     fcc111("Cu", (2, 2, 3), vacuum=8.0, periodic=True).write(tmp_path / "cu.cif")
     with pytest.raises(SystemExit):
-        main(["--slab", str(tmp_path / "cu.cif"), "--adsorbate", str(tmp_path / "ads.xyz"), "--binding", "0",
-              "--heuristic", "--relaxer", s2ef, "--out", str(tmp_path / "o2")])  # fmt: skip
+        main(
+            [
+                "--slab",
+                str(tmp_path / "cu.cif"),
+                "--adsorbate",
+                str(tmp_path / "ads.xyz"),
+                "--binding",
+                "0",
+                "--heuristic",
+                "--relaxer",
+                s2ef,
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
     assert "does not know element(s) U" in capsys.readouterr().err
 
 
@@ -202,8 +290,13 @@ def test_benchmark_success_by_hand():
     def row(i, source, e, valid=True, steps=10):
         return {"index": i, "source": source, "adsorption_energy": e, "valid": valid, "steps": steps}
 
-    rows = [row(0, "heuristic", -0.5), row(1, "heuristic", -1.0, valid=False), row(2, "heuristic", -0.95),
-            row(3, "random", -0.2), row(4, "random", -0.92)]  # fmt: skip
+    rows = [
+        row(0, "heuristic", -0.5),
+        row(1, "heuristic", -1.0, valid=False),
+        row(2, "heuristic", -0.95),
+        row(3, "random", -0.2),
+        row(4, "random", -0.92),
+    ]
     best = -0.95  # the anomalous -1.0 does not count
     assert not success(rows, "heuristic", 1, best, 0.1) and not success(rows, "heuristic", 2, best, 0.1)
     assert success(rows, "heuristic", 3, best, 0.1) and success(rows, "random", 2, best, 0.1)
@@ -217,9 +310,29 @@ def test_benchmark_command_runs_on_the_demo_world(demo_world, tmp_path):
     from sfm.tasks.adsorb_bench import main as bench
 
     s2ef = tiny_checkpoint(tmp_path / "s2ef.pt", "s2ef", "s2ef")
-    report = bench(["--data", str(demo_world / "is2re" / "train"), "--num_systems", "1", "--max_heuristic", "2",
-                    "--random", "2", "--steps", "15", "--timing_relaxer", s2ef, "--timing_systems", "1", "--timing_steps", "3",
-                    "--out", str(tmp_path / "bench"), "--no_progress"])  # fmt: skip
+    report = bench(
+        [
+            "--data",
+            str(demo_world / "is2re" / "train"),
+            "--num_systems",
+            "1",
+            "--max_heuristic",
+            "2",
+            "--random",
+            "2",
+            "--steps",
+            "15",
+            "--timing_relaxer",
+            s2ef,
+            "--timing_systems",
+            "1",
+            "--timing_steps",
+            "3",
+            "--out",
+            str(tmp_path / "bench"),
+            "--no_progress",
+        ]
+    )
     assert set(report["by_source"]) <= {"heuristic", "random"} and report["timing"]["structures"] == 4
     assert report["timing"]["batched_mean_steps"] == report["timing"]["ase_loop_mean_steps"] == 3
     assert report["timing"]["max_abs_energy_difference_eV"] < 1e-3  # the same model, optimiser and steps

@@ -30,7 +30,9 @@ def api_example(diffusion_checkpoint, s2ef_checkpoint, steps=10, relax_steps=20)
     # generate: the slab is given (tags 0, 1), the adsorbate's positions are sampled (few-step ODE)
     diffusion = sfm.load_checkpoint(diffusion_checkpoint)
     batch = collate([atoms_to_data(slab)])
-    out = diffusion.sample(batch, mode="inpaint", sampler="ode", steps=steps, generator=torch.Generator().manual_seed(0))
+    out = diffusion.sample(
+        batch, mode="inpaint", sampler="ode", steps=steps, generator=torch.Generator().manual_seed(0)
+    )
     atoms = batch_to_atoms(out)[0]
 
     # score: energy and forces from the S2EF model, relaxed with any ASE optimizer
@@ -42,8 +44,12 @@ def api_example(diffusion_checkpoint, s2ef_checkpoint, steps=10, relax_steps=20)
 def tiny_checkpoint(path, head):
     torch.manual_seed(0)
     model = build_model("tiny", head=head)
-    save_consolidated(path, state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
-                      meta={"task": "s2ef" if head == "s2ef" else "diff", "dictionary": Dictionary.load().tokens, "args": {}})
+    save_consolidated(
+        path,
+        state_dict=model.state_dict(),
+        build_kwargs=model.build_kwargs,
+        meta={"task": "s2ef" if head == "s2ef" else "diff", "dictionary": Dictionary.load().tokens, "args": {}},
+    )
     return path
 
 

@@ -18,8 +18,12 @@ def save_tiny(path, world, head="s2ef", **meta):
     model = build_model("tiny", head=head)
     if head == "s2ef":
         model.fit_normalizer(LmdbDataset(world / "s2ef" / "train"))
-    meta = {"task": head, "dictionary": Dictionary.load().tokens,
-            "args": {"train_data_path": str(world / "s2ef" / "train"), "data_kind": "s2ef"}, **meta}
+    meta = {
+        "task": head,
+        "dictionary": Dictionary.load().tokens,
+        "args": {"train_data_path": str(world / "s2ef" / "train"), "data_kind": "s2ef"},
+        **meta,
+    }
     save_consolidated(path, state_dict=model.state_dict(), build_kwargs=model.build_kwargs, meta=meta)
     return path
 
@@ -46,15 +50,30 @@ def by_hand(model, entries, pos_key, y_key, force_key):
         if force_key:
             cos += list((f * t).sum(1) / np.maximum(np.linalg.norm(f, axis=1) * np.linalg.norm(t, axis=1), 1e-8))
         ok.append(abs(err_e) < 0.02 and np.abs(f - t).max() < 0.03)
-    return {"energy_mae": np.mean(de), "force_mae": np.concatenate(fe).mean(),
-            "force_cos": np.mean(cos) if cos else None, "efwt": np.mean(ok)}
+    return {
+        "energy_mae": np.mean(de),
+        "force_mae": np.concatenate(fe).mean(),
+        "force_cos": np.mean(cos) if cos else None,
+        "efwt": np.mean(ok),
+    }
 
 
 def test_s2ef_metrics_and_baselines_match_a_direct_computation(demo_world, tiny_ckpt, tmp_path):
     out_json = tmp_path / "eval.json"
     val = demo_world / "s2ef" / "val_id"
-    report = eval_s2ef.main(["--checkpoint", str(tiny_ckpt), "--data_path", str(val), "--json", str(out_json),
-                             "--batch_size", "3", "--no_progress"])  # fmt: skip
+    report = eval_s2ef.main(
+        [
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--data_path",
+            str(val),
+            "--json",
+            str(out_json),
+            "--batch_size",
+            "3",
+            "--no_progress",
+        ]
+    )
     assert json.loads(out_json.read_text())["splits"].keys() == {"s2ef/val_id"}
     got = report["splits"]["s2ef/val_id"]["frames"]
     entries = list(LmdbDataset(val))
@@ -84,8 +103,9 @@ def test_s2ef_metrics_and_baselines_match_a_direct_computation(demo_world, tiny_
 
 def test_is2re_views(demo_world, tiny_ckpt):
     path = demo_world / "is2re" / "val_id"
-    report = eval_s2ef.main(["--checkpoint", str(tiny_ckpt), "--data_path", str(path), "--data_kind", "is2re",
-                             "--no_progress"])  # fmt: skip
+    report = eval_s2ef.main(
+        ["--checkpoint", str(tiny_ckpt), "--data_path", str(path), "--data_kind", "is2re", "--no_progress"]
+    )
     views = report["splits"]["is2re/val_id"]
     entries = list(LmdbDataset(path))
     want = by_hand(sfm.load_checkpoint(tiny_ckpt), entries, "pos_relaxed", "y_relaxed", None)
@@ -105,8 +125,9 @@ def test_bad_inputs(demo_world, tiny_ckpt, tmp_path, capsys):
         eval_s2ef.main(base + ["--data_path", str(tmp_path / "nope")])
     assert "no such file or directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        eval_s2ef.main(base + ["--data_path", str(demo_world / "s2ef" / "val_id"), "--train_data_path",
-                               str(tmp_path / "gone")])  # fmt: skip
+        eval_s2ef.main(
+            base + ["--data_path", str(demo_world / "s2ef" / "val_id"), "--train_data_path", str(tmp_path / "gone")]
+        )
     assert "baselines need the training data" in capsys.readouterr().err
     diff = save_tiny(tmp_path / "diff.pt", demo_world, head="diffusion")
     with pytest.raises(SystemExit):
@@ -119,11 +140,24 @@ def test_split_without_relaxed_fields_gets_the_right_hint(demo_world, tiny_ckpt,
     for d in entries:
         del d.pos_relaxed, d.y_relaxed
     write_lmdb(tmp_path / "test.lmdb", entries)
-    with pytest.raises(ValueError, match=r"test\.lmdb\[0\]: the 'relaxed' view needs "
-                                         r"\['pos_relaxed', 'y_relaxed'\], not stored \(a test split\? it stores no "
-                                         r"pos_relaxed / y_relaxed"):
-        eval_s2ef.main(["--checkpoint", str(tiny_ckpt), "--data_path", str(tmp_path / "test.lmdb"), "--data_kind",
-                        "is2re", "--no_progress", "--no_baselines"])  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"test\.lmdb\[0\]: the 'relaxed' view needs "
+        r"\['pos_relaxed', 'y_relaxed'\], not stored \(a test split\? it stores no "
+        r"pos_relaxed / y_relaxed",
+    ):
+        eval_s2ef.main(
+            [
+                "--checkpoint",
+                str(tiny_ckpt),
+                "--data_path",
+                str(tmp_path / "test.lmdb"),
+                "--data_kind",
+                "is2re",
+                "--no_progress",
+                "--no_baselines",
+            ]
+        )
 
 
 def test_nonfinite_labels_and_predictions_are_refused(demo_world, tiny_ckpt, tmp_path):
@@ -135,14 +169,21 @@ def test_nonfinite_labels_and_predictions_are_refused(demo_world, tiny_ckpt, tmp
     with pytest.raises(ValueError, match=rf"nan_y\.lmdb\[3\] \(sid {int(frames[3].sid)}\): energy label y is nan"):
         LmdbDataset(tmp_path / "nan_y.lmdb")[3]
     model = build_model("tiny", head="s2ef")
-    with pytest.raises(ValueError, match=rf"non-finite energy label y in item 3 of the fitted data \(sid {int(frames[3].sid)}\)"):
+    with pytest.raises(
+        ValueError, match=rf"non-finite energy label y in item 3 of the fitted data \(sid {int(frames[3].sid)}\)"
+    ):
         model.fit_normalizer(frames)
     model = sfm.load_checkpoint(tiny_ckpt)
     model.normalizer.mean.fill_(float("nan"))  # what fitting on a NaN label used to leave behind
-    save_consolidated(tmp_path / "nan.pt", state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
-                      meta=model.checkpoint)  # fmt: skip
+    save_consolidated(
+        tmp_path / "nan.pt", state_dict=model.state_dict(), build_kwargs=model.build_kwargs, meta=model.checkpoint
+    )
     val = demo_world / "s2ef" / "val_id"
-    with pytest.raises(ValueError, match=r"predicts a non-finite energy or force for \d+ structure\(s\) \(sid .*"
-                                         r"its normaliser holds non-finite mean"):
-        eval_s2ef.main(["--checkpoint", str(tmp_path / "nan.pt"), "--data_path", str(val), "--no_progress",
-                        "--no_baselines"])  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"predicts a non-finite energy or force for \d+ structure\(s\) \(sid .*"
+        r"its normaliser holds non-finite mean",
+    ):
+        eval_s2ef.main(
+            ["--checkpoint", str(tmp_path / "nan.pt"), "--data_path", str(val), "--no_progress", "--no_baselines"]
+        )

@@ -14,7 +14,9 @@ from tests.tasks.test_eval_s2ef import save_tiny
 
 
 def test_emt_as_the_relaxer_lands_on_the_reference(demo_world):
-    report = mlsp_bench.run(EMTFn(), demo_world / "is2re" / "val_id", settings=RelaxSettings("lbfgs", steps=300, progress=False))
+    report = mlsp_bench.run(
+        EMTFn(), demo_world / "is2re" / "val_id", settings=RelaxSettings("lbfgs", steps=300, progress=False)
+    )
     ml, initial, truth = report["rows"]
     assert ml["systems"] == truth["systems"] >= 1
     assert ml["success"] == 1.0 and ml["within_0.1"] == 1.0 and ml["median_distance"] < 0.05
@@ -25,13 +27,29 @@ def test_emt_as_the_relaxer_lands_on_the_reference(demo_world):
 def test_cli_on_a_tiny_checkpoint_and_a_split_without_references(demo_world, tmp_path, capsys):
     ckpt = save_tiny(tmp_path / "model.pt", demo_world)
     out = tmp_path / "mlsp.json"
-    mlsp_bench.main(["--checkpoint", str(ckpt), "--data", str(demo_world / "is2re" / "val_id"), "--steps", "3",
-                     "--json", str(out), "--no_progress"])  # fmt: skip
+    mlsp_bench.main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(demo_world / "is2re" / "val_id"),
+            "--steps",
+            "3",
+            "--json",
+            str(out),
+            "--no_progress",
+        ]
+    )
     assert "| model relaxation + EMT single point" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert 0 <= rows[0]["success"] <= 1 and rows[0]["steps_mean"] <= 3
     bare = tmp_path / "no_refs.lmdb"
-    write_lmdb(bare, (Data(**{k: d[k] for k in d.keys() if k not in ("pos_relaxed", "y_relaxed")})
-                      for d in LmdbDataset(demo_world / "is2re" / "val_id")))  # fmt: skip
+    write_lmdb(
+        bare,
+        (
+            Data(**{k: d[k] for k in d.keys() if k not in ("pos_relaxed", "y_relaxed")})
+            for d in LmdbDataset(demo_world / "is2re" / "val_id")
+        ),
+    )
     with pytest.raises(ValueError, match="no_refs.lmdb: entries \\[0, 1\\].*pos_relaxed"):
         mlsp_bench.main(["--checkpoint", str(ckpt), "--data", str(bare), "--no_progress"])

@@ -57,22 +57,55 @@ def diffusion_checkpoint(tmp_path_factory, sources):
     torch.manual_seed(0)
     model = build_model("tiny", head="diffusion")
     model.fit_normalizer(list(open_dataset(sources["extxyz"])))
-    save_consolidated(out, state_dict=model.state_dict(), build_kwargs=model.build_kwargs,
-                      meta={"task": "diffusion", "dictionary": Dictionary.load().tokens})  # fmt: skip
+    save_consolidated(
+        out,
+        state_dict=model.state_dict(),
+        build_kwargs=model.build_kwargs,
+        meta={"task": "diffusion", "dictionary": Dictionary.load().tokens},
+    )
     return out
 
 
 @pytest.mark.parametrize("kind", ["aselmdb", "extxyz"])
 def test_train_s2ef_and_sample_inpaint_from_own_file(sources, diffusion_checkpoint, tmp_path, kind):
     path = str(sources[kind])
-    out = train_s2ef.main(["--train_data_path", path, "--valid_data_path", path, "--save_dir", str(tmp_path / "s2ef"),
-                           "--model_type", "tiny", "--train_batch_size", "2", "--val_batch_size", "6",
-                           "--total_num_steps", "2", "--warmup_num_steps", "1", "--log_interval", "1"])  # fmt: skip
+    out = train_s2ef.main(
+        [
+            "--train_data_path",
+            path,
+            "--valid_data_path",
+            path,
+            "--save_dir",
+            str(tmp_path / "s2ef"),
+            "--model_type",
+            "tiny",
+            "--train_batch_size",
+            "2",
+            "--val_batch_size",
+            "6",
+            "--total_num_steps",
+            "2",
+            "--warmup_num_steps",
+            "1",
+            "--log_interval",
+            "1",
+        ]
+    )
     assert out["step"] == 2 and np.isfinite(out["valid"]["energy_mae"]) and np.isfinite(out["valid"]["force_mae"])
     assert sfm.load_checkpoint(tmp_path / "s2ef" / "model.pt").checkpoint["args"]["train_data_path"] == path
 
-    cfg = GenConfig(save_dir=str(tmp_path / "gen"), checkpoint=str(diffusion_checkpoint), data_path=path,
-                    mode="inpaint", sampler="ode", steps=2, num_samples=1, batch_size=3, max_inputs=3, progress=False)  # fmt: skip
+    cfg = GenConfig(
+        save_dir=str(tmp_path / "gen"),
+        checkpoint=str(diffusion_checkpoint),
+        data_path=path,
+        mode="inpaint",
+        sampler="ode",
+        steps=2,
+        num_samples=1,
+        batch_size=3,
+        max_inputs=3,
+        progress=False,
+    )
     assert run_sampling(cfg)["samples_written_this_run"] == 3
     inputs = {int(d.sid): d for d in open_dataset(path)}
     samples = list(sfm.data.LmdbDataset(tmp_path / "gen" / "samples"))
@@ -87,13 +120,18 @@ def test_train_s2ef_and_sample_inpaint_from_own_file(sources, diffusion_checkpoi
 def test_convert_between_aselmdb_and_extxyz_keeps_fields(sources, tmp_path):
     convert([str(sources["aselmdb"]), "--out", str(tmp_path / "from_db.extxyz")])
     convert([str(sources["extxyz"]), "--out", str(tmp_path / "from_xyz.aselmdb")])
-    pairs = [(open_dataset(tmp_path / "from_db.extxyz"), open_dataset(sources["aselmdb"]), 1e-8),
-             (open_dataset(tmp_path / "from_xyz.aselmdb"), open_dataset(sources["extxyz"]), 0.0)]
+    pairs = [
+        (open_dataset(tmp_path / "from_db.extxyz"), open_dataset(sources["aselmdb"]), 1e-8),
+        (open_dataset(tmp_path / "from_xyz.aselmdb"), open_dataset(sources["extxyz"]), 0.0),
+    ]
     for got_set, want_set, atol in pairs:
         assert len(got_set) == len(want_set) == 6
         for got, want in zip(got_set, want_set):
-            assert set(got.keys()) == set(want.keys()) == {"pos", "cell", "atomic_numbers", "natoms", "tags", "fixed",
-                                                           "y", "force", "sid"}  # fmt: skip
+            assert (
+                set(got.keys())
+                == set(want.keys())
+                == {"pos", "cell", "atomic_numbers", "natoms", "tags", "fixed", "y", "force", "sid"}
+            )
             for name in ("pos", "cell", "force"):
                 assert torch.allclose(got[name], want[name], rtol=0, atol=atol), name
             for name in ("atomic_numbers", "tags", "fixed"):

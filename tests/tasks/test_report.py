@@ -12,11 +12,30 @@ from tests.tasks.test_eval_s2ef import save_tiny
 def records(path, parts):
     lines = []
     for step in range(1, 21):
-        lines.append({"split": "train", "step": step, "time": step * 0.5, "loss": 3.0 / step, "lr": 1e-3,
-                      "grad_norm": 1.0, "structures_per_s": 5.0, **{p: 1.0 / step for p in parts}})
+        lines.append(
+            {
+                "split": "train",
+                "step": step,
+                "time": step * 0.5,
+                "loss": 3.0 / step,
+                "lr": 1e-3,
+                "grad_norm": 1.0,
+                "structures_per_s": 5.0,
+                **{p: 1.0 / step for p in parts},
+            }
+        )
         if step % 5 == 0:
-            lines.append({"split": "valid", "step": step, "time": step * 0.5, "loss": 3.5 / step, "structures": 4,
-                          "nonfinite_batches": 0, **{p: 1.2 / step for p in parts}})
+            lines.append(
+                {
+                    "split": "valid",
+                    "step": step,
+                    "time": step * 0.5,
+                    "loss": 3.5 / step,
+                    "structures": 4,
+                    "nonfinite_batches": 0,
+                    **{p: 1.2 / step for p in parts},
+                }
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
 
@@ -27,14 +46,53 @@ def run_dir(demo_world, tmp_path_factory):
     records(run / "diff" / "metrics.jsonl", ["coord", "lattice"])
     records(run / "s2ef" / "metrics.jsonl", ["energy", "force"])
     ckpt = save_tiny(run / "s2ef" / "model.pt", demo_world)
-    eval_s2ef.main(["--checkpoint", str(ckpt), "--data_path", str(demo_world / "s2ef_few" / "val_id"),
-                    "--json", str(run / "s2ef" / "eval_s2ef_val_id.json"), "--no_progress"])
+    eval_s2ef.main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--data_path",
+            str(demo_world / "s2ef_few" / "val_id"),
+            "--json",
+            str(run / "s2ef" / "eval_s2ef_val_id.json"),
+            "--no_progress",
+        ]
+    )
     val = demo_world / "is2re" / "val_id"
-    gen.main(["--data_path", str(val), "--mode", "inpaint", "--sampler", "baseline_random", "--num_samples", "2",
-              "--save_dir", str(run / "gen" / "inpaint_random"), "--no_progress"])
-    score.main(["--checkpoint", str(ckpt), "--samples", str(run / "gen" / "inpaint_random" / "samples"),
-                "--reference", str(val), "--out", str(run / "score" / "inpaint_random"), "--steps", "2",
-                "--judge", "emt", "--k", "1", "2", "--no_progress"])
+    gen.main(
+        [
+            "--data_path",
+            str(val),
+            "--mode",
+            "inpaint",
+            "--sampler",
+            "baseline_random",
+            "--num_samples",
+            "2",
+            "--save_dir",
+            str(run / "gen" / "inpaint_random"),
+            "--no_progress",
+        ]
+    )
+    score.main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--samples",
+            str(run / "gen" / "inpaint_random" / "samples"),
+            "--reference",
+            str(val),
+            "--out",
+            str(run / "score" / "inpaint_random"),
+            "--steps",
+            "2",
+            "--judge",
+            "emt",
+            "--k",
+            "1",
+            "2",
+            "--no_progress",
+        ]
+    )
     return run
 
 

@@ -11,8 +11,8 @@ import torch
 
 import sfm
 from sfm.data import LmdbDataset, collate, write_lmdb
-from sfm.data.lattice import cart_to_frac, minimum_image
 from sfm.data.anomaly import bonds
+from sfm.data.lattice import cart_to_frac, minimum_image
 from sfm.data.random_placement import random_placements
 from sfm.eval.ranking import RankingConfig, rank_samples
 from sfm.eval.ranking_files import first_samples, read_samples, write_outputs
@@ -22,7 +22,6 @@ from sfm.relax.relax_structures import RelaxSettings
 from sfm.tasks import place_random
 from sfm.tasks import score as score_task
 from tests.tasks.test_eval_s2ef import save_tiny
-
 
 QUIET_EMT = EMTJudge(settings=RelaxSettings(progress=False))
 
@@ -52,11 +51,17 @@ def test_ranking_success_and_outputs(entries, tmp_path):
     base = [float(x_energy(collate([e]))[0]) for e in (a, b)]
     # system a: energies base+0.3, base+0.0, base-0.5 (desorbed: disqualified), base+0.5
     # system b: base+0.2, base-0.1
-    samples = [shifted(a, 0.3, 0), shifted(a, 0.0, 1), shifted(a, -0.5, 2, lift=8.0), shifted(a, 0.5, 3),
-               shifted(b, 0.2, 0), shifted(b, -0.1, 1)]
+    samples = [
+        shifted(a, 0.3, 0),
+        shifted(a, 0.0, 1),
+        shifted(a, -0.5, 2, lift=8.0),
+        shifted(a, 0.5, 3),
+        shifted(b, 0.2, 0),
+        shifted(b, -0.1, 1),
+    ]
     refs = {int(a.sid): a.clone(), int(b.sid): b.clone()}
-    refs[int(a.sid)].y_relaxed = base[0] - 0.05   # best qualified (idx 1) is 0.05 above: success@1
-    refs[int(b.sid)].y_relaxed = base[1] - 0.25   # best is 0.15 above: never a success
+    refs[int(a.sid)].y_relaxed = base[0] - 0.05  # best qualified (idx 1) is 0.05 above: success@1
+    refs[int(b.sid)].y_relaxed = base[1] - 0.25  # best is 0.15 above: never a success
     cfg = RankingConfig(steps=5, ks=(1, 2, 9), progress=False, batch_size=4)
     scored = rank_samples(x_energy, samples, cfg, refs)
 
@@ -72,8 +77,12 @@ def test_ranking_success_and_outputs(entries, tmp_path):
     assert s["disqualified"] == 1
 
     kept = first_samples(samples[::-1], 2)  # the two lowest sample_idx of each system, file order kept
-    assert [(int(d.sid), d.sample_idx) for d in kept] == [(int(b.sid), 1), (int(b.sid), 0), (int(a.sid), 1),
-                                                          (int(a.sid), 0)]  # fmt: skip
+    assert [(int(d.sid), d.sample_idx) for d in kept] == [
+        (int(b.sid), 1),
+        (int(b.sid), 0),
+        (int(a.sid), 1),
+        (int(a.sid), 0),
+    ]
 
     # without disqualification the desorbed sample ranks first and succeeds at any k
     loose = rank_samples(x_energy, samples, RankingConfig(steps=0, exclude=(), progress=False), refs)
@@ -132,8 +141,24 @@ def test_cli_on_a_tiny_checkpoint_with_extxyz_samples(demo_world, tmp_path):
         assert (int(d.sid), int(d.sample_idx)) == (int(x.sid), int(x.sample_idx))
     outs = []
     for name, path in (("lmdb", samples_lmdb), ("xyz", xyz)):
-        report = score_task.main(["--checkpoint", str(ckpt), "--samples", str(path), "--reference", str(val),
-                                  "--out", str(tmp_path / name), "--steps", "3", "--k", "1", "2", "--no_progress"])  # fmt: skip
+        report = score_task.main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--samples",
+                str(path),
+                "--reference",
+                str(val),
+                "--out",
+                str(tmp_path / name),
+                "--steps",
+                "3",
+                "--k",
+                "1",
+                "2",
+                "--no_progress",
+            ]
+        )
         outs.append(report)
         assert (tmp_path / name / "scored.lmdb").exists()
     assert outs[0]["summary"]["samples"] == 4 and "success@2" in outs[0]["summary"]
@@ -150,8 +175,9 @@ def test_random_placements_keep_the_slab_and_a_rigid_adsorbate(entries):
         cell = e.cell[0]
         for d, d2 in zip(got, again):
             assert torch.equal(d.pos, d2.pos) and torch.equal(d.pos[~ads], e.pos[~ads])
-            assert np.array_equal(bonds(e.atomic_numbers[ads], e.pos[ads], cell),
-                                  bonds(d.atomic_numbers[ads], d.pos[ads], cell))
+            assert np.array_equal(
+                bonds(e.atomic_numbers[ads], e.pos[ads], cell), bonds(d.atomic_numbers[ads], d.pos[ads], cell)
+            )
             dfrac = cart_to_frac((d.pos[ads][:, None] - e.pos[~ads][None]).reshape(-1, 3).double(), cell.double())
             assert minimum_image(dfrac, cell.double()).norm(dim=-1).min() == pytest.approx(2.0, abs=1e-3)
         assert not torch.equal(got[0].pos, got[1].pos)
@@ -179,17 +205,46 @@ def test_bad_inputs(demo_world, entries, tmp_path, capsys):
     other.sid = 10**6
     write_lmdb(tmp_path / "other.lmdb", [other])
     with pytest.raises(SystemExit):
-        score_task.main(["--checkpoint", str(tmp_path / "nope.pt"), "--samples", str(tmp_path / "other.lmdb"),
-                         "--out", str(tmp_path / "o")])  # fmt: skip
+        score_task.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "nope.pt"),
+                "--samples",
+                str(tmp_path / "other.lmdb"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     assert "no such file or directory" in capsys.readouterr().err
     ckpt = save_tiny(tmp_path / "m.pt", demo_world)
     with pytest.raises(SystemExit):
-        score_task.main(["--checkpoint", str(ckpt), "--samples", str(tmp_path / "other.lmdb"), "--out",
-                         str(tmp_path / "o"), "--reference", str(demo_world / "is2re" / "val_id")])  # fmt: skip
+        score_task.main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--samples",
+                str(tmp_path / "other.lmdb"),
+                "--out",
+                str(tmp_path / "o"),
+                "--reference",
+                str(demo_world / "is2re" / "val_id"),
+            ]
+        )
     assert "not in --reference" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        score_task.main(["--checkpoint", str(ckpt), "--samples", str(tmp_path / "other.lmdb"), "--out",
-                         str(tmp_path / "o"), "--reference", str(demo_world / "is2re" / "val_id"), "--drop_unmatched"])  # fmt: skip
+        score_task.main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--samples",
+                str(tmp_path / "other.lmdb"),
+                "--out",
+                str(tmp_path / "o"),
+                "--reference",
+                str(demo_world / "is2re" / "val_id"),
+                "--drop_unmatched",
+            ]
+        )
     assert "no sample sid is in --reference" in capsys.readouterr().err
 
 
@@ -201,9 +256,21 @@ def test_reference_without_y_relaxed_says_success_is_skipped(demo_world, entries
     write_lmdb(tmp_path / "test.lmdb", test_split)
     write_lmdb(tmp_path / "samples.lmdb", entries)
     ckpt = save_tiny(tmp_path / "m.pt", demo_world)
-    report = score_task.main(["--checkpoint", str(ckpt), "--samples", str(tmp_path / "samples.lmdb"), "--reference",
-                              str(tmp_path / "test.lmdb"), "--out", str(tmp_path / "o"), "--steps", "0",
-                              "--no_progress"])  # fmt: skip
+    report = score_task.main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--samples",
+            str(tmp_path / "samples.lmdb"),
+            "--reference",
+            str(tmp_path / "test.lmdb"),
+            "--out",
+            str(tmp_path / "o"),
+            "--steps",
+            "0",
+            "--no_progress",
+        ]
+    )
     summary = report["summary"]
     assert not any(k.startswith("success@") for k in summary)
     n = len(entries)
@@ -226,8 +293,9 @@ class IndexJudge:
 def test_any_judge_object_is_handed_to_ranking(entries):
     a = entries[0]
     samples = [shifted(a, dx, i) for i, dx in enumerate((0.3, 0.0, 0.6))]
-    ranked = rank_samples(x_energy, samples, RankingConfig(steps=0, exclude=(), progress=False), {int(a.sid): a},
-                          IndexJudge())  # fmt: skip
+    ranked = rank_samples(
+        x_energy, samples, RankingConfig(steps=0, exclude=(), progress=False), {int(a.sid): a}, IndexJudge()
+    )
     assert [r["sample_idx"] for r in ranked.rows] == [1, 0, 2]  # ranked by model energy, judged apart
     assert [r["judge_energy"] for r in ranked.rows] == [1.0, 0.0, 2.0]
     assert ranked.summary["judge"] == "index" and ranked.summary["success_energy"] == "judge"

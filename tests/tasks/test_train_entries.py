@@ -16,9 +16,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def flags(world, save_dir, kind, *extra):
-    return ["--train_data_path", str(world / kind / "train"), "--valid_data_path", str(world / kind / "val_id"),
-            "--save_dir", str(save_dir), "--model_type", "tiny", "--train_batch_size", "2", "--val_batch_size", "4",
-            "--total_num_steps", "2", "--warmup_num_steps", "1", "--max_lr", "1e-3", "--log_interval", "1", *extra]  # fmt: skip
+    return [
+        "--train_data_path",
+        str(world / kind / "train"),
+        "--valid_data_path",
+        str(world / kind / "val_id"),
+        "--save_dir",
+        str(save_dir),
+        "--model_type",
+        "tiny",
+        "--train_batch_size",
+        "2",
+        "--val_batch_size",
+        "4",
+        "--total_num_steps",
+        "2",
+        "--warmup_num_steps",
+        "1",
+        "--max_lr",
+        "1e-3",
+        "--log_interval",
+        "1",
+        *extra,
+    ]
 
 
 def live_model(save_dir, checkpoint):
@@ -36,15 +56,29 @@ def test_s2ef_trains_and_its_checkpoint_reloads_to_identical_outputs(demo_world,
     meta = loaded.checkpoint
     assert type(loaded).__name__ == "S2EFModel" and not loaded.training
     assert meta["task"] == "s2ef" and meta["args"]["forces"] == "direct" and "Cu" in meta["dictionary"]
-    assert float(loaded.normalizer.std) != 1.0 and meta["normalizer"]["std"] == pytest.approx(float(loaded.normalizer.std))
+    assert float(loaded.normalizer.std) != 1.0 and meta["normalizer"]["std"] == pytest.approx(
+        float(loaded.normalizer.std)
+    )
     batch = collate([LmdbDataset(demo_world / "s2ef_few" / "val_id")[i] for i in range(3)])
     got, want = loaded.predict(batch), live_model(tmp_path / "run", meta).predict(batch)
     assert torch.equal(got["energy"], want["energy"]) and torch.equal(got["forces"], want["forces"])
 
 
 def test_s2ef_on_is2re_with_conservative_forces(demo_world, tmp_path):
-    out = train_s2ef.main(flags(demo_world, tmp_path / "run", "is2re", "--data_kind", "is2re", "--forces", "conservative",
-                                "--total_num_steps", "1", "--activation_checkpointing"))  # fmt: skip
+    out = train_s2ef.main(
+        flags(
+            demo_world,
+            tmp_path / "run",
+            "is2re",
+            "--data_kind",
+            "is2re",
+            "--forces",
+            "conservative",
+            "--total_num_steps",
+            "1",
+            "--activation_checkpointing",
+        )
+    )
     assert out["nonfinite_steps"] == 0 and {"energy_loss", "force_loss"} <= set(out["train"])
     assert sfm.load_checkpoint(tmp_path / "run" / "model.pt").checkpoint["build_kwargs"]["checkpoint"] is True
 
@@ -78,7 +112,11 @@ def test_diffusion_trains_resumes_and_reloads(demo_world, tmp_path):
         (train_s2ef, ["--train_batch_size", "0"], "must be >= 1"),
         (train_s2ef, ["--max_lr=-1e-3"], "--max_lr: must be in (0.0, inf)"),
         (train_s2ef, ["--ema_decay", "1"], "--ema_decay: must be in [0.0, 1.0)"),
-        (train_s2ef, ["--total_num_steps", "0", "--total_num_epochs", "0"], "give --total_num_epochs or --total_num_steps"),
+        (
+            train_s2ef,
+            ["--total_num_steps", "0", "--total_num_epochs", "0"],
+            "give --total_num_epochs or --total_num_steps",
+        ),
         (train_s2ef, ["--forces", "both"], "invalid choice: 'both'"),
         (train_s2ef, ["--model_type", "huge"], "invalid choice: 'huge'"),
         (train_s2ef, ["--forces", "conservative", "--strategy", "Zero3"], "use Zero2, Zero1 or DDP"),
@@ -98,18 +136,42 @@ def test_bad_flags_exit_with_a_clear_message(demo_world, tmp_path, capsys, entry
 
 
 def test_local_launcher_on_cpu(demo_world, tmp_path):
-    env = {**os.environ, "DEMO_DIR": str(demo_world), "SAVE_DIR": str(tmp_path / "run"), "MODEL_TYPE": "tiny", "BATCH_SIZE": "2"}
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "train_oc20_local.sh"), "--total_num_steps", "1"],
-                       env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {
+        **os.environ,
+        "DEMO_DIR": str(demo_world),
+        "SAVE_DIR": str(tmp_path / "run"),
+        "MODEL_TYPE": "tiny",
+        "BATCH_SIZE": "2",
+    }
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "train_oc20_local.sh"), "--total_num_steps", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "--strategy Single" in r.stderr and (tmp_path / "run" / "model.pt").is_file()
 
 
 def test_s2ef_launcher_zero2_on_two_cpu_processes(demo_world, tmp_path):
-    env = {**os.environ, "DEMO_DIR": str(demo_world), "SAVE_DIR": str(tmp_path / "run"), "MODEL_TYPE": "tiny",
-           "BATCH_SIZE": "2", "NPROC": "2", "STRATEGY": "Zero2", "VALID_DATA": ""}  # fmt: skip
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "train_s2ef.sh"), "--total_num_steps", "2", "--log_interval", "1"],
-                       env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {
+        **os.environ,
+        "DEMO_DIR": str(demo_world),
+        "SAVE_DIR": str(tmp_path / "run"),
+        "MODEL_TYPE": "tiny",
+        "BATCH_SIZE": "2",
+        "NPROC": "2",
+        "STRATEGY": "Zero2",
+        "VALID_DATA": "",
+    }
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "train_s2ef.sh"), "--total_num_steps", "2", "--log_interval", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     loaded = sfm.load_checkpoint(tmp_path / "run" / "model.pt")
     assert loaded.checkpoint["config"]["world_size"] == 2 and loaded.checkpoint["step"] == 2
@@ -132,8 +194,17 @@ def test_dict_path_is_the_dictionary_the_model_embeds_with(demo_world, tmp_path)
     present = sorted({int(z) for d in frames for z in d.atomic_numbers})
     tokens = ["<pad>", "<mask>", *(chemical_symbols[z] for z in present)]
     (tmp_path / "small.txt").write_text("\n".join(tokens) + "\n")
-    train_s2ef.main(flags(demo_world, tmp_path / "run", "s2ef_few", "--dict_path", str(tmp_path / "small.txt"),
-                          "--total_num_steps", "1"))  # fmt: skip
+    train_s2ef.main(
+        flags(
+            demo_world,
+            tmp_path / "run",
+            "s2ef_few",
+            "--dict_path",
+            str(tmp_path / "small.txt"),
+            "--total_num_steps",
+            "1",
+        )
+    )
     model = sfm.load_checkpoint(tmp_path / "run" / "model.pt")
     assert model.checkpoint["dictionary"] == model.checkpoint["build_kwargs"]["dictionary"] == tokens
     assert model.backbone.atom_tokens.num_tokens == len(tokens)
@@ -145,8 +216,15 @@ def test_dict_path_is_the_dictionary_the_model_embeds_with(demo_world, tmp_path)
         atoms.get_potential_energy()
     with pytest.raises(KeyError, match=r"\['Fe'\] are not in the model's dictionary"):
         relax_batch(model, collate([iron]), steps=1)
-    save_consolidated(tmp_path / "mixed.pt", state_dict=build_model("tiny").state_dict(),
-                      build_kwargs=build_model("tiny").build_kwargs, meta={"task": "s2ef", "dictionary": tokens})  # fmt: skip
-    with pytest.raises(ValueError, match=rf"mixed\.pt: the checkpoint's dictionary \({len(tokens)} tokens\) is not "
-                                         "the one its model embeds with"):
+    save_consolidated(
+        tmp_path / "mixed.pt",
+        state_dict=build_model("tiny").state_dict(),
+        build_kwargs=build_model("tiny").build_kwargs,
+        meta={"task": "s2ef", "dictionary": tokens},
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"mixed\.pt: the checkpoint's dictionary \({len(tokens)} tokens\) is not "
+        "the one its model embeds with",
+    ):
         sfm.load_checkpoint(tmp_path / "mixed.pt")

@@ -31,8 +31,15 @@ def random_lattices(num: int, model, pool: torch.Tensor | None, generator: torch
     return canonical(lat.decode(z))
 
 
-def sample_baseline(batch, name: str, mode: str, generator: torch.Generator, model=None,
-                    pool: torch.Tensor | None = None, atom_given: torch.Tensor | None = None):
+def sample_baseline(
+    batch,
+    name: str,
+    mode: str,
+    generator: torch.Generator,
+    model=None,
+    pool: torch.Tensor | None = None,
+    atom_given: torch.Tensor | None = None,
+):
     """``(pos [N, 3], cell [B, 3, 3])`` of baseline ``name`` for a collated ``batch`` in ``mode``
     (``csp``, ``lattice_given``, ``inpaint``; ``atom_given`` ``[N]`` bool: the inpainting's given atoms)."""
     if name not in BASELINES:

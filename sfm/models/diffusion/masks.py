@@ -74,7 +74,9 @@ def mode_masks(batch, mode: str, given_tags=SLAB_TAGS, atom_given: torch.Tensor 
     return Masks(given, lattice_given, _tags(batch))
 
 
-def training_masks(batch, mode_probs: dict[str, float], given_tags=SLAB_TAGS, tag_dropout: float = 0.0, generator=None) -> Masks:
+def training_masks(
+    batch, mode_probs: dict[str, float], given_tags=SLAB_TAGS, tag_dropout: float = 0.0, generator=None
+) -> Masks:
     """A mode per structure drawn from ``mode_probs`` (``{mode: weight}``), as masks; tags
     hidden per structure with probability ``tag_dropout``."""
     unknown = set(mode_probs) - set(MODES)
@@ -86,7 +88,11 @@ def training_masks(batch, mode_probs: dict[str, float], given_tags=SLAB_TAGS, ta
     b, device = batch.num_graphs, batch.batch.device
     mode = torch.multinomial(weights, b, replacement=True, generator=generator).to(device)  # [B]
     inpaint = mode == MODES.index("inpaint")
-    atom_given = inpaint[batch.batch] & _tag_subset(batch, given_tags) if inpaint.any() else torch.zeros_like(batch.batch, dtype=torch.bool)
+    atom_given = (
+        inpaint[batch.batch] & _tag_subset(batch, given_tags)
+        if inpaint.any()
+        else torch.zeros_like(batch.batch, dtype=torch.bool)
+    )
     generated = torch.zeros(b, dtype=torch.long, device=device).index_add_(0, batch.batch, (~atom_given).long())
     atom_given = atom_given & (generated > 0)[batch.batch]  # nothing left to generate: lattice_given
     hide = torch.rand(b, generator=generator).to(device) < tag_dropout

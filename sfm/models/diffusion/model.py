@@ -142,7 +142,9 @@ class DiffusionModel(nn.Module):
         if target not in ("pos_relaxed", "pos"):
             raise ValueError(f"target must be 'pos_relaxed' or 'pos', got {target!r}")
         if not 0.0 <= placement_prob <= 1.0 or not 0.0 < placement_t < 1.0:
-            raise ValueError(f"placement_prob must be in [0, 1] and placement_t in (0, 1), got {placement_prob}, {placement_t}")
+            raise ValueError(
+                f"placement_prob must be in [0, 1] and placement_t in (0, 1), got {placement_prob}, {placement_t}"
+            )
         if placement_prob > 0 and target != "pos_relaxed":
             raise ValueError("placement training denoises `pos` toward `pos_relaxed`: it needs target='pos_relaxed'")
         self.placement_prob, self.placement_t = float(placement_prob), float(placement_t)
@@ -210,11 +212,15 @@ class DiffusionModel(nn.Module):
     def lattice_tensor(self, x, cond, latent, unit, batch) -> torch.Tensor:
         """``T = A^T M A + mean_n sum_k sym(u_nk w_nk^T)`` ``[B, 3, 3]``, see the module doc."""
         num_graphs = unit.shape[0]
-        count = torch.zeros(num_graphs, dtype=x.dtype, device=x.device).index_add_(0, batch, torch.ones_like(batch, dtype=x.dtype))
+        count = torch.zeros(num_graphs, dtype=x.dtype, device=x.device).index_add_(
+            0, batch, torch.ones_like(batch, dtype=x.dtype)
+        )
 
         def pool(feats):  # mean over the atoms of each structure (in x's dtype: under bf16 autocast, heads give bf16)
             feats = feats.to(x.dtype)
-            total = torch.zeros(num_graphs, *feats.shape[1:], dtype=x.dtype, device=x.device).index_add_(0, batch, feats)
+            total = torch.zeros(num_graphs, *feats.shape[1:], dtype=x.dtype, device=x.device).index_add_(
+                0, batch, feats
+            )
             return total / count.view(-1, *[1] * (feats.dim() - 1))
 
         invariants = torch.cat([pool(EquiformerV2.scalars(x)), pool(cond), latent, count.log()[:, None]], -1)
@@ -241,7 +247,9 @@ class DiffusionModel(nn.Module):
         index = batch.batch
         target_pos = getattr(batch, self.target, None)
         if target_pos is None:
-            raise ValueError(f"the batch has no `{self.target}` (the diffusion target); pass target='pos' to train on initial structures")
+            raise ValueError(
+                f"the batch has no `{self.target}` (the diffusion target); pass target='pos' to train on initial structures"
+            )
         masks = training_masks(batch, self.mode_probs, self.given_tags, self.tag_dropout)
         x_init = batch.frac.to(pos.dtype)
         x_target = wrap_frac(cart_to_frac(target_pos.to(pos.dtype), cell[index]))

@@ -85,14 +85,17 @@ class _Run:
         """``(score [N, 3] in fractional units, eps [B, 3, 3])`` at state ``(x, z)``, time ``t``."""
         tt = self.times(t)
         sigma_graph = self.model.frac_process.sigma(tt, self.lengths)
-        coord, eps = self.model.predict(self.numbers, x, self.lattice(z), self.batch, tt, sigma_graph, self.masks,
-                                        self.latent(z))  # fmt: skip
+        coord, eps = self.model.predict(
+            self.numbers, x, self.lattice(z), self.batch, tt, sigma_graph, self.masks, self.latent(z)
+        )
         bad = ~torch.isfinite(eps).flatten(1).all(-1)
         bad[self.batch[~torch.isfinite(coord).all(-1)]] = True
         if bad.any():  # stop here: a NaN state would only fail later, far from its cause
-            raise FloatingPointError(f"the diffusion model's output is not finite at t = {t:.4g} for {int(bad.sum())} "
-                                     f"structure(s) ({name_structures(self.input, bad.nonzero().flatten()[:10])}): "
-                                     "the checkpoint is broken or the input far from its training data")
+            raise FloatingPointError(
+                f"the diffusion model's output is not finite at t = {t:.4g} for {int(bad.sum())} "
+                f"structure(s) ({name_structures(self.input, bad.nonzero().flatten()[:10])}): "
+                "the checkpoint is broken or the input far from its training data"
+            )
         sigma = sigma_graph[self.batch]
         return coord * wrapped_normal.score_norm(sigma), self.model.lattice_process.clip_eps(z, eps, tt)
 

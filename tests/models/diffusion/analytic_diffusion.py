@@ -15,8 +15,9 @@ from sfm.models.diffusion.lattice_noise import LatticeProcess
 
 
 class AnalyticModel(nn.Module):
-    def __init__(self, centres: torch.Tensor, tau: float, lat_mean: torch.Tensor, lat_var: float,
-                 ref_lengths=(8.0, 9.0, 30.0)):
+    def __init__(
+        self, centres: torch.Tensor, tau: float, lat_mean: torch.Tensor, lat_var: float, ref_lengths=(8.0, 9.0, 30.0)
+    ):
         super().__init__()
         self.frac_process = FracProcess(ref_lengths=ref_lengths)
         self.lattice_process = LatticeProcess()

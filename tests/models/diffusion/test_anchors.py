@@ -40,7 +40,9 @@ def test_points_from_vacuum_to_the_slab_mid_plane():
     frac = torch.cat([slab, torch.tensor([[0.1, 0.3, 0.68]], dtype=torch.float64)])
     given = torch.zeros(len(frac), dtype=torch.bool)
     given[:32] = True
-    dfrac, count = anchor_displacements(frac, torch.zeros(len(frac), dtype=torch.long), torch.stack([given, ~given], -1))
+    dfrac, count = anchor_displacements(
+        frac, torch.zeros(len(frac), dtype=torch.long), torch.stack([given, ~given], -1)
+    )
     assert count[-1].tolist() == [32, 0]
     assert abs(dfrac[-1, 0, 2].item() - (0.225 - 0.68)) < 1e-7
     assert dfrac[-1, 0, :2].abs().max() < 0.1  # in-plane parts average out, up to the wrap boundary (< 1/2 spacing)

@@ -11,8 +11,15 @@ def make_batch():
     items = []
     for tags in ([0, 0, 1, 1, 2, 2], [0, 1, 1], [0, 1, 2]):  # second: no adsorbate
         n = len(tags)
-        items.append(Data(atomic_numbers=torch.ones(n, dtype=torch.long), tags=torch.tensor(tags),
-                          pos=torch.zeros(n, 3), cell=torch.eye(3)[None] * 10, num_nodes=n))
+        items.append(
+            Data(
+                atomic_numbers=torch.ones(n, dtype=torch.long),
+                tags=torch.tensor(tags),
+                pos=torch.zeros(n, 3),
+                cell=torch.eye(3)[None] * 10,
+                num_nodes=n,
+            )
+        )
     return Batch.from_data_list(items)
 
 

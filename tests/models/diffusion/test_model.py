@@ -65,7 +65,15 @@ def test_permutation_and_translation(model, batch):
         out = model(z, frac, cell, index, t, sigma, masks)
         # permute atoms within each structure (the batch vector stays sorted)
         perm = torch.cat([torch.randperm(10, generator=torch.Generator().manual_seed(1)), 10 + torch.randperm(7)])
-        out_p = model(z[perm], frac[perm], cell, index, t, sigma, Masks(masks.atom_given[perm], masks.lattice_given, masks.tags[perm]))
+        out_p = model(
+            z[perm],
+            frac[perm],
+            cell,
+            index,
+            t,
+            sigma,
+            Masks(masks.atom_given[perm], masks.lattice_given, masks.tags[perm]),
+        )
         assert rel_close(out_p["coord"], out["coord"][perm])
         assert rel_close(out_p["lattice_eps"], out["lattice_eps"])
         # a common shift of every fractional coordinate of a structure changes nothing
@@ -121,8 +129,15 @@ def test_placement_training_starts_from_the_initial_placement(batch):
     free = batch.tags == 2
     for prob in (1.0, 0.0):
         torch.manual_seed(0)
-        m = build_model("tiny", head="diffusion", mode_probs="inpaint=1", tag_dropout=0.0, placement_prob=prob,
-                        placement_t=0.4, num_layers=1)  # fmt: skip
+        m = build_model(
+            "tiny",
+            head="diffusion",
+            mode_probs="inpaint=1",
+            tag_dropout=0.0,
+            placement_prob=prob,
+            placement_t=0.4,
+            num_layers=1,
+        )
         m.fit_normalizer([batch])
         seen = {}
         forward = m.forward
@@ -141,7 +156,9 @@ def test_placement_training_starts_from_the_initial_placement(batch):
             ratio = (seen["sigma"] / m.frac_process.sigma(torch.full((2,), 0.4), lengths))[batch.batch]
             assert ((ratio > 0) & (ratio <= 1)).all()
             delta = wrapped_normal.wrap_delta(x_init - x_relaxed)
-            assert torch.allclose(wrapped_normal.wrap_delta(seen["frac"] - x_relaxed)[free], (ratio * delta)[free], atol=1e-5)
+            assert torch.allclose(
+                wrapped_normal.wrap_delta(seen["frac"] - x_relaxed)[free], (ratio * delta)[free], atol=1e-5
+            )
             sigma = seen["sigma"][batch.batch][free]
             target = wrapped_normal.score(seen["frac"][free], x_relaxed[free], sigma) / wrapped_normal.score_norm(sigma)
             assert torch.allclose(parts["coord"], ((seen["coord"][free] - target) ** 2).mean(), rtol=1e-4)

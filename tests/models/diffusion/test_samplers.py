@@ -1,7 +1,5 @@
 """Samplers on an analytic target (exact score): right distribution, masks held, determinism."""
 
-import math
-
 import pytest
 import torch
 from analytic_diffusion import AnalyticModel
@@ -9,7 +7,6 @@ from torch_geometric.data import Batch, Data
 
 from sfm.data import collate
 from sfm.data.lattice import wrap_frac
-
 from sfm.models.diffusion import wrapped_normal as wn
 from sfm.models.diffusion.lattice_noise import upper_entries
 from sfm.models.diffusion.samplers import sample
@@ -38,8 +35,16 @@ def make_batch(num, seed=0):
         numbers = torch.tensor([1, 2, 3, 4])
         cell = torch.diag(torch.tensor([7.0, 8.0, 28.0])) + 0.5 * torch.randn(3, 3, generator=g)
         pos = torch.rand(4, 3, generator=g) @ cell
-        items.append(Data(atomic_numbers=numbers, pos=pos, cell=cell[None], tags=torch.tensor([0, 1, 2, 2]),
-                          natoms=torch.tensor([4]), num_nodes=4))
+        items.append(
+            Data(
+                atomic_numbers=numbers,
+                pos=pos,
+                cell=cell[None],
+                tags=torch.tensor([0, 1, 2, 2]),
+                natoms=torch.tensor([4]),
+                num_nodes=4,
+            )
+        )
     return collate(items)
 
 
@@ -95,14 +100,18 @@ def test_given_atoms_and_lattice_held_exactly(sampler):
             assert not torch.allclose(out.pos[~given], batch.pos[~given])
     explicit = torch.zeros(len(batch.pos), dtype=torch.bool)
     explicit[::3] = True
-    out = sample(model, batch, "inpaint", sampler, steps=5, atom_given=explicit, generator=torch.Generator().manual_seed(3))
+    out = sample(
+        model, batch, "inpaint", sampler, steps=5, atom_given=explicit, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(out.pos[explicit], batch.pos[explicit])
 
 
 @pytest.mark.parametrize("sampler", ["pc", "ode"])
 def test_deterministic_for_a_seed(sampler):
     model, batch = make_model(), make_batch(4)
-    runs = [sample(model, batch, "csp", sampler, steps=8, generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6)]
+    runs = [
+        sample(model, batch, "csp", sampler, steps=8, generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6)
+    ]
     assert torch.equal(runs[0].pos, runs[1].pos) and torch.equal(runs[0].cell, runs[1].cell)
     assert not torch.allclose(runs[0].pos, runs[2].pos)
 
@@ -157,8 +166,19 @@ def test_refinement_without_renoise_denoises_the_input_deterministically():
     sigma = model.frac_process.sigma(torch.full((batch.num_graphs,), t_start), batch.cell.norm(dim=-1))
     x_in = wn.sample(x0, sigma[batch.batch], g)
     move_to(batch, x_in)
-    runs = [sample(model, batch, "inpaint", "ode", steps=12, generator=torch.Generator().manual_seed(s),
-                   t_start=t_start, renoise=False) for s in (1, 2)]  # fmt: skip
+    runs = [
+        sample(
+            model,
+            batch,
+            "inpaint",
+            "ode",
+            steps=12,
+            generator=torch.Generator().manual_seed(s),
+            t_start=t_start,
+            renoise=False,
+        )
+        for s in (1, 2)
+    ]
     assert torch.equal(runs[0].pos, runs[1].pos)
     free = batch.tags == 2
     check_distribution(model, runs[0], free, 0.12)
@@ -181,7 +201,9 @@ def test_ode_from_a_placement_follows_the_straight_path(steps):
     t_start = 0.55
     out = sample(point, batch, "inpaint", "ode", steps=steps, t_start=t_start, renoise=False)
     lengths = batch.cell.norm(dim=-1)
-    ratio = point.frac_process.sigma(torch.zeros(6), lengths) / point.frac_process.sigma(torch.full((6,), t_start), lengths)
+    ratio = point.frac_process.sigma(torch.zeros(6), lengths) / point.frac_process.sigma(
+        torch.full((6,), t_start), lengths
+    )
     free = batch.tags == 2
     expected = delta * ratio[batch.batch]
     assert torch.allclose(wn.wrap_delta(out.frac - x0)[free], expected[free], atol=1e-5)

@@ -24,8 +24,11 @@ def brute_density(x, mu, sigma, images=60):
     sigma=st.floats(0.002, 3.0),
 )
 def test_density_matches_brute_force_image_sum(x, mu, sigma):
-    ours = wn.log_prob(torch.tensor(x, dtype=torch.float64), torch.tensor(mu, dtype=torch.float64),
-                       torch.tensor(sigma, dtype=torch.float64)).item()
+    ours = wn.log_prob(
+        torch.tensor(x, dtype=torch.float64),
+        torch.tensor(mu, dtype=torch.float64),
+        torch.tensor(sigma, dtype=torch.float64),
+    ).item()
     ref = brute_density(x, mu, sigma)
     if ref > 1e-250:
         assert abs(ours - math.log(ref)) < 1e-9
@@ -55,8 +58,11 @@ def test_density_normalised_periodic_and_continuous_across_series_switch():
         p = wn.log_prob(grid, torch.tensor(0.3, dtype=torch.float64), s).exp()
         assert abs(p.mean().item() - 1.0) < 1e-10
         # periodic: x and x + 1 (and mu shifted by an integer) agree
-        assert torch.allclose(wn.log_prob(grid + 1, torch.tensor(2.3, dtype=torch.float64), s),
-                              wn.log_prob(grid, torch.tensor(0.3, dtype=torch.float64), s), atol=1e-10)
+        assert torch.allclose(
+            wn.log_prob(grid + 1, torch.tensor(2.3, dtype=torch.float64), s),
+            wn.log_prob(grid, torch.tensor(0.3, dtype=torch.float64), s),
+            atol=1e-10,
+        )
     below, above = torch.tensor(0.25 - 1e-12, dtype=torch.float64), torch.tensor(0.25, dtype=torch.float64)
     assert torch.allclose(wn.log_prob(grid, grid * 0, below), wn.log_prob(grid, grid * 0, above), atol=1e-9)
     assert torch.allclose(wn.score(grid, grid * 0, below), wn.score(grid, grid * 0, above), atol=1e-8)

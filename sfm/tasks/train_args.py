@@ -9,6 +9,7 @@ import argparse
 import glob
 from dataclasses import fields
 
+from sfm.models.backbone import BackboneConfig
 from sfm.pipeline.distributed import STRATEGIES
 from sfm.pipeline.trainer import TrainConfig
 
@@ -109,6 +110,15 @@ def build_parser(description: str, default_save_dir: str, model_types: list[str]
     g = p.add_argument_group("run")
     g.add_argument("--model_type", default="tiny", choices=model_types, help="backbone preset")
     g.add_argument(
+        "--backbone",
+        nargs="+",
+        type=backbone_override,
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change fields of the preset's BackboneConfig, e.g. grid_resolution=10 sphere_channels=32 "
+        "(stored in the checkpoint's build_kwargs)",
+    )
+    g.add_argument(
         "--strategy",
         default=D.strategy,
         choices=STRATEGIES,
@@ -138,6 +148,28 @@ def build_parser(description: str, default_save_dir: str, model_types: list[str]
     return p
 
 
+# the numeric fields of the backbone's shape; bf16 / checkpointing have their own flags, the head sets cond_dim
+BACKBONE_FIELDS = {
+    f.name: f.type for f in fields(BackboneConfig) if f.type in ("int", "float", "int | None") and f.name != "cond_dim"
+}
+
+
+def backbone_override(text: str) -> tuple[str, int | float | None]:
+    """``"FIELD=VALUE"`` -> ``(FIELD, VALUE)`` typed like :class:`BackboneConfig`'s field."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in BACKBONE_FIELDS:
+        raise argparse.ArgumentTypeError(
+            f"expected FIELD=VALUE with FIELD one of {sorted(BACKBONE_FIELDS)}, got {text!r}"
+        )
+    kind = BACKBONE_FIELDS[name]
+    try:
+        if kind == "int | None" and value == "none":
+            return name, None
+        return name, (float if kind == "float" else int)(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: expected {kind.replace(' | None', ' or none')}, got {value!r}")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse, then check what argparse cannot (paths, combinations); errors exit with status 2."""
     args = parser.parse_args(argv)
@@ -147,6 +179,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
             parser.error(f"--{flag} {path}: no such file or directory")
     if args.total_num_steps == 0 and args.total_num_epochs == 0:
         parser.error("give --total_num_epochs or --total_num_steps (both are 0)")
+    args.backbone = dict(args.backbone)
     return args
 
 

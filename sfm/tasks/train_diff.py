@@ -82,6 +82,7 @@ def main(argv=None) -> dict:
             placement_t=args.placement_t,
             checkpoint=args.activation_checkpointing,
             dictionary=dictionary.tokens,
+            **args.backbone,
         )
     except ValueError as err:  # a bad --mode_probs / --target / --placement_* reaches the user as a flag error
         parser.error(str(err))

@@ -89,16 +89,20 @@ def main(argv=None) -> dict:
         valid_set = IS2REAsS2EF(valid_set) if valid_set is not None else None
 
     seed_everything(args.seed)  # same initial weights on every rank
-    model = build_model(
-        args.model_type,
-        head="s2ef",
-        forces=args.forces,
-        energy_coef=args.energy_coef,
-        force_coef=args.force_coef,
-        avg_num_atoms=args.avg_num_atoms,
-        checkpoint=args.activation_checkpointing,
-        dictionary=dictionary.tokens,
-    )  # the model embeds with the dictionary the run is given
+    try:
+        model = build_model(
+            args.model_type,
+            head="s2ef",
+            forces=args.forces,
+            energy_coef=args.energy_coef,
+            force_coef=args.force_coef,
+            avg_num_atoms=args.avg_num_atoms,
+            checkpoint=args.activation_checkpointing,
+            dictionary=dictionary.tokens,
+            **args.backbone,
+        )  # the model embeds with the dictionary the run is given
+    except ValueError as err:  # e.g. an odd --backbone grid_resolution
+        parser.error(str(err))
     meta = {"task": "s2ef", "dictionary": dictionary.tokens, "args": vars(args)}
     resume_dir = resolve_resume(cfg)
     if resume_dir is None:  # a fresh run: fit the normaliser its checkpoints will carry

@@ -64,6 +64,15 @@ def test_s2ef_trains_and_its_checkpoint_reloads_to_identical_outputs(demo_world,
     assert torch.equal(got["energy"], want["energy"]) and torch.equal(got["forces"], want["forces"])
 
 
+def test_backbone_overrides_reach_the_checkpoint(demo_world, tmp_path):
+    train_s2ef.main(
+        flags(demo_world, tmp_path / "run", "s2ef_few", "--backbone", "grid_resolution=10", "max_neighbors=none")
+    )
+    loaded = sfm.load_checkpoint(tmp_path / "run" / "model.pt")
+    assert loaded.backbone.cfg.grid_resolution == 10 and loaded.backbone.cfg.max_neighbors is None
+    assert loaded.backbone.grid_nodes.to_grid.shape[0] == 100  # a 10 x 10 grid
+
+
 def test_s2ef_on_is2re_with_conservative_forces(demo_world, tmp_path):
     out = train_s2ef.main(
         flags(
@@ -126,6 +135,10 @@ def test_diffusion_trains_resumes_and_reloads(demo_world, tmp_path):
         (train_diff, ["--target", "pos", "--placement_prob", "0.5"], "it needs target='pos_relaxed'"),
         (train_diff, ["--given_tags", "slab"], "--given_tags must be comma-separated integers"),
         (train_diff, ["--target", "pos_init"], "invalid choice: 'pos_init'"),
+        (train_s2ef, ["--backbone", "grid=10"], "expected FIELD=VALUE with FIELD one of"),
+        (train_s2ef, ["--backbone", "dictionary=x"], "expected FIELD=VALUE with FIELD one of"),
+        (train_diff, ["--backbone", "sphere_channels=wide"], "sphere_channels: expected int, got 'wide'"),
+        (train_s2ef, ["--backbone", "grid_resolution=9"], "grid resolution must be even, got 9"),
     ],
 )
 def test_bad_flags_exit_with_a_clear_message(demo_world, tmp_path, capsys, entry, bad, message):

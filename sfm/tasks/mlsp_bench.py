@@ -18,7 +18,9 @@ Columns: ``success`` (AdsorbML: the single-point energy at most 0.1 eV above ``y
 lower counts too), ``within_0.1`` (|dE| <= 0.1 eV), the median |dE| (eV), the model's own
 energy error at its minimum (|E_model - E_EMT|, eV), the adsorbate's mean minimum-image
 distance to the reference relaxed adsorbate (median, A) and ADwT on adsorbate atoms, the
-fraction converged and the mean optimiser steps. Paired per system, so the rows compare.
+fraction converged and the mean optimiser steps. Paired per system, so the rows compare. The JSON keeps each system's ML+SP result
+(``per_system``); ``--baseline OTHER.json`` (another model's report on the same data) adds the
+success difference with a paired bootstrap interval over the common systems.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sfm import load_checkpoint
 from sfm.data import LmdbDataset, collate
 from sfm.data.structure import sid_of
 from sfm.eval.oc20 import adwt, mean_distance
+from sfm.eval.paired import paired_bootstrap
 from sfm.relax.emt_judge import EMTJudge
 from sfm.relax.relax_batch import OPTIMIZERS
 from sfm.relax.relax_structures import RelaxSettings, relax_structures
@@ -87,12 +90,13 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
     final = [r["pos"] for r in relaxed]
     sp = np.asarray(judge(structures, final, references)[0], dtype=float)
     sp_initial = np.asarray(judge(structures, [d.pos for d in structures], references)[0], dtype=float)
+    distance = adsorbate_distance(structures, final)
     rows = [
         row(
             "model relaxation + EMT single point",
             sp,
             ref,
-            adsorbate_distance(structures, final),
+            distance,
             np.array([r["energy"] for r in relaxed]),
             relaxed,
         ),
@@ -104,7 +108,33 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
         ),
         row("EMT relaxation (the reference)", ref, ref, np.zeros(len(ref))),
     ]
-    return {"data": str(data), "settings": vars(settings), "rows": rows, "model_relax_wall_s": relax_s}
+    per_system = {
+        "sid": [str(sid_of(d)) for d in structures],
+        "success": [bool(x) for x in sp - ref <= 0.1],
+        "dE": (sp - ref).tolist(),
+        "distance": distance.tolist(),
+    }
+    return {
+        "data": str(data),
+        "settings": vars(settings),
+        "rows": rows,
+        "per_system": per_system,
+        "model_relax_wall_s": relax_s,
+    }
+
+
+def compare(report: dict, baseline: dict, resamples: int = 2000) -> dict:
+    """ML+SP success of ``report`` minus ``baseline`` (two runs' reports) on their common systems,
+    paired bootstrap over systems (:func:`sfm.eval.paired.paired_bootstrap`)."""
+    a = dict(zip(report["per_system"]["sid"], report["per_system"]["success"]))
+    b = dict(zip(baseline["per_system"]["sid"], baseline["per_system"]["success"]))
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two ML+SP reports share no system (sid)")
+    boot = paired_bootstrap(
+        np.array([a[s] for s in common], float), np.array([b[s] for s in common], float), np.mean, resamples
+    )
+    return {"systems": len(common), "success": float(np.mean([a[s] for s in common])), **boot}
 
 
 def format_table(report: dict) -> str:
@@ -141,6 +171,11 @@ def main(argv=None) -> dict:
     p.add_argument("--fmax", type=float, default=0.05, help="eV/A, convergence on free atoms")
     p.add_argument("--batch_size", type=int, default=32, help="structures relaxed together")
     p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="another run's --json report: print the success difference, paired over the common systems",
+    )
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
     settings = RelaxSettings(
@@ -155,6 +190,14 @@ def main(argv=None) -> dict:
         **run(load_checkpoint(args.checkpoint), args.data, args.num_systems, settings),
     }
     print(format_table(report))
+    if args.baseline:
+        diff = compare(report, json.loads(Path(args.baseline).read_text()))
+        report["versus_baseline"] = {"baseline": args.baseline, **diff}
+        low, high = diff["interval_90"]
+        print(
+            f"ML+SP success minus {args.baseline}'s on {diff['systems']} common systems: {diff['difference']:+.3f} "
+            f"(90 % bootstrap interval {low:+.3f} .. {high:+.3f}, P(> 0) {diff['p_difference_positive']:.2f})"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -22,6 +22,20 @@ def test_emt_as_the_relaxer_lands_on_the_reference(demo_world):
     assert ml["success"] == 1.0 and ml["within_0.1"] == 1.0 and ml["median_distance"] < 0.05
     assert truth["success"] == 1.0 and truth["median_distance"] == 0.0 and truth["adwt"] == 1.0
     assert initial["median_distance"] > ml["median_distance"]  # the relaxation moved the adsorbate toward it
+    per_system = report["per_system"]
+    assert len(per_system["sid"]) == ml["systems"] and all(per_system["success"])
+    assert max(abs(x) for x in per_system["dE"]) <= 0.1
+
+
+def test_compare_pairs_the_common_systems():
+    a = {"per_system": {"sid": ["1", "2", "3", "4"], "success": [True, True, False, True]}}
+    b = {"per_system": {"sid": ["4", "3", "2", "9"], "success": [False, False, True, True]}}
+    diff = mlsp_bench.compare(a, b, resamples=200)
+    # common systems 2, 3, 4: a succeeds on 2 and 4, b on 2
+    assert diff["systems"] == 3 and diff["success"] == pytest.approx(2 / 3)
+    assert diff["difference"] == pytest.approx(1 / 3) and diff["interval_90"][0] <= 1 / 3 <= diff["interval_90"][1]
+    with pytest.raises(ValueError, match="share no system"):
+        mlsp_bench.compare(a, {"per_system": {"sid": ["7"], "success": [True]}})
 
 
 def test_cli_on_a_tiny_checkpoint_and_a_split_without_references(demo_world, tmp_path, capsys):
@@ -42,6 +56,12 @@ def test_cli_on_a_tiny_checkpoint_and_a_split_without_references(demo_world, tmp
     )
     assert "| model relaxation + EMT single point" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
+    again = mlsp_bench.main(
+        ["--checkpoint", str(ckpt), "--data", str(demo_world / "is2re" / "val_id"), "--steps", "3"]
+        + ["--baseline", str(out), "--no_progress"]
+    )
+    assert again["versus_baseline"]["difference"] == 0.0  # the same model, deterministic relaxation
+    assert "ML+SP success minus" in capsys.readouterr().out
     assert 0 <= rows[0]["success"] <= 1 and rows[0]["steps_mean"] <= 3
     bare = tmp_path / "no_refs.lmdb"
     write_lmdb(

@@ -724,18 +724,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--force", action="store_true", help="rebuild even if --out holds a complete build")
     dense = parser.add_argument_group("dense split (sfm.data.dense: many relaxed placements per system)")
     dense.add_argument("--dense", action="store_true", help="also build (or reuse) OUT/is2re_dense")
-    dense.add_argument("--dense_val", type=int, default=25, help="val_id systems (test_id: all)")
+    dense.add_argument("--dense_test", type=int, default=None, help="test_id systems (default: all)")
+    dense.add_argument("--dense_val", type=int, default=25, help="val_id systems")
     dense.add_argument("--dense_train", type=int, default=25, help="train systems")
     dense.add_argument("--dense_sites", type=int, default=8, help="heuristic placements per system at most (0: all)")
     dense.add_argument("--dense_random", type=int, default=8, help="random placements per system")
-    dense.add_argument("--dense_force", action="store_true", help="rebuild OUT/is2re_dense even if complete")
+    dense.add_argument("--dense_out", help="build into this folder instead of OUT/is2re_dense (e.g. a training set)")
+    dense.add_argument("--dense_force", action="store_true", help="rebuild the dense folder even if complete")
     args = parser.parse_args(argv)
     if args.num_systems is not None and args.num_systems < 1:
         parser.error("--num_systems must be >= 1")
     if args.workers < 1 or args.frame_every < 1:
         parser.error("--workers and --frame_every must be >= 1")
-    if min(args.dense_val, args.dense_train, args.dense_sites, args.dense_random) < 0:
-        parser.error("--dense_val, --dense_train, --dense_sites and --dense_random must be >= 0")
+    if min(args.dense_val, args.dense_train, args.dense_sites, args.dense_random, args.dense_test or 0) < 0:
+        parser.error("--dense_test, --dense_val, --dense_train, --dense_sites and --dense_random must be >= 0")
     summary = make_demo(args.out, args.small, args.seed, args.num_systems, args.frame_every, args.workers, args.force)
     print(format_summary(summary, args.out))
     if args.dense:
@@ -743,10 +745,11 @@ def main(argv: list[str] | None = None) -> dict:
         from sfm.data import dense
 
         config = dense.DenseConfig(
-            args.dense_val, args.dense_train, args.dense_sites or None, args.dense_random, args.seed
+            args.dense_val, args.dense_train, args.dense_sites or None, args.dense_random, args.seed, args.dense_test
         )
-        summary["dense"] = dense.make_dense(args.out, config, args.workers, args.dense_force)
-        print(dense.format_dense_summary(summary["dense"], Path(args.out) / "is2re_dense"))
+        out = Path(args.dense_out or Path(args.out) / "is2re_dense")
+        summary["dense"] = dense.make_dense(args.out, config, args.workers, args.dense_force, out=out)
+        print(dense.format_dense_summary(summary["dense"], out))
     return summary
 
 

@@ -1,12 +1,14 @@
 """The dense demo split (OC20-Dense, as AdsorbML built it): many relaxed placements per system and
 their minimum, the reference that placement success@k is measured against.
 
-``python -m sfm.data.demo --out DIR --dense [--dense_val N] [--dense_train N] [--dense_sites H]
-[--dense_random R] [--dense_force]``
+``python -m sfm.data.demo --out DIR --dense [--dense_test N] [--dense_val N] [--dense_train N]
+[--dense_sites H] [--dense_random R] [--dense_out FOLDER] [--dense_force]``
 
 Systems
-    Every system of ``test_id`` and the first N of ``val_id`` and of ``train`` of the demo world
-    in DIR (same sid, catalyst and adsorbate). The slab is the entry's slab atoms (tags 0, 1) at
+    Every system of ``test_id`` (or its first N) and the first N of ``val_id`` and of ``train``
+    of the demo world in DIR (same sid, catalyst and adsorbate). A dense training set is a build
+    of train systems alone into its own folder (``--dense_test 0 --dense_val 0 --dense_train 200
+    --dense_out data/demo_dense_train``), which :mod:`sfm.data.dense_targets` turns into training data. The slab is the entry's slab atoms (tags 0, 1) at
     ``pos`` (bulk-terminated, as placed); the adsorbate is its OC20 entry (SMILES from
     ``data_mapping.json``).
 Placements (:mod:`sfm.data.placements`, fairchem-data-oc's heuristic and random placement)
@@ -29,7 +31,7 @@ Anomalies and the reference
     AdsorbML's bond rule: on test_id 78 % of the placements are "dissociated" and 44 of 100
     systems would have no reference. A system without one takes no part in success@k. The
     mapping stores every flag, so either policy is computed from it.
-Layout (OC20's, under ``DIR/is2re_dense``)
+Layout (OC20's, under ``DIR/is2re_dense`` or ``--dense_out``)
     ``{test_id,val_id,train}/data.lmdb``: one IS2RE entry per placement: ``sid`` (the system's),
     ``config_idx`` (its position in the system's ``configs`` in the mapping), ``atomic_numbers``,
     ``pos`` (the placement), ``pos_relaxed``, ``cell``, ``natoms``, ``tags``, ``fixed``,
@@ -42,7 +44,8 @@ Layout (OC20's, under ``DIR/is2re_dense``)
 
 Determinism: system ``sid`` draws its placements from ``SeedSequence([seed, sid])``; the output
 does not depend on ``--workers``. Built in a temporary folder renamed onto ``is2re_dense`` when
-complete; reused when the settings match, rebuilt with ``--dense_force``.
+complete; reused when the settings match, rebuilt with ``--dense_force``. A split with no system
+is not written.
 """
 
 from __future__ import annotations
@@ -76,15 +79,16 @@ VERSION = 2  # bump when the output changes: an is2re_dense built by another ver
 class DenseConfig:
     """What a dense build depends on (stored in ``summary.json``; a mismatch means rebuild).
 
-    ``num_val`` / ``num_train``: systems taken from val_id / train (test_id: all);
-    ``max_sites``: heuristic placements per system at most (None: every site);
-    ``num_random``: random placements per system; ``seed``."""
+    ``num_val`` / ``num_train`` / ``num_test``: systems taken from val_id / train / test_id (the
+    first ones; ``num_test`` None: all); ``max_sites``: heuristic placements per system at most
+    (None: every site); ``num_random``: random placements per system; ``seed``."""
 
     num_val: int = 25
     num_train: int = 25
     max_sites: int | None = 8
     num_random: int = 8
     seed: int = 0
+    num_test: int | None = None
     version: int = VERSION
 
 
@@ -206,7 +210,7 @@ def jobs(world: Path, config: DenseConfig) -> list[Job]:
     if not (world / "data_mapping.json").is_file():
         raise FileNotFoundError(f"{world}: no demo world here (no data_mapping.json) to build the dense split from")
     mapping = json.loads((world / "data_mapping.json").read_text())
-    sizes = {"test_id": None, "val_id": config.num_val, "train": config.num_train}
+    sizes = {"test_id": config.num_test, "val_id": config.num_val, "train": config.num_train}
     out = []
     for split in DENSE_SPLITS:
         path = world / "is2re" / split / "data.lmdb"
@@ -247,7 +251,7 @@ def build_dense(out: Path, world: Path, config: DenseConfig, workers: int, progr
     bar = tqdm(total=len(todo), desc="dense split", unit="system", disable=not progress, mininterval=1.0)
     mapping, cpu = {}, 0.0
     try:
-        for split in DENSE_SPLITS:
+        for split in [s for s in DENSE_SPLITS if any(j.split == s for j in todo)]:
             with LmdbWriter(out / split / "data.lmdb") as writer:
                 for job in [j for j in todo if j.split == split]:
                     result = next(results)
@@ -329,13 +333,15 @@ def make_dense(
     workers: int = 2,
     force: bool = False,
     progress: bool = True,
+    out: str | os.PathLike | None = None,
 ) -> dict:
-    """Build (or reuse) ``world/is2re_dense``; return its summary (also its ``summary.json``).
+    """Build (or reuse) ``out`` (default ``world/is2re_dense``) from the demo world ``world``;
+    return its summary (also its ``summary.json``).
 
     Reused when it holds a complete build with the same ``config``; rebuilt with ``force``. The
-    build goes to a temporary sibling folder renamed onto ``is2re_dense`` at the end."""
+    build goes to a temporary sibling folder renamed onto ``out`` at the end."""
     world = Path(world)
-    out = world / "is2re_dense"
+    out = world / "is2re_dense" if out is None else Path(out)
     existing = out / "summary.json"
     if out.exists() and not force:
         if not existing.is_file():
@@ -343,19 +349,20 @@ def make_dense(
                 f"{out} exists but holds no complete dense split (no summary.json); use --dense_force"
             )
         summary = json.loads(existing.read_text())
-        if summary.get("config") != asdict(config):
+        # num_test came later: a build without it took every test_id system
+        if {"num_test": None, **summary.get("config", {})} != asdict(config):
             raise FileExistsError(
                 f"{out} was built with {summary.get('config')}, not {asdict(config)}; use --dense_force"
             )
         return summary
-    tmp = world / f".is2re_dense.building-{os.getpid()}"
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         summary = build_dense(tmp, world, config, workers, progress)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         if out.exists():
-            old = world / f".is2re_dense.old-{os.getpid()}"
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
             shutil.rmtree(old)
         tmp.rename(out)

@@ -10,7 +10,10 @@ from its own generator, seeded from ``(seed, first item, batch length)``. So the
 depend on the seed, the inputs and ``batch_size`` only: not on the number of ranks, and
 not on where an earlier run of the same command stopped. (Not on ``num_samples`` either
 for the items of the first samples, up to the batch that straddles them.) A sample is
-identified by ``(sid, sample_idx)``; a rerun skips those already written.
+identified by ``(sid, sample_idx)``; a rerun skips those already written. Inputs that share a
+sid (several placements of one system, as a dense split stores them) number their samples on:
+the j-th input of a sid writes ``sample_idx = j * num_samples + s`` (:func:`sample_indices`),
+so one sid's samples follow the input order.
 
 Samplers. ``pc`` (reference, predictor-corrector) and ``ode`` (few-step Heun) are the
 model's (``sfm.models.diffusion.samplers``); the baselines ``baseline_initial`` and
@@ -270,8 +273,22 @@ def generate(batch: Batch, cfg: GenConfig, model, generator, pool=None) -> tuple
     )
 
 
-def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfig, nfe: int) -> list[Data]:
-    """One sample entry (module doc) per structure of the batch."""
+def sample_indices(sids: list, num_samples: int) -> list[int]:
+    """Per input, the ``sample_idx`` of its sample 0: ``num_samples`` times the number of
+    earlier inputs with the same sid (0 for every input when the sids are distinct)."""
+    seen: dict = {}
+    out = []
+    for sid in sids:
+        out.append(seen.get(sid, 0) * num_samples)
+        seen[sid] = seen.get(sid, 0) + 1
+    return out
+
+
+def records_of(
+    batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfig, nfe: int, first: list[int]
+) -> list[Data]:
+    """One sample entry (module doc) per structure of the batch; ``first``: per input index,
+    the ``sample_idx`` of its sample 0 (:func:`sample_indices`)."""
     pos, cell = pos.detach().float().cpu(), cell.detach().float().cpu()
     ptr = batch.ptr.tolist()
     out = []
@@ -285,7 +302,7 @@ def records_of(batch: Batch, inputs: list[Data], items, pos, cell, cfg: GenConfi
             tags=data.tags.long(),
             fixed=fixed_mask(data),
             sid=data.sid,
-            sample_idx=s,
+            sample_idx=first[i] + s,
             input_index=i,
             generated=~batch.given[sl].cpu(),
             mode=cfg.mode,
@@ -367,10 +384,11 @@ def _sample(cfg: GenConfig, dist) -> dict:
     if dist.is_main:
         run_file.parent.mkdir(parents=True, exist_ok=True)
         run_file.write_text(json.dumps(cfg.defining(), indent=1) + "\n")
+    first = sample_indices([inputs.sid(i) for i in range(len(inputs))], cfg.num_samples)
     batches = plan_batches(len(inputs), cfg.num_samples, cfg.batch_size)[dist.rank :: dist.world_size]
     todo = []
     for items in batches:
-        missing = [not done or (inputs.sid(i), s) not in done for i, s in items]
+        missing = [not done or (inputs.sid(i), first[i] + s) not in done for i, s in items]
         if any(missing):
             todo.append((items, missing))
     total = sum(sum(m) for _, m in todo)
@@ -387,7 +405,7 @@ def _sample(cfg: GenConfig, dist) -> dict:
             calls = counter.calls if counter else 0
             pos, cell = generate(batch, cfg, model, batch_generator(cfg.seed, items, device), pool)
             nfe = (counter.calls - calls) if counter else 0
-            records = records_of(batch, data, items, pos, cell, cfg, nfe)
+            records = records_of(batch, data, items, pos, cell, cfg, nfe, first)
             keep = [r for r, m in zip(records, missing) if m]
             broken = [sample_key(r) for r in keep if not (torch.isfinite(r.pos).all() and torch.isfinite(r.cell).all())]
             if broken:  # never dropped quietly: a run that "holds no entries" at the end says nothing

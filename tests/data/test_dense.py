@@ -46,7 +46,8 @@ def dense(dense_world):
 def test_layout_and_counts(dense_world, dense):
     root, mapping, entries = dense
     summary = json.loads((root / "summary.json").read_text())
-    assert summary["config"] == {"num_val": 1, "num_train": 1, "max_sites": 2, "num_random": 2, "seed": 0, "version": 2}
+    config = {"num_val": 1, "num_train": 1, "max_sites": 2, "num_random": 2, "seed": 0, "num_test": None, "version": 2}
+    assert summary["config"] == config
     world = {split: LmdbDataset(dense_world / "is2re" / split / "data.lmdb") for split in DENSE_SPLITS}
     expect = {
         "test_id": [int(d.sid) for d in world["test_id"]],
@@ -136,3 +137,27 @@ def test_bad_options(tmp_path):
         demo.main(["--out", str(tmp_path / "w"), "--dense", "--dense_sites", "-1"])
     with pytest.raises(FileNotFoundError, match="no demo world"):
         make_dense(tmp_path, progress=False)
+
+
+def test_a_training_set_builds_alone_into_its_own_folder(dense_world, dense, tmp_path):
+    _, mapping, _ = dense
+    out = tmp_path / "dense_train"
+    flags = ["--out", str(dense_world), "--num_systems", "4", "--workers", "1", "--dense", "--dense_test", "0"]
+    flags += ["--dense_val", "0", "--dense_train", "1", "--dense_sites", "2", "--dense_random", "2"]
+    demo.main([*flags, "--dense_out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["mapping.json", "summary.json", "train"]
+    built = json.loads((out / "mapping.json").read_text())
+    assert [r["split"] for r in built.values()] == ["train"]
+    for sid, record in built.items():  # the same system, seed and settings: the same placements as is2re_dense's
+        assert record["configs"] == mapping[sid]["configs"]
+    assert len(LmdbDataset(out / "train" / "data.lmdb")) == sum(len(r["configs"]) for r in built.values())
+    # a build from before num_test existed (every test_id system) is reused by a config that takes them all
+    summary = json.loads((dense_world / "is2re_dense" / "summary.json").read_text())
+    del summary["config"]["num_test"]
+    old = tmp_path / "old"
+    shutil.copytree(dense_world / "is2re_dense", old)
+    (old / "summary.json").write_text(json.dumps(summary))
+    config = DenseConfig(num_val=1, num_train=1, max_sites=2, num_random=2, seed=0)
+    assert make_dense(dense_world, config, workers=1, progress=False, out=old) == summary
+    with pytest.raises(FileExistsError, match="dense_force"):
+        make_dense(dense_world, DenseConfig(1, 1, 2, 2, 0, num_test=1), progress=False, out=old)

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from sfm.data import Dictionary, LmdbDataset, write_lmdb
+from sfm.eval.gen_metrics import group_samples
 from sfm.models import build_model
 from sfm.pipeline.checkpoint import save_consolidated
 from sfm.pipeline.sample_inputs import composition_numbers, parse_compositions
 from sfm.pipeline.sample_store import done_keys, sample_key
-from sfm.pipeline.sampling import GenConfig, plan_batches, run_sampling
+from sfm.pipeline.sampling import GenConfig, plan_batches, run_sampling, sample_indices
 from sfm.tasks import gen, gen_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,6 +215,34 @@ def test_baselines_need_no_model(world, tmp_path):
     assert all(tuple(d.cell.flatten().tolist()) in cells for d in by_key(csp.save_dir).values())
     with pytest.raises(ValueError, match="needs a checkpoint"):
         run_sampling(config(world, tmp_path / "x", checkpoint=None, sampler="baseline_random", mode="csp"))
+
+
+def test_inputs_sharing_a_sid_number_their_samples_in_input_order(world, tmp_path):
+    """Several placements of one system (a dense split's) as inputs: sample_idx continues per
+    sid in input order, so the samples stay distinct, resume and group in that order."""
+    _, data = world
+    inputs = [d for d in LmdbDataset(data)]
+    for d in inputs[:3]:
+        d.sid = 7  # three placements of system 7, two systems of their own
+    write_lmdb(tmp_path / "shared.lmdb", inputs)
+    assert sample_indices([7, 7, 103, 7, 104], 2) == [0, 2, 0, 4, 0]
+    cfg = config(
+        world, tmp_path / "run", checkpoint=None, sampler="baseline_initial", data_path=str(tmp_path / "shared.lmdb")
+    )
+    got = sampled(cfg)  # by_key: no two samples share (sid, sample_idx)
+    assert sorted(got) == [(7, 0), (7, 1), (7, 2), (7, 3), (7, 4), (7, 5), (103, 0), (103, 1), (104, 0), (104, 1)]
+    for (sid, idx), d in got.items():
+        assert int(d.input_index) == (idx // 2 if sid == 7 else sid - 100)
+        assert torch.equal(d.pos, inputs[int(d.input_index)].pos)
+    assert [int(d.input_index) for d in group_samples(LmdbDataset(Path(cfg.save_dir) / "samples"))[7]] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+    ]
+    assert run_sampling(cfg)["samples_written_this_run"] == 0  # all found on resume
 
 
 def test_compositions():

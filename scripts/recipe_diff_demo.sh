@@ -6,8 +6,14 @@
 #
 # Stages (STAGES, default "data train eval"):
 #   data   build the demo world at DEMO_DIR if missing (python -m sfm.data.demo --out DEMO_DIR)
+#   lowenergy (optional; the training set toward low energy, used by train when given) the dense training
+#          set DENSE_TRAIN_DIR (DENSE_TRAIN_SYSTEMS train systems, 8 heuristic + 8 random sites each, EMT-relaxed;
+#          built if missing, reused otherwise) and from it RUN_DIR/train_set/data.lmdb: every placement paired
+#          with the nearest of its system's BEST lowest valid configurations within 0.1 eV of the minimum
+#          (python -m sfm.data.dense_targets low_energy), which train then uses instead of is2re/train.
 #   train  torchrun, NPROC processes (DDP, OMP_NUM_THREADS=1 each), model MODEL_TYPE, STEPS optimizer
-#          steps of BATCH_SIZE structures per process, on DEMO_DIR/is2re/train (validation on val_id).
+#          steps of BATCH_SIZE structures per process, on DEMO_DIR/is2re/train (validation on val_id), or on
+#          RUN_DIR/train_set when the lowenergy stage wrote it.
 #          Default budget: tiny, 2 x 8 structures, 1800 steps: about 0.55 CPU-s per step and process,
 #          i.e. under 30 minutes on 2 idle cores (timings.txt records wall and CPU time).
 #   tune   (optional) REFINE_STEPS on test_id: the denoise ODE with 1, 2, 3, 5, 10, 20 steps next to the
@@ -17,6 +23,11 @@
 #          (the reference), pc 25 steps, ancestral 50 steps (pc without corrector), ode 25 steps.
 #          From the placement (--t_start DENOISE_T --no_renoise): pc at the reference's step size
 #          (PC_STEPS * DENOISE_T steps), ode REFINE_STEPS steps, ode 1 step (one network call).
+#   dense  (optional) placement success against the dense minimum (python -m sfm.eval.success) on each split
+#          of DENSE_SPLITS of DEMO_DIR/is2re_dense, next to its heuristic and random sites: from noise (inpaint,
+#          ode ODE_STEPS steps, DENSE_NOISE_SAMPLES per system), and every heuristic site denoised
+#          (--t_start DENOISE_T --no_renoise, one sample each) with ode REFINE_STEPS steps and ode 5 steps
+#          (9 network calls). Samples in RUN_DIR/dense/SPLIT/*, table RUN_DIR/dense_SPLIT.md (+ .json).
 #   eval   sfm/tasks/gen.py on RUN_DIR/train/model.pt, first MAX_INPUTS systems of each split:
 #          inpaint (slab = tags 0,1 given at its initial pos, adsorbate generated) on val_id,
 #          val_ood_ads, val_ood_cat; csp (lattice and all atoms generated) on val_id. Samplers:
@@ -43,6 +54,8 @@
 #   MAX_INPUTS (50)  BAR_INPUTS (100)  NUM_SAMPLES (5)  ODE_STEPS (25)  PC_STEPS (100)  PC_SAMPLES (1)  PC_SPLITS (val_id)
 #   SAMPLER_INPUTS (100)  SAMPLER_SAMPLES (3)  CSP_INPUTS (25)  CSP_SAMPLES (10)  DENOISE_T (0.55)  REFINE_T (0.5)  REFINE_STEPS (10)  GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
+#   DENSE_TRAIN_DIR (DEMO_DIR + _dense_train)  DENSE_TRAIN_SYSTEMS (150)  BEST (4)  DENSE_SPLITS (val_id)
+#   DENSE_NOISE_SAMPLES (5)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py=${SFM_VENV:-$root/.venv}/bin/python
@@ -71,6 +84,11 @@ REFINE_T=${REFINE_T:-0.5}
 REFINE_STEPS=${REFINE_STEPS:-10}
 GEN_BATCH=${GEN_BATCH:-25}
 SPLITS=${SPLITS:-val_id val_ood_ads val_ood_cat}
+DENSE_TRAIN_DIR=${DENSE_TRAIN_DIR:-${DEMO_DIR%/}_dense_train}
+DENSE_TRAIN_SYSTEMS=${DENSE_TRAIN_SYSTEMS:-150}
+BEST=${BEST:-4}
+DENSE_SPLITS=${DENSE_SPLITS:-val_id}
+DENSE_NOISE_SAMPLES=${DENSE_NOISE_SAMPLES:-5}
 mkdir -p "$RUN_DIR"
 timings=$RUN_DIR/timings.txt
 
@@ -87,8 +105,18 @@ if has data && [ ! -f "$DEMO_DIR/summary.json" ]; then
   timed data "$py" -m sfm.data.demo --out "$DEMO_DIR" --workers "$NPROC"
 fi
 
+if has lowenergy; then
+  timed dense_train "$py" -m sfm.data.demo --out "$DEMO_DIR" --workers "$NPROC" --dense --dense_test 0 --dense_val 0 \
+    --dense_train "$DENSE_TRAIN_SYSTEMS" --dense_sites 8 --dense_random 8 --dense_out "$DENSE_TRAIN_DIR"
+  "$py" -m sfm.data.dense_targets low_energy --dense "$DENSE_TRAIN_DIR" --split train --best "$BEST" \
+    --out "$RUN_DIR/train_set/data.lmdb"
+fi
+
 if has train; then
-  timed train env GPUS="$NPROC" TASK=diff DATA_DIR="$DEMO_DIR/is2re" SAVE_DIR="$RUN_DIR/train" \
+  train_data=$DEMO_DIR/is2re/train
+  [ -f "$RUN_DIR/train_set/data.lmdb" ] && train_data=$RUN_DIR/train_set
+  echo "training on $train_data"
+  timed train env GPUS="$NPROC" TASK=diff DATA_DIR="$DEMO_DIR/is2re" TRAIN_DATA="$train_data" SAVE_DIR="$RUN_DIR/train" \
     MODEL_TYPE="$MODEL_TYPE" STRATEGY=DDP BATCH_SIZE="${BATCH_SIZE:-8}" VAL_BATCH_SIZE=16 LR="${LR:-1e-3}" \
     WARMUP="${WARMUP:-100}" WORKERS=0 LOG_INTERVAL=50 SAVE_INTERVAL=500 SEED="${SEED:-1}" BF16=0 \
     bash "$root/scripts/train_oc20.sh" --total_num_steps "$STEPS" --ema_decay "${EMA_DECAY:-0.995}" \
@@ -126,6 +154,28 @@ if has samplers; then  # few-step vs reference on val_id: SAMPLER_INPUTS systems
       --max_inputs "$SAMPLER_INPUTS" --num_samples "$SAMPLER_SAMPLES" --seed 1 ${spec#*|}
   done
   "$py" -m sfm.tasks.gen_table "$RUN_DIR"/samplers/*/metrics.json --out "$RUN_DIR/samplers.md"
+fi
+
+if has dense; then  # success@k against the dense minimum, next to the heuristic and random sites
+  for split in $DENSE_SPLITS; do
+    out=$RUN_DIR/dense/$split
+    mkdir -p "$out"
+    for source in demo heuristic; do  # demo: one input per system (for sampling from noise)
+      [ -f "$out/$source.lmdb" ] || "$py" -m sfm.data.dense_targets placements --dense "$DEMO_DIR/is2re_dense" \
+        --split "$split" --source "$source" --out "$out/$source.lmdb"
+    done
+    gen "dense/$split/noise_ode$ODE_STEPS" --checkpoint "$ckpt" --data_path "$out/demo.lmdb" --mode inpaint \
+      --sampler ode --steps "$ODE_STEPS" --num_samples "$DENSE_NOISE_SAMPLES" --max_inputs 100000 --no_metrics
+    for n in "$REFINE_STEPS" 5; do
+      gen "dense/$split/denoise_ode$n" --checkpoint "$ckpt" --data_path "$out/heuristic.lmdb" --mode inpaint \
+        --sampler ode --steps "$n" --t_start "$DENOISE_T" --no_renoise --num_samples 1 --max_inputs 100000 --no_metrics
+    done
+    timed "success_$split" "$py" -m sfm.eval.success --dense "$DEMO_DIR/is2re_dense" --split "$split" \
+      --workers "$NPROC" --json "$RUN_DIR/dense_$split.json" \
+      --samples "noise_ode$ODE_STEPS=$out/noise_ode$ODE_STEPS/samples" \
+      --samples "denoise_ode$REFINE_STEPS=$out/denoise_ode$REFINE_STEPS/samples" \
+      --samples "denoise_ode5=$out/denoise_ode5/samples" | tee "$RUN_DIR/dense_$split.md"
+  done
 fi
 
 if has eval; then

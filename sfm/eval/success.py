@@ -2,7 +2,7 @@
 
     python -m sfm.eval.success --dense DIR/is2re_dense [--split test_id] [--samples NAME=SAMPLES.lmdb ...]
         [--k 1,2,5,10] [--exclude desorbed,surface_changed,intercalated] [--resamples 2000] [--seed 0]
-        [--json out.json]
+        [--workers 1] [--json out.json]
 
 The reference of a system is the lowest relaxed energy over its dense placements that are not
 disqualified (:func:`sfm.data.dense.reference`: unconverged, or flagged with a kind in
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -70,23 +71,32 @@ def source_configs(mapping: dict, sids, source: str) -> list[list[dict]]:
     return [[c for c in mapping[str(sid)]["configs"] if c["source"] == source] for sid in sids]
 
 
-def judge_samples(samples, mapping: dict, sids, k: int) -> dict[int, list[dict]]:
+def judge_system(job: tuple[list, float]) -> list[dict]:
+    """The results of one system's samples (``(samples as Atoms, e_slab + e_gas)``): the clean
+    slab (the first sample's tag 0/1 atoms) relaxed once, then each sample relaxed and flagged
+    against it (:func:`sfm.data.dense.relax_placement`)."""
+    atoms, offset = job
+    clean = relax_clean_slab(atoms[0][atoms[0].get_tags() != 2])
+    return [relax_placement(a, clean, offset) for a in atoms]
+
+
+def judge_samples(samples, mapping: dict, sids, k: int, workers: int = 1) -> dict[int, list[dict]]:
     """``{sid: [result per sample]}`` for the first k samples of each of ``sids`` the samples
-    hold: each relaxed and flagged exactly as the dense placements were
-    (:func:`sfm.data.dense.relax_placement`; the clean slab, the first sample's tag 0/1 atoms,
-    relaxed once per system), energies referenced with the system's ``e_slab + e_gas``."""
+    hold: each relaxed and flagged exactly as the dense placements were (:func:`judge_system`),
+    energies referenced with the system's ``e_slab + e_gas``; systems spread over ``workers``
+    processes (the results do not depend on it)."""
     groups = group_samples(samples)
-    out = {}
-    for sid in sids:
-        if sid not in groups:
-            continue
-        record = mapping[str(sid)]
-        first = data_to_atoms(groups[sid][0])
-        clean = relax_clean_slab(first[first.get_tags() != 2])
-        out[sid] = [
-            relax_placement(data_to_atoms(s), clean, record["e_slab"] + record["e_gas"]) for s in groups[sid][:k]
-        ]
-    return out
+    todo = [sid for sid in sids if sid in groups]
+    jobs = [
+        ([data_to_atoms(s) for s in groups[sid][:k]], mapping[str(sid)]["e_slab"] + mapping[str(sid)]["e_gas"])
+        for sid in todo
+    ]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(judge_system, jobs, chunksize=1)
+    else:
+        results = list(map(judge_system, jobs))
+    return dict(zip(todo, results))
 
 
 def success_table(
@@ -193,14 +203,17 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes relaxing the samples (results do not depend on it)"
+    )
     p.add_argument("--json", help="also write the result (and the judged samples) here")
     args = p.parse_args(argv)
     try:
         ks = tuple(sorted({int(k) for k in args.k.split(",")}))
     except ValueError:
         p.error(f"--k must be a comma list of integers, got {args.k!r}")
-    if min(ks) < 1 or args.resamples < 1:
-        p.error("--k values and --resamples must be >= 1")
+    if min(ks) < 1 or args.resamples < 1 or args.workers < 1:
+        p.error("--k values, --resamples and --workers must be >= 1")
     exclude = tuple(k for k in args.exclude.split(",") if k)
     if set(exclude) - set(KINDS):
         p.error(f"--exclude: unknown anomaly kind(s) {sorted(set(exclude) - set(KINDS))}; known: {list(KINDS)}")
@@ -215,7 +228,9 @@ def main(argv=None) -> dict:
     except FileNotFoundError as err:
         p.error(str(err))
     sids = sorted(references(mapping, args.split, exclude))
-    judged = {name: judge_samples(LmdbDataset(path), mapping, sids, max(ks)) for name, path in sets.items()}
+    judged = {
+        name: judge_samples(LmdbDataset(path), mapping, sids, max(ks), args.workers) for name, path in sets.items()
+    }
     try:
         out = evaluate(mapping, args.split, judged, ks, exclude, args.resamples, args.seed)
     except ValueError as err:

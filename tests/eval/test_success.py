@@ -100,6 +100,8 @@ def test_judge_reproduces_the_dense_relaxations(dense_world, tmp_path, capsys):
             "1,2",
             "--resamples",
             "100",
+            "--workers",
+            "2",
             "--json",
             str(out),
         ]
@@ -122,6 +124,8 @@ def test_cli_errors(tmp_path):
         main(["--dense", str(tmp_path), "--samples", "nopath"])
     with pytest.raises(SystemExit):
         main(["--dense", str(tmp_path), "--k", "0"])
+    with pytest.raises(SystemExit):
+        main(["--dense", str(tmp_path), "--workers", "0"])
     with pytest.raises(SystemExit):
         main(["--dense", str(tmp_path), "--split", "train"])
     with pytest.raises(SystemExit):

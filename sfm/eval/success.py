@@ -179,6 +179,13 @@ def format_result(r: dict) -> str:
         )
         label = f"{name} ({s['placements_per_system']}/system)"
         lines.append(f"{label:<22}{cells}{s[ks[-1]]['anomaly_rate']:>14.2f}")
+    for name, s in r["sets"].items():  # paired over the same resampled systems
+        if name != "heuristic":
+            diffs = ", ".join(
+                f"{s[k]['vs_heuristic']:+.2f} ({s[k]['vs_heuristic_interval_90'][0]:+.2f}..{s[k]['vs_heuristic_interval_90'][1]:+.2f}) {k}"
+                for k in ks
+            )
+            lines.append(f"{name} minus heuristic, paired: {diffs}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from sfm.data import LmdbDataset, write_lmdb
 from sfm.data.dense import ADSORBML_EXCLUDE, EXCLUDE
-from sfm.eval.success import evaluate, main, references, success_table
+from sfm.eval.success import evaluate, format_result, main, references, success_table
 
 
 def conf(source, y, flags=()):
@@ -70,6 +70,10 @@ def test_evaluate_by_hand():
     g = evaluate(m, "test_id", judged, ks=(1, 2), resamples=200)["sets"]["gen"]
     assert g["@1"]["success"] == 0.5 and g["@2"]["success"] == 0.5 and g["@1"]["anomaly_rate"] == 0.5
     assert g["@2"]["vs_heuristic"] == -0.5
+    r = evaluate(m, "test_id", judged, ks=(1, 2), resamples=200)
+    lo, hi = r["sets"]["gen"]["@2"]["vs_heuristic_interval_90"]
+    assert "gen minus heuristic, paired: +0.00 " in format_result(r)
+    assert f"-0.50 ({lo:+.2f}..{hi:+.2f}) @2" in format_result(r)
     with pytest.raises(ValueError, match="no system with a valid reference"):
         evaluate(m, "train")
 

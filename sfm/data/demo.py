@@ -79,6 +79,7 @@ existing complete ``--out`` built with the same settings is reused unless ``--fo
 from __future__ import annotations
 
 import argparse
+import fcntl
 import functools
 import importlib.util
 import json
@@ -87,7 +88,7 @@ import os
 import pickle
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -657,6 +658,21 @@ def format_summary(summary: dict, out) -> str:
 # ---------------------------------------------------------------- command line
 
 
+@contextmanager
+def build_lock(out: Path):
+    """Hold an exclusive lock on ``out``'s sibling ``.NAME.lock`` (``flock``: released when this
+    process ends, however it ends): a second build of the same folder waits for the first, then
+    finds it complete and reuses it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[demo] waiting for another process building {out}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def make_demo(
     out: str | os.PathLike,
     small: bool = False,
@@ -671,36 +687,38 @@ def make_demo(
 
     ``out`` is reused when it holds a complete build with the same settings; with
     ``force`` it is rebuilt. The build goes to a temporary sibling folder renamed onto
-    ``out`` at the end, so ``out`` is never half-written.
+    ``out`` at the end, so ``out`` is never half-written; a concurrent build of the same
+    ``out`` is waited for (:func:`build_lock`).
     """
     out = Path(out)
     num_train = num_systems or SIZES["small" if small else "default"]
     config = dict(version=VERSION, seed=seed, num_train=num_train, num_val=val_size(num_train), frame_every=frame_every)
-    existing = out / "summary.json"
-    if out.exists() and not force:
-        if not existing.is_file():
-            raise FileExistsError(f"{out} exists but holds no complete demo world (no summary.json); use --force")
-        summary = json.loads(existing.read_text())
-        if summary.get("config") != config:
-            raise FileExistsError(
-                f"{out} holds a demo world built with {summary.get('config')}, not {config}; use --force"
-            )
-        return summary
-    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        summary = build(tmp, num_train, seed, frame_every, workers, progress)
-        summary["config"] = config
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(out)
-    finally:
+    with build_lock(out):
+        existing = out / "summary.json"
+        if out.exists() and not force:
+            if not existing.is_file():
+                raise FileExistsError(f"{out} exists but holds no complete demo world (no summary.json); use --force")
+            summary = json.loads(existing.read_text())
+            if summary.get("config") != config:
+                raise FileExistsError(
+                    f"{out} holds a demo world built with {summary.get('config')}, not {config}; use --force"
+                )
+            return summary
+        tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-    return summary
+        tmp.mkdir(parents=True)
+        try:
+            summary = build(tmp, num_train, seed, frame_every, workers, progress)
+            summary["config"] = config
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                out.rename(old)
+                shutil.rmtree(old)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return summary
 
 
 def main(argv: list[str] | None = None) -> dict:

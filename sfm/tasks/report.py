@@ -2,14 +2,17 @@
 
     python -m sfm.tasks.report --run_dir runs/quickstart [--demo_dir data/demo] [--out DIR]
 
-Reads (each optional; a missing input turns its section into a note saying what is missing):
-  run_dir/diff/metrics.jsonl, run_dir/s2ef/metrics.jsonl   training curves (trainer records)
-  run_dir/s2ef/model.pt + demo_dir/s2ef/val_id              energy / force parity (first --val_max frames)
-  run_dir/s2ef/eval_s2ef_val_id.json                        S2EF metrics next to baselines (eval_s2ef.py)
-  run_dir/gen/*/metrics.json                                sampling metrics (gen.py), baselines included
-  run_dir/score/*/scores.json, samples.csv, scored.lmdb     scoring / relaxation (score.py)
-  demo_dir/is2re/val_id                                     reference relaxed structures (pos_relaxed, y_relaxed)
-  run_dir/timings.txt                                       stage times
+The run's folders are named by :class:`sfm.pipeline.layout.RunLayout` (its ``pipeline.json`` says
+which layout and demo world a pipeline used; without one, the quickstart's layout and no demo world
+unless --demo_dir). Reads (each optional; a missing input turns its section into a note saying
+what is missing):
+  diff/metrics.jsonl, s2ef/metrics.jsonl         training curves (trainer records)
+  s2ef/model.pt + demo_dir/s2ef/val_id           energy / force parity (first --val_max frames)
+  s2ef/eval_s2ef_val_id.json                     S2EF metrics next to baselines (eval_s2ef.py)
+  gen/*/metrics.json                             sampling metrics (gen.py), baselines included
+  score/*/scores.json, samples.csv, scored.lmdb  scoring / relaxation (score.py)
+  demo_dir/is2re/val_id                          reference relaxed structures (pos_relaxed, y_relaxed)
+  timings.jsonl                                  stage times (sfm.pipeline.stages)
 Writes out (default run_dir/report)/report.md, report.json and *.png (matplotlib, Agg). An input
 that exists but cannot be read fails its section: the report still shows the others, marks it
 failed, and the command exits non-zero naming it.
@@ -30,6 +33,8 @@ import matplotlib.pyplot as plt
 from sfm.data.strict_json import write_json
 from sfm.data.structure import sid_of
 from sfm.eval import figures
+from sfm.pipeline.layout import RunLayout
+from sfm.pipeline.stages import read_timings
 
 SKIP_KEYS = {
     "split",
@@ -97,11 +102,11 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
-def training_section(rep: Report, run_dir: Path):
+def training_section(rep: Report, layout: RunLayout):
     rep.section("Training curves")
     out = {}
     for name, sub in (("diffusion", "diff"), ("s2ef", "s2ef")):
-        path = run_dir / sub / "metrics.jsonl"
+        path = layout.training_records(sub)
         if not path.exists():
             rep.missing(f"{name} training records ({path})")
             continue
@@ -127,10 +132,10 @@ def training_section(rep: Report, run_dir: Path):
 
 
 # --------------------------------------------------------------------------------------------- s2ef
-def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int):
+def s2ef_section(rep: Report, layout: RunLayout, demo_dir: Path | None, val_max: int):
     rep.section("Energy / force model (S2EF) on validation")
     out = {}
-    ev = run_dir / "s2ef" / "eval_s2ef_val_id.json"
+    ev = layout.s2ef_eval("val_id")
     if ev.exists():
         report = json.loads(ev.read_text())
         rows, table = [], {}
@@ -161,7 +166,7 @@ def s2ef_section(rep: Report, run_dir: Path, demo_dir: Path | None, val_max: int
         out["eval"] = table
     else:
         rep.missing(f"S2EF metrics ({ev}: run python -m sfm.tasks.eval_s2ef)")
-    ckpt = run_dir / "s2ef" / "model.pt"
+    ckpt = layout.model("s2ef")
     val = demo_dir / "s2ef" / "val_id" if demo_dir else None
     if not ckpt.exists() or val is None or not val.exists():
         rep.missing(f"parity plots (need {ckpt} and the S2EF validation LMDB {val})")
@@ -201,11 +206,11 @@ def _predictors(m: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- sampling
-def sampling_section(rep: Report, run_dir: Path):
+def sampling_section(rep: Report, layout: RunLayout):
     rep.section("Sampling metrics (generated vs baselines)")
-    paths = sorted((run_dir / "gen").glob("*/metrics.json"))
+    paths = layout.runs("gen", "metrics.json")
     if not paths:
-        rep.missing(f"sampling metrics ({run_dir / 'gen'}/*/metrics.json from gen.py)")
+        rep.missing(f"sampling metrics ({layout.root / 'gen'}/*/metrics.json from gen.py)")
         return
     from sfm.tasks.gen_table import COLUMNS, row
 
@@ -235,11 +240,11 @@ def sampling_section(rep: Report, run_dir: Path):
 SCORE_COLS = ("systems", "samples", "k", "judge", "converged_fraction", "relax_steps_mean", "disqualified")
 
 
-def scoring_section(rep: Report, run_dir: Path, demo_dir: Path | None, n_pictures: int):
+def scoring_section(rep: Report, layout: RunLayout, demo_dir: Path | None, n_pictures: int):
     rep.section("Scoring and relaxation (S2EF model relaxes, EMT judges)")
-    paths = sorted((run_dir / "score").glob("*/scores.json"))
+    paths = layout.runs("score", "scores.json")
     if not paths:
-        rep.missing(f"scores ({run_dir / 'score'}/*/scores.json from score.py)")
+        rep.missing(f"scores ({layout.root / 'score'}/*/scores.json from score.py)")
         return
     out, rows, succ_keys, anom_keys = {}, [], set(), set()
     for path in paths:
@@ -274,7 +279,7 @@ def scoring_section(rep: Report, run_dir: Path, demo_dir: Path | None, n_picture
                 out[path.parent.name]["samples"] = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
     rep.data["sections"]["scoring"] = {k: {"summary": v["summary"]} for k, v in out.items()}
     histogram(rep, out, reference_energies(demo_dir))
-    pictures(rep, run_dir, demo_dir, out, n_pictures)
+    pictures(rep, layout, demo_dir, out, n_pictures)
 
 
 def _num(v):
@@ -343,12 +348,12 @@ def reference_energies(demo_dir: Path | None) -> dict:
     return {str(sid_of(d)): float(d.y_relaxed) for d in (ds[i] for i in range(len(ds))) if "y_relaxed" in d}
 
 
-def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n: int):
+def pictures(rep: Report, layout: RunLayout, demo_dir: Path | None, scored: dict, n: int):
     rep.md += ["", "### Generated structures next to their references (best and worst by energy)", ""]
     inpaint = [k for k in scored if k.startswith("inpaint")]
     name = next((k for k in inpaint if k.endswith("_ode")), inpaint[0] if inpaint else None)
     ref_path = demo_dir / "is2re" / "val_id" if demo_dir else None
-    lmdb = run_dir / "score" / (name or "") / "scored.lmdb"
+    lmdb = layout.run("score", name or "") / "scored.lmdb"
     if name is None or not lmdb.exists() or ref_path is None or not ref_path.exists():
         rep.missing(f"structure pictures (need score/inpaint_*/scored.lmdb and the reference {ref_path})")
         return
@@ -413,19 +418,16 @@ def pictures(rep: Report, run_dir: Path, demo_dir: Path | None, scored: dict, n:
 
 
 # --------------------------------------------------------------------------------------------- main
-def timings(rep: Report, run_dir: Path):
-    path = run_dir / "timings.txt"
-    if not path.exists():
+def timings(rep: Report, layout: RunLayout):
+    """The last run of each stage that did its work (a stage reused on a rerun keeps its time)."""
+    if not layout.timings.exists():
         return
-    t = {}
-    for line in path.read_text().splitlines():
-        parts = line.replace("[quickstart]", "").replace(":", " ").split()
-        if len(parts) >= 2 and parts[-1] == "s" and _finite(_num(parts[-2])):
-            t[parts[0]] = float(parts[-2])  # a stage redone after a failure: its last time
+    t = {stage: {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"]} for stage, r in read_timings(layout.timings).items()}
     if t:
         rep.section("Stage times")
-        rep.md.append(_md_table(["stage", "wall s"], [[k, _f(v, ".0f")] for k, v in t.items()]))
-        rep.data["sections"]["timings_s"] = t
+        rows = [[k, _f(v["wall_s"], ".0f"), _f(v["cpu_s"], ".0f")] for k, v in t.items()]
+        rep.md.append(_md_table(["stage", "wall s", "CPU s"], rows))
+        rep.data["sections"]["timings"] = t
 
 
 def at_a_glance(sec: dict) -> list[str]:
@@ -461,8 +463,10 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--run_dir", required=True, help="run folder (diff/, s2ef/, gen/, score/ as quickstart.sh writes)")
-    p.add_argument("--demo_dir", help="demo world (s2ef/val_id, is2re/val_id); default: the S2EF run's data")
+    p.add_argument(
+        "--run_dir", required=True, help="run folder (RunLayout: diff/, s2ef/, gen/, score/ as the quickstart writes)"
+    )
+    p.add_argument("--demo_dir", help="demo world (s2ef/val_id, is2re/val_id); default: the pipeline's (pipeline.json)")
     p.add_argument("--out", help="report folder (default run_dir/report)")
     p.add_argument("--val_max", type=int, default=300, help="parity: first N validation frames (0: all)")
     p.add_argument("--pictures", type=int, default=4, help="structures pictured (half best, half worst)")
@@ -470,17 +474,22 @@ def main(argv=None) -> dict:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         p.error(f"{run_dir}: no such folder")
-    demo_dir = Path(args.demo_dir) if args.demo_dir else _guess_demo(run_dir)
-    out = Path(args.out) if args.out else run_dir / "report"
+    try:
+        layout, settings = RunLayout.read(run_dir)
+    except ValueError as err:
+        p.error(str(err))
+    demo = args.demo_dir or settings.get("demo_dir")
+    demo_dir = Path(demo) if demo else None
+    out = Path(args.out) if args.out else layout.report_dir
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out)
     rep.md += [f"# sfm report: `{run_dir}`", "", f"Demo world: `{demo_dir}`. Every number here is also in report.json."]
     for name, fn in (
-        ("training", lambda: training_section(rep, run_dir)),
-        ("s2ef", lambda: s2ef_section(rep, run_dir, demo_dir, args.val_max)),
-        ("sampling", lambda: sampling_section(rep, run_dir)),
-        ("scoring", lambda: scoring_section(rep, run_dir, demo_dir, args.pictures)),
-        ("timings", lambda: timings(rep, run_dir)),
+        ("training", lambda: training_section(rep, layout)),
+        ("s2ef", lambda: s2ef_section(rep, layout, demo_dir, args.val_max)),
+        ("sampling", lambda: sampling_section(rep, layout)),
+        ("scoring", lambda: scoring_section(rep, layout, demo_dir, args.pictures)),
+        ("timings", lambda: timings(rep, layout)),
     ):
         try:
             fn()
@@ -499,18 +508,6 @@ def main(argv=None) -> dict:
     if rep.data["failed"]:
         sys.exit("[report] failed section(s):\n" + "\n".join(f"[report]   {f}" for f in rep.data["failed"]))
     return rep.data
-
-
-def _guess_demo(run_dir: Path) -> Path | None:
-    """The demo world the S2EF model was trained on (its checkpoint's train_data_path, two folders up);
-    None without a checkpoint (an unreadable one raises)."""
-    from sfm.pipeline.checkpoint import read_consolidated
-
-    path = run_dir / "s2ef" / "model.pt"
-    if not path.exists():
-        return None
-    train = read_consolidated(path).get("args", {}).get("train_data_path")
-    return Path(train).parent.parent if train else None
 
 
 if __name__ == "__main__":

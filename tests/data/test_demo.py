@@ -3,6 +3,7 @@ stored energies/forces checked against ASE's EMT directly."""
 
 import json
 import pickle
+import threading
 from types import SimpleNamespace
 
 import lmdb
@@ -237,3 +238,21 @@ def test_slab_tags_and_adsorbate_placement(facet, monkeypatch):
         binding = np.isin(np.arange(len(ads.atoms)), ads.binding)
         assert dist[binding].min() >= 1.8 - 1e-6 and dist[~binding].min(initial=9.0) >= 2.5 - 1e-6
         assert dist[binding].min() <= 2.2 + 1e-6 or abs(dist[~binding].min() - 2.5) < 1e-6
+
+
+def test_a_second_build_of_a_folder_waits_for_the_first(tmp_path, capsys):
+    """make_demo holds build_lock: a concurrent build of the same folder waits, then reuses it."""
+    out, order = tmp_path / "demo", []
+
+    def second():
+        with demo.build_lock(out):
+            order.append("second")
+
+    with demo.build_lock(out):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # blocked while the first holds the lock
+        order.append("first")
+    waiting.join(10)
+    assert order == ["first", "second"] and "waiting for another process building" in capsys.readouterr().out

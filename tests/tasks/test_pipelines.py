@@ -1,0 +1,179 @@
+"""The demo pipelines' stage graphs (quickstart, recipe_diff, recipe_s2ef) and their thin shell scripts.
+
+Commands are recorded, not run (``subprocess.run`` of the stage runner is replaced): these tests
+check which entry points each stage launches, with which flags, into which RunLayout paths; the
+entry points themselves are tested on their own (and the report on a real tiny run in test_report)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sfm.pipeline import stages
+from sfm.pipeline.layout import RunLayout
+from sfm.tasks import quickstart, recipe_diff, recipe_s2ef
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The commands the stages launch, in order; each "succeeds", writes the file after its --json and
+    prints "fake output"."""
+    calls = []
+
+    def run(cmd, stdout=None, text=None):
+        calls.append(cmd)
+        if "--json" in cmd:
+            out = Path(cmd[cmd.index("--json") + 1])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, stdout="fake output\n" if stdout else None)
+
+    monkeypatch.setattr(stages, "subprocess", SimpleNamespace(run=run, PIPE=subprocess.PIPE))
+    return calls
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """A demo folder that counts as built (summary.json); the pipelines only pass its paths on."""
+    path = tmp_path / "demo"
+    path.mkdir()
+    (path / "summary.json").write_text("{}")
+    return path
+
+
+def entry(cmd) -> str:
+    """The entry point a command runs: the module of ``python -m``, the script of torchrun."""
+    if "torch.distributed.run" in cmd:
+        return Path(next(c for c in cmd if c.endswith(".py"))).stem
+    return cmd[cmd.index("-m") + 1]
+
+
+def flag(cmd, name):
+    return cmd[len(cmd) - 1 - cmd[::-1].index(name) + 1]  # the last occurrence wins, as in argparse
+
+
+def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched):
+    fake_venv = tmp_path / "venv"
+    (fake_venv / "bin").mkdir(parents=True)
+    (fake_venv / "bin" / "python").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    (fake_venv / "bin" / "python").chmod(0o755)
+    env = {
+        **os.environ,
+        "SFM_VENV": str(fake_venv),
+        "ARGS_OUT": str(tmp_path / "args"),
+        "STAGES": "train eval",
+        "RUN_DIR": str(tmp_path / "run"),
+        "DEMO_DIR": str(demo),
+        "TRAIN_STEPS": "7",
+        "ENERGY_COEF": "2",
+        "TRAIN_FLAGS": "--avg_num_atoms 1",
+    }
+    subprocess.run(["bash", str(ROOT / "scripts" / "recipe_s2ef_demo.sh")], env=env, check=True, timeout=60)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:2] == ["-m", "sfm.tasks.recipe_s2ef"] and "--train_flags=--avg_num_atoms 1" in args
+
+    assert recipe_s2ef.main(args[2:]) == 0
+    assert [entry(c) for c in launched] == ["train_s2ef", "sfm.tasks.eval_s2ef", "sfm.tasks.eval_s2ef"]
+    train = launched[0]
+    assert flag(train, "--total_num_steps") == "7" and flag(train, "--energy_coef") == "2.0"
+    assert flag(train, "--save_dir") == str(tmp_path / "run") and flag(train, "--strategy") == "DDP"
+    assert flag(train, "--train_data_path") == str(demo / "s2ef" / "train") and "--valid_data_path" not in train
+    assert train[-2:] == ["--avg_num_atoms", "1"] and "--force_coef" not in train  # train_s2ef.py's default
+    run = RunLayout(tmp_path / "run", s2ef=".")
+    assert flag(launched[1], "--json") == str(run.s2ef_eval("val_id")) and run.is2re_eval.exists()
+    timed = [(r["stage"], r.get("step"), r["status"]) for r in map(json.loads, run.timings.open())]
+    assert timed == [
+        ("data", None, "reused"),
+        ("train", "train", "done"),
+        ("train", None, "done"),
+        ("eval", "eval_s2ef", "done"),
+        ("eval", "eval_is2re", "done"),
+        ("eval", None, "done"),
+    ]
+    assert json.loads(run.settings.read_text())["settings"]["train_steps"] == 7
+
+
+def test_recipe_s2ef_place_scores_each_placement_set(tmp_path, demo_world, launched):
+    run = tmp_path / "run"
+    gen = tmp_path / "gen_run" / "samples"
+    argv = ["--stages", "place", "--run_dir", str(run), "--demo_dir", str(demo_world), "--gen_samples", str(gen)]
+    assert recipe_s2ef.main(argv + ["--place_systems", "1"]) == 0
+    layout = RunLayout(run, s2ef=".")
+    assert layout.place_inputs.exists()  # the first place_systems systems of val_id
+    scored = [c for c in launched if entry(c) == "sfm.tasks.score"]
+    assert [flag(c, "--out") for c in scored] == [
+        str(layout.run("place", n)) for n in ("pos", "random", "generated_gen_run")
+    ]
+    assert all(flag(c, "--reference") == str(layout.place_inputs) and flag(c, "--judge") == "emt" for c in scored)
+    assert flag(scored[2], "--samples") == str(gen) and "--drop_unmatched" in scored[0]
+
+
+def test_recipe_diff_eval_runs_the_quality_bar(tmp_path, demo, launched):
+    run = tmp_path / "run"
+    assert recipe_diff.main(["--stages", "eval", "--run_dir", str(run), "--demo_dir", str(demo)]) == 0
+    gens = {Path(flag(c, "--save_dir")).name: c for c in launched if entry(c) == "gen"}
+    expected = []
+    for split in ("val_id", "val_ood_ads", "val_ood_cat"):
+        expected += [f"inpaint_{split}_ode25"] + ([f"inpaint_{split}_pc100"] if split == "val_id" else [])
+        expected += [f"inpaint_{split}_refine_ode10_t0.5", f"inpaint_{split}_denoise_ode10_t0.55"]
+        expected += [f"inpaint_{split}_initial", f"inpaint_{split}_random"]
+    assert list(gens) == expected + ["csp_val_id_ode25", "csp_val_id_pc100", "csp_val_id_random"]
+    denoise = gens["inpaint_val_id_denoise_ode10_t0.55"]
+    assert flag(denoise, "--t_start") == "0.55" and "--no_renoise" in denoise and flag(denoise, "--max_inputs") == "100"
+    assert flag(gens["csp_val_id_ode25"], "--steps") == "25" and flag(gens["csp_val_id_pc100"], "--num_samples") == "1"
+    assert flag(gens["inpaint_val_id_ode25"], "--checkpoint") == str(run / "train" / "model.pt")
+    assert (run / "paired.md").read_text() == "".join(
+        f"{s}: fake output\n" for s in ("val_id", "val_ood_ads", "val_ood_cat")
+    )
+
+
+def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
+    run = tmp_path / "run"
+    assert quickstart.main(["--fast", "--run_dir", str(run), "--demo_dir", str(demo)]) == 0
+    assert [entry(c) for c in launched] == [
+        "train_diff",
+        "train_s2ef",
+        "sfm.tasks.eval_s2ef",
+        *["gen"] * 6,
+        "sfm.tasks.gen_table",
+        *["sfm.tasks.score"] * 5,
+        "sfm.tasks.report",
+    ]
+    diff = launched[0]
+    assert flag(diff, "--total_num_steps") == "150" and flag(diff, "--warmup_num_steps") == "15"
+    assert flag(diff, "--valid_data_path") == str(demo / "is2re" / "val_id")
+    layout = RunLayout(run)
+    assert layout.s2ef_eval("val_id").exists()  # written under a temporary name, then renamed
+    assert flag(launched[-2], "--samples") == str(layout.samples("gen", "csp_ode"))
+    assert flag(launched[-1], "--demo_dir") == str(demo)
+
+
+def test_quickstart_stale_checkpoint_fails_its_stage(tmp_path, demo, launched, capsys):
+    run = tmp_path / "run"
+    (run / "diff").mkdir(parents=True)
+    (run / "diff" / "model.pt").write_text("not a checkpoint")
+    argv = ["--stages", "train_diff,gen", "--run_dir", str(run), "--demo_dir", str(demo)]
+    assert quickstart.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "FAILED in stage 'train_diff'" in err and "does not load with this version of sfm" in err
+    assert launched == []  # nothing launched, gen never started
+
+
+def test_unknown_stage_exits_2_before_anything(tmp_path, capsys):
+    assert recipe_diff.main(["--stages", "train evall", "--run_dir", str(tmp_path / "run")]) == 2
+    assert "unknown stage(s) ['evall']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_modules_print_help():
+    for module in ("quickstart", "recipe_diff", "recipe_s2ef"):
+        out = subprocess.run(
+            [sys.executable, "-m", f"sfm.tasks.{module}", "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "--stages" in out and "--nproc" in out

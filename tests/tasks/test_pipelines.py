@@ -133,6 +133,32 @@ def test_recipe_diff_eval_runs_the_quality_bar(tmp_path, demo, launched):
     )
 
 
+def test_recipe_diff_low_energy_training_and_dense_success(tmp_path, demo, launched):
+    run = tmp_path / "run"
+    layout = RunLayout(run, diff="train")
+    (layout.train_set).mkdir(parents=True)
+    (layout.train_set / "data.lmdb").write_text("")  # as the lowenergy stage leaves it
+    argv = ["--stages", "lowenergy train dense", "--run_dir", str(run), "--demo_dir", str(demo)]
+    assert recipe_diff.main(argv + ["--dense_train_systems", "3"]) == 0
+    assert [entry(c) for c in launched] == [
+        "sfm.data.demo",
+        "sfm.data.dense_targets",
+        "train_diff",
+        *["sfm.data.dense_targets"] * 2,
+        *["gen"] * 3,
+        "sfm.eval.success",
+    ]
+    assert flag(launched[0], "--dense_out") == f"{demo}_dense_train" and flag(launched[0], "--dense_train") == "3"
+    assert flag(launched[2], "--train_data_path") == str(layout.train_set)
+    gens = [c for c in launched if entry(c) == "gen"]
+    assert [Path(flag(c, "--save_dir")).name for c in gens] == ["noise_ode25", "denoise_ode10", "denoise_ode5"]
+    assert flag(gens[1], "--data_path") == str(layout.dense_inputs("val_id", "heuristic"))
+    assert flag(gens[1], "--max_inputs") == "100000" and "--no_renoise" in gens[1]
+    success = launched[-1]
+    assert f"--samples=denoise_ode5={layout.samples('dense/val_id', 'denoise_ode5')}" in success
+    assert (run / "dense_val_id.md").read_text() == "fake output\n"
+
+
 def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
     run = tmp_path / "run"
     assert quickstart.main(["--fast", "--run_dir", str(run), "--demo_dir", str(demo)]) == 0

@@ -147,3 +147,27 @@ def test_an_unreadable_input_fails_the_command_naming_it(tmp_path, capsys):
     md = (run / "report" / "report.md").read_text()
     assert md.count("_Failed:") == 2 and "_Missing:" in md  # the other sections are still there
     assert json.loads((run / "report" / "report.json").read_text())["failed"][0].startswith("training")
+
+
+def test_stage_times_and_demo_world_come_from_the_pipeline_records(tmp_path):
+    """The report takes the stage times from timings.jsonl (the last run that did the work) and the
+    demo world from pipeline.json, as the pipelines write them."""
+    from sfm.pipeline.layout import RunLayout
+
+    run = RunLayout(tmp_path / "run")
+    run.write_settings("quickstart", {"demo_dir": str(tmp_path / "no_demo")})
+    lines = [
+        {"stage": "train_diff", "status": "done", "wall_s": 600.0, "cpu_s": 1100.0},
+        {"stage": "train_diff", "step": "train_diff", "status": "done", "wall_s": 1.0, "cpu_s": 1.0},
+        {"stage": "train_diff", "status": "reused", "wall_s": 0.1, "cpu_s": 0.1},
+        {"stage": "gen", "status": "failed", "wall_s": 5.0, "cpu_s": 5.0},
+        {"stage": "gen", "status": "done", "wall_s": 120.0, "cpu_s": 230.0},
+    ]
+    run.timings.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    data = report.main(["--run_dir", str(run.root)])
+    assert data["sections"]["timings"] == {
+        "train_diff": {"wall_s": 600.0, "cpu_s": 1100.0},
+        "gen": {"wall_s": 120.0, "cpu_s": 230.0},
+    }
+    assert data["demo_dir"] == str(tmp_path / "no_demo")
+    assert "| train_diff | 600 | 1100 |" in (run.report_dir / "report.md").read_text()

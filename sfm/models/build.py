@@ -10,6 +10,9 @@ from torch import nn
 from sfm.models.backbone import BackboneConfig, load_tokens
 from sfm.models.presets import make_backbone_config
 
+# backbone fields that say how to run, not what the model is (never recorded unless given)
+RUNTIME_FIELDS = ("dictionary", "bf16", "checkpoint", "recompute_grid")
+
 
 def build_model(model_type: str = "tiny", head: str = "s2ef", **overrides) -> nn.Module:
     """Build ``head`` ("s2ef" or "diffusion") on the ``model_type`` backbone preset.
@@ -17,9 +20,9 @@ def build_model(model_type: str = "tiny", head: str = "s2ef", **overrides) -> nn
     ``overrides`` are backbone config fields (``lmax=...``, ``cond_dim=...``) or keyword
     arguments of the head class (:class:`~sfm.models.s2ef.S2EFModel`:
     ``forces``, ``energy_coef``, ...; ``sfm.models.diffusion.DiffusionModel``: its own).
-    The model gets ``build_kwargs`` (JSON-serialisable: model_type, head, overrides and
-    the dictionary's token list) with ``build_model(**model.build_kwargs)`` rebuilding the
-    same architecture.
+    The model gets ``build_kwargs`` (JSON-serialisable: model_type, head, the resolved backbone
+    shape, the overrides and the dictionary's token list) with
+    ``build_model(**model.build_kwargs)`` rebuilding the same architecture.
     """
     backbone_fields = {f.name for f in fields(BackboneConfig)}
     cfg = make_backbone_config(model_type, **{k: v for k, v in overrides.items() if k in backbone_fields})
@@ -36,6 +39,8 @@ def build_model(model_type: str = "tiny", head: str = "s2ef", **overrides) -> nn
         model = DiffusionModel(cfg, **head_kwargs)
     else:
         raise ValueError(f"head must be 's2ef' or 'diffusion', got {head!r}")
-    build_kwargs = {"model_type": model_type, "head": head, **overrides, "dictionary": cfg.dictionary}
+    # the resolved shape, not only the overrides: a checkpoint rebuilds as trained even if its preset changes
+    shape = {f.name: getattr(cfg, f.name) for f in fields(BackboneConfig) if f.name not in RUNTIME_FIELDS}
+    build_kwargs = {"model_type": model_type, "head": head, **shape, **overrides, "dictionary": cfg.dictionary}
     model.build_kwargs = json.loads(json.dumps(build_kwargs))  # fails loudly if not JSON-able
     return model

@@ -9,7 +9,8 @@ from e3nn import o3
 from torch_geometric.data import Batch, Data
 
 from sfm.data import Dictionary
-from sfm.models import build_model
+from sfm.models import PRESETS, BackboneConfig, build_model
+from sfm.models.build import RUNTIME_FIELDS
 from sfm.models.normalizer import EnergyNormalizer
 
 
@@ -134,7 +135,10 @@ def test_build_kwargs_rebuild_and_predict(eqv2_cell):
     model.normalizer.mean.fill_(-12.0)
     kwargs = json.loads(json.dumps(model.build_kwargs))
     assert kwargs.pop("dictionary") == Dictionary.load().tokens
-    assert kwargs == {"model_type": "tiny", "head": "s2ef", "forces": "direct", "num_layers": 1}
+    shape = {k: kwargs.pop(k) for k in list(kwargs) if k in BackboneConfig.__annotations__}
+    assert kwargs == {"model_type": "tiny", "head": "s2ef", "forces": "direct"}
+    preset = {**BackboneConfig().to_dict(), **PRESETS["tiny"], "num_layers": 1}
+    assert shape == {k: v for k, v in preset.items() if k not in RUNTIME_FIELDS}  # how to run is not recorded
     clone = build_model(**model.build_kwargs).eval()
     clone.load_state_dict(model.state_dict())
     batch = structures(eqv2_cell)
@@ -147,6 +151,13 @@ def test_build_kwargs_rebuild_and_predict(eqv2_cell):
         build_model("tiny", head="nope")
     with pytest.raises(TypeError):
         build_model("tiny", not_an_option=1)
+
+
+def test_a_preset_change_does_not_change_a_rebuilt_model(monkeypatch):
+    model = s2ef_model(forces="direct", num_layers=1)
+    grid = model.backbone.cfg.grid_resolution
+    monkeypatch.setitem(PRESETS, "tiny", {**PRESETS["tiny"], "grid_resolution": grid + 2})
+    assert build_model(**model.build_kwargs).backbone.cfg.grid_resolution == grid
 
 
 def test_nan_force_label_on_a_free_atom_is_named_at_fitting_time(make_structure, tmp_path):

@@ -8,6 +8,8 @@ functions included), so a late import cannot hide a backward edge.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sfm"
@@ -51,3 +53,33 @@ def test_relax_does_not_import_pipeline():
 def test_eval_does_not_import_the_demo_world_builder():
     demo = [(m, t) for m, room, t, _ in _edges() if room == "eval" and t.startswith("sfm.data.demo")]
     assert not demo, f"sfm/eval imports the demo world builder: {demo}"
+
+
+def test_no_eval_module_loads_the_demo_world_builder_even_indirectly():
+    """What the ast test cannot see: an eval module importing one that imports the builder. The
+    modules are imported one after another in a fresh interpreter; sfm.data.demo must not appear
+    (the first module that brings it in is named)."""
+    modules = [
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts) for p in sorted((PACKAGE / "eval").glob("*.py"))
+    ]
+    run = subprocess.run(
+        [sys.executable, "-c", LOADS_DEMO, *modules], capture_output=True, text=True, cwd=PACKAGE.parent
+    )
+    assert run.returncode == 0, run.stderr[-800:]
+
+
+LOADS_DEMO = """import importlib, sys
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+    assert "sfm.data.demo" not in sys.modules, f"{module} loads sfm.data.demo"
+"""
+
+
+def test_the_indirect_check_sees_an_indirect_import():
+    run = subprocess.run(
+        [sys.executable, "-c", LOADS_DEMO, "sfm.data.lattice", "sfm.data.dense"],
+        capture_output=True,
+        text=True,
+        cwd=PACKAGE.parent,
+    )
+    assert run.returncode == 1 and "sfm.data.dense loads sfm.data.demo" in run.stderr

@@ -83,7 +83,6 @@ import fcntl
 import functools
 import importlib.util
 import json
-import multiprocessing
 import os
 import pickle
 import shutil
@@ -95,19 +94,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
-from ase.build import bulk, fcc100, fcc110, fcc111, fcc211, molecule
+from ase.build import bulk, fcc100, fcc110, fcc111, fcc211
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 from ase.data import covalent_radii
-from ase.optimize import BFGS, LBFGS
 from scipy.optimize import minimize_scalar
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import Delaunay
 from torch_geometric.data import Data
-from tqdm import tqdm
 
+from sfm.data.emt_world import gas_references, relax
 from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbWriter
+from sfm.data.parallel import ordered_map
 
 METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 HELD_OUT_METAL = "Pd"
@@ -124,8 +123,6 @@ FACETS = {
 SPLITS = ("train", "val_id", "test_id", "val_ood_ads", "val_ood_cat")
 S2EF_SPLITS = ("train", "val_id")
 SIZES = {"small": 24, "default": 1400}  # IS2RE train systems
-FMAX = 0.05  # eV/A, relaxation target on free atoms
-MAX_STEPS = 300
 MAX_ATTEMPTS = 20
 VERSION = 2  # bump when the output changes: an --out built by another version is not reused
 
@@ -195,23 +192,6 @@ def emt_lattice_constant(metal: str) -> float:
         return atoms.get_potential_energy()
 
     return float(minimize_scalar(energy, bounds=(3.0, 4.6), method="bounded", options={"xatol": 1e-6}).x)
-
-
-@functools.lru_cache(maxsize=None)
-def gas_references() -> dict[str, float]:
-    """Per-element gas-phase reference energies (eV) from EMT-relaxed molecules.
-
-    OC20's scheme: H = E(H2)/2, O = E(H2O) - E(H2), C = E(CO) - O, N = E(N2)/2, each
-    molecule relaxed with BFGS to fmax 0.001 eV/A, non-periodic.
-    """
-    e = {}
-    for name in ("H2", "H2O", "CO", "N2"):
-        mol = molecule(name)
-        mol.calc = EMT()
-        BFGS(mol, logfile=None).run(fmax=0.001, steps=1000)
-        e[name] = float(mol.get_potential_energy())
-    o = e["H2O"] - e["H2"]
-    return {"H": e["H2"] / 2, "O": o, "C": e["CO"] - o, "N": e["N2"] / 2}
 
 
 # ---------------------------------------------------------------- catalysts
@@ -332,33 +312,6 @@ def place_adsorbate(slab: Atoms, ads: Adsorbate, site_xy: np.ndarray, rng: np.ra
 
 
 # ---------------------------------------------------------------- relaxation
-
-
-@dataclass
-class Trajectory:
-    """Relaxation record: positions [T,K,3] A, energies [T] eV, forces [T,K,3] eV/A
-    (raw, fixed atoms included) at optimizer steps 0..T-1; ``converged`` at the last."""
-
-    positions: np.ndarray
-    energies: np.ndarray
-    forces: np.ndarray
-    converged: bool
-
-
-def relax(atoms: Atoms, fmax: float = FMAX, steps: int = MAX_STEPS) -> Trajectory:
-    """Relax ``atoms`` in place with EMT + LBFGS, recording every step.
-
-    LBFGS rather than FIRE: about 30% fewer EMT calls here, and EMT is the build's cost.
-    """
-    atoms.calc = EMT()
-    opt = LBFGS(atoms, maxstep=0.2, logfile=None)
-    pos, energy, force = [], [], []
-    converged = False
-    for converged in opt.irun(fmax=fmax, steps=steps):
-        pos.append(atoms.positions.copy())
-        energy.append(atoms.get_potential_energy())
-        force.append(atoms.get_forces(apply_constraint=False))
-    return Trajectory(np.array(pos), np.array(energy), np.array(force), bool(converged))
 
 
 def check_relaxed(initial: Atoms, final: Atoms) -> bool:
@@ -541,10 +494,7 @@ def build(out: Path, num_train: int, seed: int, frame_every: int, workers: int, 
     warm_caches()
     stats = SummaryStats()
     mapping = {}
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
-    results = pool.imap(make_system, tasks, chunksize=2) if pool else map(make_system, tasks)
-    bar = tqdm(total=len(tasks), desc="demo world", unit="system", disable=not progress, mininterval=1.0)
-    try:
+    with ordered_map(make_system, tasks, workers, "demo world", "system", progress, chunksize=2) as (results, bar):
         sid = 0
         for split in SPLITS:
             n = sum(t.split == split for t in tasks)
@@ -560,10 +510,6 @@ def build(out: Path, num_train: int, seed: int, frame_every: int, workers: int, 
                     mapping[sid] = system["meta"]
                     sid += 1
                     bar.update()
-    finally:
-        bar.close()
-        if pool:
-            pool.terminate()
     (out / "data_mapping.json").write_text(json.dumps(mapping, indent=1))
     summary = stats.summary()
     summary["build_seconds"] = round(time.time() - start, 1)

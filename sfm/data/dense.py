@@ -16,7 +16,7 @@ Placements (:mod:`sfm.data.placements`, fairchem-data-oc's heuristic and random 
     first H of fairchem's shuffled list, a uniform subset. ``rand<i>``: R random sites. ``demo``:
     the demo world's own placement and relaxation (stored, not recomputed).
 Relaxation and energies
-    :func:`sfm.data.demo.relax` (EMT, LBFGS to fmax 0.05 eV/A within 300 steps, subsurface
+    :func:`sfm.data.emt_world.relax` (EMT, LBFGS to fmax 0.05 eV/A within 300 steps, subsurface
     fixed), the clean slab relaxed the same way. Energies are referenced like the demo world's
     ``y_relaxed``: ``y = E - E_slab - E_gas`` (eV), so a dense energy and a demo energy of the same
     sid compare directly (the slab positions are the stored float32 ones: E_slab agrees with the
@@ -24,7 +24,7 @@ Relaxation and energies
 Anomalies and the reference
     Each relaxed placement is checked with :func:`sfm.data.anomaly.detect_atoms` against the
     relaxed clean slab (desorbed, dissociated, surface_changed, intercalated), and an unconverged
-    relaxation is flagged ``unconverged``. The reference (:func:`reference`) is the lowest
+    relaxation is flagged ``unconverged``. The reference (:mod:`sfm.data.dense_reference`) is the lowest
     ``y_relaxed`` over the placements not disqualified: carrying none of the ``exclude`` flags
     and converged. AdsorbML excludes every kind; the demo world's default (:data:`EXCLUDE`, as its
     scripts score) keeps ``dissociated`` placements, because EMT stretches X-H bonds past
@@ -51,7 +51,6 @@ is not written.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import time
@@ -61,17 +60,17 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.constraints import FixAtoms
-from tqdm import tqdm
 
 from sfm.data.anomaly import detect_atoms
-from sfm.data.demo import gas_references, relax, to_is2re, warm_caches
+from sfm.data.demo import to_is2re, warm_caches
+from sfm.data.dense_reference import ADSORBML_EXCLUDE, EXCLUDE, reference
+from sfm.data.emt_world import gas_references, relax_clean_slab, relax_placement
 from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter
+from sfm.data.parallel import ordered_map
 from sfm.data.placements import oc20_adsorbate, placements
 
 DENSE_SPLITS = ("test_id", "val_id", "train")
-EXCLUDE = ("desorbed", "surface_changed", "intercalated")  # disqualifying kinds by default (module docstring)
-ADSORBML_EXCLUDE = ("desorbed", "dissociated", "surface_changed", "intercalated")
 VERSION = 2  # bump when the output changes: an is2re_dense built by another version is not reused
 
 
@@ -107,36 +106,6 @@ class Job:
     y_relaxed: float
     meta: dict
     config: DenseConfig
-
-
-def relax_clean_slab(slab: Atoms) -> Atoms:
-    """A relaxed copy of the clean slab ``slab`` (tags 0, 1; subsurface fixed), as the demo world
-    relaxes its clean slabs; RuntimeError if it does not converge."""
-    clean = slab.copy()
-    clean.set_constraint(FixAtoms(mask=clean.get_tags() == 0))
-    if not relax(clean).converged:
-        raise RuntimeError(f"clean slab {clean.get_chemical_formula()} did not converge")
-    return clean
-
-
-def relax_placement(atoms: Atoms, clean: Atoms, offset: float) -> dict:
-    """Relax one placement in place (EMT, :func:`sfm.data.demo.relax`) and flag it against the
-    relaxed clean slab ``clean`` (:func:`sfm.data.anomaly.detect_atoms`, plus ``unconverged``).
-
-    ``offset``: ``E_slab + E_gas`` (eV) of the system. Returns ``y_init``, ``y_relaxed`` (eV,
-    referenced), ``steps`` and ``anomalies`` (flag names, [] for a valid placement); ``atoms`` ends
-    relaxed and wrapped."""
-    atoms.set_constraint(FixAtoms(mask=atoms.get_tags() == 0))
-    initial = atoms.copy()
-    traj = relax(atoms)
-    flags = detect_atoms(initial, atoms, clean).labels() + ([] if traj.converged else ["unconverged"])
-    atoms.wrap()
-    return {
-        "y_init": float(traj.energies[0] - offset),
-        "y_relaxed": float(traj.energies[-1] - offset),
-        "steps": len(traj.energies) - 1,
-        "anomalies": flags,
-    }
 
 
 def relax_system(job: Job) -> dict:
@@ -192,19 +161,6 @@ def relax_system(job: Job) -> dict:
     return {"record": record, "structures": structures, "cpu_seconds": time.process_time() - start}
 
 
-def disqualified(config: dict, exclude=EXCLUDE) -> bool:
-    """Whether one relaxed placement (a ``configs`` entry) is out: unconverged, or flagged with
-    a kind in ``exclude``."""
-    return "unconverged" in config["anomalies"] or bool(set(config["anomalies"]) & set(exclude))
-
-
-def reference(record: dict, exclude=EXCLUDE) -> dict | None:
-    """The ``configs`` entry of a system's mapping ``record`` with the lowest ``y_relaxed`` among
-    those not :func:`disqualified` (None if there is none): its ``y_relaxed`` is the reference."""
-    valid = [c for c in record["configs"] if not disqualified(c, exclude)]
-    return min(valid, key=lambda c: c["y_relaxed"]) if valid else None
-
-
 def jobs(world: Path, config: DenseConfig) -> list[Job]:
     """The systems to build, split by split in :data:`DENSE_SPLITS` order, read from ``world``."""
     if not (world / "data_mapping.json").is_file():
@@ -246,11 +202,8 @@ def build_dense(out: Path, world: Path, config: DenseConfig, workers: int, progr
     start = time.time()
     todo = jobs(world, config)
     warm_caches()
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
-    results = pool.imap(relax_system, todo) if pool else map(relax_system, todo)
-    bar = tqdm(total=len(todo), desc="dense split", unit="system", disable=not progress, mininterval=1.0)
     mapping, cpu = {}, 0.0
-    try:
+    with ordered_map(relax_system, todo, workers, "dense split", "system", progress) as (results, bar):
         for split in [s for s in DENSE_SPLITS if any(j.split == s for j in todo)]:
             with LmdbWriter(out / split / "data.lmdb") as writer:
                 for job in [j for j in todo if j.split == split]:
@@ -272,10 +225,6 @@ def build_dense(out: Path, world: Path, config: DenseConfig, workers: int, progr
                     mapping[str(job.sid)] = record
                     cpu += result["cpu_seconds"]
                     bar.update()
-    finally:
-        bar.close()
-        if pool:
-            pool.terminate()
     (out / "mapping.json").write_text(json.dumps(mapping, indent=1))
     summary = summarize(mapping)
     summary.update(

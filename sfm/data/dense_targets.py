@@ -5,7 +5,7 @@ with their system's low-energy relaxed configurations, and one source's placemen
     python -m sfm.data.dense_targets placements --dense DIR --split val_id --out OUT/data.lmdb [--source heuristic]
 
 ``low_energy``: the diffusion target toward low energy. A system's *targets* are its relaxed
-configurations that are not disqualified (:func:`sfm.data.dense.disqualified`, the default
+configurations that are not disqualified (:func:`sfm.data.dense_reference.disqualified`, the default
 exclusion) and end within ``within`` eV of its reference (the minimum; 0.1 eV is AdsorbML's
 success), the lowest ``best`` of them. Every placement of the system (each heuristic, random
 and demo placement, whatever its own relaxation became) gives one IS2RE entry: ``pos`` is the
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from sfm.data.dense import EXCLUDE, disqualified, reference
+from sfm.data.dense_reference import EXCLUDE, disqualified, reference
 from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter
 
@@ -72,8 +72,8 @@ def systems(dense: str | os.PathLike, split: str) -> Iterator[tuple[int, dict, l
 
 def targets(record: dict, best: int, within: float, exclude=EXCLUDE) -> list[int]:
     """Indices into ``record["configs"]`` of the system's low-energy configurations, lowest
-    energy first: not :func:`sfm.data.dense.disqualified`, ``y_relaxed`` within ``within`` eV of
-    the reference (:func:`sfm.data.dense.reference`), at most ``best``; [] without a reference."""
+    energy first: not :func:`sfm.data.dense_reference.disqualified`, ``y_relaxed`` within ``within`` eV of
+    the reference (:func:`sfm.data.dense_reference.reference`), at most ``best``; [] without a reference."""
     if best < 1 or within < 0:
         raise ValueError(f"best must be >= 1 and within >= 0 eV, got {best}, {within}")
     ref = reference(record, exclude)

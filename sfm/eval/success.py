@@ -5,7 +5,7 @@
         [--workers 1] [--json out.json]
 
 The reference of a system is the lowest relaxed energy over its dense placements that are not
-disqualified (:func:`sfm.data.dense.reference`: unconverged, or flagged with a kind in
+disqualified (:func:`sfm.data.dense_reference.reference`: unconverged, or flagged with a kind in
 ``--exclude``; default desorbed, surface_changed, intercalated, as the demo world's scripts score;
 AdsorbML's own list adds dissociated, which EMT's stretched X-H bonds trip on most placements);
 systems without one take no part. A set of placements succeeds at k on a system when the lowest
@@ -18,8 +18,8 @@ Placement sets:
   their stored (shuffled) order, so "@k" is k of them drawn at random.
 - ``--samples NAME=PATH``: sample LMDBs (as ``gen_oc20.sh`` writes them: ``sid``, ``sample_idx``,
   slab + adsorbate in the reference's atom order). Each system's first k samples are relaxed with
-  EMT exactly as the dense placements were (:func:`judge_samples`) and flagged against the relaxed clean
-  slab: EMT relaxation is the judge.
+  EMT exactly as the dense placements were (:func:`judge_samples`, :mod:`sfm.relax.emt_judge`) and
+  flagged against the relaxed clean slab: EMT relaxation is the judge.
 
 Reported per set and k: success (and its 90 % bootstrap interval over systems), the anomaly rate
 of the first k placements (any AdsorbML flag or unconverged, whatever ``--exclude`` says), and for the samples the paired bootstrap difference to ``heuristic``
@@ -30,23 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 from pathlib import Path
 
 import numpy as np
 
 from sfm.data import LmdbDataset, data_to_atoms
 from sfm.data.anomaly import KINDS
-from sfm.data.dense import (
-    EXCLUDE,
-    disqualified,
-    reference,
-    relax_clean_slab,
-    relax_placement,
-)
+from sfm.data.dense_reference import EXCLUDE, disqualified, reference
 from sfm.eval.gen_metrics import group_samples
 from sfm.eval.oc20 import successes
 from sfm.eval.paired import paired_bootstrap
+from sfm.relax.emt_judge import judge_placements
 
 KS = (1, 2, 5, 10)
 THRESHOLD = 0.1  # eV above the reference (AdsorbML)
@@ -71,32 +65,18 @@ def source_configs(mapping: dict, sids, source: str) -> list[list[dict]]:
     return [[c for c in mapping[str(sid)]["configs"] if c["source"] == source] for sid in sids]
 
 
-def judge_system(job: tuple[list, float]) -> list[dict]:
-    """The results of one system's samples (``(samples as Atoms, e_slab + e_gas)``): the clean
-    slab (the first sample's tag 0/1 atoms) relaxed once, then each sample relaxed and flagged
-    against it (:func:`sfm.data.dense.relax_placement`)."""
-    atoms, offset = job
-    clean = relax_clean_slab(atoms[0][atoms[0].get_tags() != 2])
-    return [relax_placement(a, clean, offset) for a in atoms]
-
-
 def judge_samples(samples, mapping: dict, sids, k: int, workers: int = 1) -> dict[int, list[dict]]:
     """``{sid: [result per sample]}`` for the first k samples of each of ``sids`` the samples
-    hold: each relaxed and flagged exactly as the dense placements were (:func:`judge_system`),
-    energies referenced with the system's ``e_slab + e_gas``; systems spread over ``workers``
-    processes (the results do not depend on it)."""
+    hold: each relaxed and flagged exactly as the dense placements were
+    (:func:`sfm.relax.emt_judge.judge_placements`), energies referenced with the system's
+    ``e_slab + e_gas``; systems spread over ``workers`` processes (the results do not depend on it)."""
     groups = group_samples(samples)
     todo = [sid for sid in sids if sid in groups]
-    jobs = [
+    systems = [
         ([data_to_atoms(s) for s in groups[sid][:k]], mapping[str(sid)]["e_slab"] + mapping[str(sid)]["e_gas"])
         for sid in todo
     ]
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.map(judge_system, jobs, chunksize=1)
-    else:
-        results = list(map(judge_system, jobs))
-    return dict(zip(todo, results))
+    return dict(zip(todo, judge_placements(systems, workers)))
 
 
 def success_table(

@@ -1,5 +1,9 @@
 """The demo world's judge: ASE EMT re-evaluates what a model relaxed, on the demo world's scale.
 
+Two uses. Scoring model-relaxed samples (:class:`EMTJudge`, below), and relaxing placements with
+EMT exactly as the dense split's were (:func:`judge_placements`: success@k against the dense
+minimum, :mod:`sfm.eval.success`).
+
 A judge is what scoring hands the model-relaxed samples to for a second opinion (AdsorbML's
 "ML+SP" / "ML+RX"): ``judge(samples, final_pos, references) -> (energies, judge_pos)``, with
 ``energies`` one float (eV, the references' scale) per sample and ``judge_pos`` the judge's own
@@ -9,8 +13,8 @@ ValueError naming a sample it cannot judge. :class:`EMTJudge` is the demo world'
 EMT energies are put on the reference's scale, the demo world's adsorption energy
 ``E - E_slab - E_gas`` (:mod:`sfm.data.demo`): the offset ``E_slab + E_gas`` of a system is
 ``E_EMT(pos_relaxed) - y_relaxed`` of its reference entry, or, without one, the demo world's
-recipe (:func:`sfm.data.demo.relax` of the clean slab from the sample's slab atoms at their
-input positions, plus :func:`sfm.data.demo.gas_references`).
+recipe (:func:`sfm.data.emt_world.relax` of the clean slab from the sample's slab atoms at their
+input positions, plus :func:`sfm.data.emt_world.gas_references`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from sfm.data import collate, data_to_atoms
+from sfm.data.emt_world import gas_references, relax, relax_clean_slab, relax_placement
+from sfm.data.parallel import ordered_map
 from sfm.data.structure import sid_of
 from sfm.relax.emt import EMTFn
 from sfm.relax.relax_structures import RelaxSettings, relax_input, relax_structures
@@ -59,8 +65,6 @@ def emt_offset_from_recipe(sample: Data) -> float:
     """``E_slab + E_gas`` by the demo world's recipe: the clean slab (tags 0, 1 at the sample's
     input positions) relaxed with EMT + LBFGS, plus the gas references."""
     from ase.data import chemical_symbols
-
-    from sfm.data.demo import gas_references, relax
 
     tags = sample.tags.numpy()
     traj = relax(data_to_atoms(sample)[tags != 2])
@@ -100,3 +104,19 @@ class EMTJudge:
                 ok = ref is not None and "pos_relaxed" in ref and "y_relaxed" in ref
                 offsets[sid] = emt_offset_from_reference(ref) if ok else emt_offset_from_recipe(d)
         return [e - offsets[sid_of(d)] for e, d in zip(raw, samples)], judge_pos
+
+
+def judge_system(job: tuple[list, float]) -> list[dict]:
+    """The results of one system's placements (``(placements as Atoms, e_slab + e_gas)``): the clean
+    slab (the first placement's tag 0/1 atoms) relaxed once, then each placement relaxed and flagged
+    against it (:func:`sfm.data.emt_world.relax_placement`)."""
+    atoms, offset = job
+    clean = relax_clean_slab(atoms[0][atoms[0].get_tags() != 2])
+    return [relax_placement(a, clean, offset) for a in atoms]
+
+
+def judge_placements(systems: list[tuple[list, float]], workers: int = 1) -> list[list[dict]]:
+    """:func:`judge_system` of each system, in order, over ``workers`` processes (the results do not
+    depend on it): each placement relaxed with EMT and flagged exactly as the dense split's were."""
+    with ordered_map(judge_system, systems, workers, "EMT judge", "system", progress=False) as (results, _):
+        return list(results)

@@ -10,16 +10,10 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
-from sfm.data import LmdbDataset, demo
+from sfm.data import LmdbDataset, demo, emt_world
 from sfm.data.anomaly import KINDS
-from sfm.data.dense import (
-    ADSORBML_EXCLUDE,
-    DENSE_SPLITS,
-    EXCLUDE,
-    DenseConfig,
-    make_dense,
-    reference,
-)
+from sfm.data.dense import DENSE_SPLITS, DenseConfig, make_dense
+from sfm.data.dense_reference import ADSORBML_EXCLUDE, EXCLUDE, reference
 
 
 def atoms_of(d, pos):
@@ -85,7 +79,7 @@ def test_energies_and_structures_against_emt(dense_world, dense):
         fixed = d.tags == 0
         assert np.abs((d.pos_relaxed - d.pos)[fixed].numpy()).max() < 1e-4
         if "unconverged" not in conf["anomalies"]:
-            assert np.linalg.norm(relaxed.get_forces(), axis=1).max() < demo.FMAX + 2e-3
+            assert np.linalg.norm(relaxed.get_forces(), axis=1).max() < emt_world.FMAX + 2e-3
         if conf["source"] == "demo":  # the demo world's own placement, referenced the same way
             assert conf["y_relaxed"] == pytest.approx(float(world[int(d.sid)].y_relaxed), abs=1e-6)
             assert np.allclose(d.pos_relaxed, world[int(d.sid)].pos_relaxed)
@@ -93,7 +87,7 @@ def test_energies_and_structures_against_emt(dense_world, dense):
     for sid, rec in mapping.items():
         ads = next(d for d in entries[rec["split"]] if int(d.sid) == int(sid))
         symbols = Atoms(numbers=ads.atomic_numbers[ads.tags == 2].numpy()).get_chemical_symbols()
-        assert rec["e_gas"] == pytest.approx(sum(demo.gas_references()[s] for s in symbols))
+        assert rec["e_gas"] == pytest.approx(sum(emt_world.gas_references()[s] for s in symbols))
 
 
 def test_reference_is_the_minimum_over_placements_not_disqualified(dense):

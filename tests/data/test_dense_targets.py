@@ -11,7 +11,7 @@ from ase.geometry import find_mic
 
 from sfm.data import LmdbDataset, write_lmdb
 from sfm.data.demo import to_is2re
-from sfm.data.dense import ADSORBML_EXCLUDE, reference
+from sfm.data.dense_reference import ADSORBML_EXCLUDE, reference
 from sfm.data.dense_targets import main, targets, write_low_energy, write_placements
 
 CELL = np.array([[8.0, 0.0, 0.0], [4.0, 7.0, 0.0], [0.0, 0.0, 20.0]])  # oblique: minimum image is not per axis

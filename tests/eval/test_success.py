@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sfm.data import LmdbDataset, write_lmdb
-from sfm.data.dense import ADSORBML_EXCLUDE, EXCLUDE
+from sfm.data.dense_reference import ADSORBML_EXCLUDE, EXCLUDE
 from sfm.eval.success import evaluate, format_result, main, references, success_table
 
 

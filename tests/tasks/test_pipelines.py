@@ -73,6 +73,7 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
         "TRAIN_STEPS": "7",
         "ENERGY_COEF": "2",
         "TRAIN_FLAGS": "--avg_num_atoms 1",
+        "BACKBONE": "grid_resolution=12 num_layers=1",
     }
     subprocess.run(["bash", str(ROOT / "scripts" / "recipe_s2ef_demo.sh")], env=env, check=True, timeout=60)
     args = (tmp_path / "args").read_text().splitlines()
@@ -84,7 +85,8 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
     assert flag(train, "--total_num_steps") == "7" and flag(train, "--energy_coef") == "2.0"
     assert flag(train, "--save_dir") == str(tmp_path / "run") and flag(train, "--strategy") == "DDP"
     assert flag(train, "--train_data_path") == str(demo / "s2ef" / "train") and "--valid_data_path" not in train
-    assert train[-2:] == ["--avg_num_atoms", "1"] and "--force_coef" not in train  # train_s2ef.py's default
+    assert train[-5:] == ["--backbone", "grid_resolution=12", "num_layers=1", "--avg_num_atoms", "1"]
+    assert "--force_coef" not in train  # train_s2ef.py's default
     run = RunLayout(tmp_path / "run", s2ef=".")
     assert flag(launched[1], "--json") == str(run.s2ef_eval("val_id")) and run.is2re_eval.exists()
     timed = [(r["stage"], r.get("step"), r["status"]) for r in map(json.loads, run.timings.open())]

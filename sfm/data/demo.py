@@ -605,6 +605,24 @@ def format_summary(summary: dict, out) -> str:
 
 
 @contextmanager
+def building(out: Path):
+    """Yield an empty temporary sibling of ``out`` to build into; when the block ends without an
+    error it replaces ``out`` (whole or not at all), otherwise it is removed and ``out`` kept."""
+    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def build_lock(out: Path):
     """Hold an exclusive lock on ``out``'s sibling ``.NAME.lock`` (``flock``: released when this
     process ends, however it ends): a second build of the same folder waits for the first, then
@@ -650,20 +668,10 @@ def make_demo(
                     f"{out} holds a demo world built with {summary.get('config')}, not {config}; use --force"
                 )
             return summary
-        tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with building(out) as tmp:
             summary = build(tmp, num_train, seed, frame_every, workers, progress)
             summary["config"] = config
             (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                out.rename(old)
-                shutil.rmtree(old)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return summary
 
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,7 +61,7 @@ from ase import Atoms
 from ase.constraints import FixAtoms
 
 from sfm.data.anomaly import detect_atoms
-from sfm.data.demo import to_is2re, warm_caches
+from sfm.data.demo import building, to_is2re, warm_caches
 from sfm.data.dense_reference import ADSORBML_EXCLUDE, EXCLUDE, reference
 from sfm.data.emt_world import gas_references, relax_clean_slab, relax_placement
 from sfm.data.lattice import as_cell
@@ -304,19 +303,9 @@ def make_dense(
                 f"{out} was built with {summary.get('config')}, not {asdict(config)}; use --dense_force"
             )
         return summary
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with building(out) as tmp:
         summary = build_dense(tmp, world, config, workers, progress)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 

@@ -84,3 +84,20 @@ def test_read_timings_names_a_corrupt_line(tmp_path):
     path.write_text('{"stage": "a", "status": "done", "wall_s": 1, "cpu_s": 1}\n{"stage": "b", \n')
     with pytest.raises(ValueError, match="timings.jsonl line 2: not a JSON record"):
         read_timings(path)
+
+
+def test_pipeline_children_keep_freed_memory_and_one_thread(tmp_path, monkeypatch, capfd):
+    """commands.run gives its children glibc's keep-freed-memory setting (the training step's page
+    faults) and keeps the OpenMP threads the user set."""
+    import os
+
+    from sfm.pipeline.layout import RunLayout
+    from sfm.tasks import commands
+
+    for name in ("GLIBC_TUNABLES", "PYTHONPATH"):  # restored after the test, whatever run() sets
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    show = "import os; print('ENV', os.environ['GLIBC_TUNABLES'], os.environ['OMP_NUM_THREADS'])"
+    assert commands.run("test", RunLayout(tmp_path), {}, [fake("show", show)], None) == 0
+    assert f"ENV {commands.KEEP_FREED_MEMORY} 3" in capfd.readouterr().out

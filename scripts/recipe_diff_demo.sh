@@ -11,6 +11,7 @@
 # per structure and network call.
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
+#   BACKBONE (none: the preset's; e.g. grid_resolution=10, train_diff.py --backbone)
 #   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)  EMA_DECAY (0.995)
 #   MODE_PROBS (csp=0.15,lattice_given=0.15,inpaint=0.7: the training mix of conditioning modes)
 #   PLACEMENT_PROB (0.5: inpaint structures trained on the path from their placement, at DENOISE_T, to pos_relaxed)
@@ -18,12 +19,12 @@
 #   SAMPLER_INPUTS (100)  SAMPLER_SAMPLES (3)  CSP_INPUTS (25)  CSP_SAMPLES (10)  DENOISE_T (0.55)  REFINE_T (0.5)  REFINE_STEPS (10)  GEN_BATCH (25)
 #   SPLITS (val_id val_ood_ads val_ood_cat)
 #   DENSE_TRAIN_DIR (DEMO_DIR + _dense_train)  DENSE_TRAIN_SYSTEMS (150)  BEST (4)  DENSE_SPLITS (val_id)
-#   DENSE_NOISE_SAMPLES (5)
+#   DENSE_NOISE_SAMPLES (5; 0: the dense stage samples no placements from noise)
 # The defaults live in sfm/tasks/recipe_diff.py; a variable set here becomes its flag (STEPS -> --steps).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 flags=()
-for var in STAGES DEMO_DIR RUN_DIR MODEL_TYPE NPROC STEPS BATCH_SIZE LR WARMUP SEED EMA_DECAY MODE_PROBS PLACEMENT_PROB \
+for var in STAGES DEMO_DIR RUN_DIR MODEL_TYPE BACKBONE NPROC STEPS BATCH_SIZE LR WARMUP SEED EMA_DECAY MODE_PROBS PLACEMENT_PROB \
            MAX_INPUTS BAR_INPUTS NUM_SAMPLES ODE_STEPS PC_STEPS PC_SAMPLES PC_SPLITS SAMPLER_INPUTS SAMPLER_SAMPLES \
            CSP_INPUTS CSP_SAMPLES DENOISE_T REFINE_T REFINE_STEPS GEN_BATCH SPLITS DENSE_TRAIN_DIR DENSE_TRAIN_SYSTEMS \
            BEST DENSE_SPLITS DENSE_NOISE_SAMPLES; do

@@ -53,6 +53,7 @@ class Settings:
     demo_dir: str = "data/demo"
     nproc: int = 2
     model_type: str = "tiny"
+    backbone: str = ""  # train_diff.py --backbone FIELD=VALUE ..., e.g. "grid_resolution=10"; "": the preset's
     steps: int = 1800  # optimizer steps: about 0.55 CPU-s per step and process (tiny, 8 structures)
     batch_size: int = 8  # per process
     lr: float = 1e-3
@@ -81,7 +82,7 @@ class Settings:
     dense_train_systems: int = 150
     best: int = 4
     dense_splits: str = "val_id"
-    dense_noise_samples: int = 5
+    dense_noise_samples: int = 5  # 0: no samples from noise in the dense stage
 
 
 def low_energy(s: Settings, layout: RunLayout, runner: Runner) -> None:
@@ -110,6 +111,7 @@ def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
         layout.diff_dir,
         data,
         is2re / "val_id",
+        extra=["--backbone", *s.backbone.split()] if s.backbone else [],
         label="train",
         model_type=s.model_type,
         train_batch_size=s.batch_size,
@@ -183,7 +185,7 @@ def dense(s: Settings, layout: RunLayout, runner: Runner) -> None:
         group, every = f"dense/{split}", ("--mode", "inpaint", "--max_inputs", 100000, "--no_metrics")
         noise = ("--data_path", layout.dense_inputs(split, "demo"), "--sampler", "ode", "--steps", s.ode_steps)
         noise += ("--num_samples", s.dense_noise_samples)
-        runs = {f"noise_ode{s.ode_steps}": noise}
+        runs = {f"noise_ode{s.ode_steps}": noise} if s.dense_noise_samples else {}
         for n in (s.refine_steps, 5):
             sites = ("--data_path", layout.dense_inputs(split, "heuristic"), "--sampler", "ode", "--steps", n)
             runs[f"denoise_ode{n}"] = (*sites, "--t_start", s.denoise_t, "--no_renoise", "--num_samples", 1)

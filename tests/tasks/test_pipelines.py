@@ -161,6 +161,18 @@ def test_recipe_diff_low_energy_training_and_dense_success(tmp_path, demo, launc
     assert (run / "dense_val_id.md").read_text() == "fake output\n"
 
 
+def test_recipe_diff_backbone_and_dense_without_noise(tmp_path, demo, launched):
+    """BACKBONE reaches train_diff.py's --backbone; DENSE_NOISE_SAMPLES=0 with REFINE_STEPS=5 samples
+    only the 5-step denoised sites."""
+    run = tmp_path / "run"
+    argv = ["--stages", "train dense", "--run_dir", str(run), "--demo_dir", str(demo), "--dense_noise_samples", "0"]
+    assert recipe_diff.main(argv + ["--backbone", "grid_resolution=10 lmax=2", "--refine_steps", "5"]) == 0
+    train = next(c for c in launched if entry(c) == "train_diff")
+    assert train[train.index("--backbone") + 1 :][:2] == ["grid_resolution=10", "lmax=2"]
+    gens = [Path(flag(c, "--save_dir")).name for c in launched if entry(c) == "gen"]
+    assert gens == ["denoise_ode5"]
+
+
 def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
     run = tmp_path / "run"
     assert quickstart.main(["--fast", "--run_dir", str(run), "--demo_dir", str(demo)]) == 0

@@ -1,5 +1,8 @@
-"""The main job on the demo world, on CPU: demo world -> train diffusion + S2EF -> S2EF metrics ->
-sample (inpaint, csp; few-step ODE, baselines) -> relax and score (S2EF model, EMT judge) -> report.
+"""The main job on the demo world, on CPU: demo world -> the recipes' models (a low-energy training
+set and the diffusion model trained on it, ``sfm.tasks.recipe_diff``; the S2EF model,
+``sfm.tasks.recipe_s2ef``) -> S2EF metrics -> sample (inpaint, csp; few-step ODE, baselines) ->
+relax and score (S2EF model, EMT judge) -> report. ``--fast`` runs the same stages with fewer
+steps and systems on the small demo world.
 
     python -m sfm.tasks.quickstart [--fast] [--stages ...] [--run_dir DIR] [--diff_steps N] ...
 
@@ -15,12 +18,12 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sfm.pipeline.layout import RunLayout
 from sfm.pipeline.stages import Runner, Stage
-from sfm.tasks import commands
+from sfm.tasks import commands, recipe_diff, recipe_s2ef
 
 SCORED = ("inpaint_ode", "inpaint_denoise", "inpaint_initial", "inpaint_random", "csp_ode")
 EXCLUDE = "desorbed,surface_changed,intercalated"
@@ -34,8 +37,10 @@ class Settings:
     demo_dir: str = "data/demo"
     small: bool = False  # build the --small demo world
     nproc: int = 2
-    diff_steps: int = 900
-    s2ef_steps: int = 1500
+    # the models: the two recipes' training with their settings (recipe_diff: toward low energy)
+    dense_train_systems: int = recipe_diff.Settings.dense_train_systems
+    diff_steps: int = recipe_diff.Settings.steps
+    s2ef_steps: int = recipe_s2ef.Settings.train_steps
     max_inputs: int = 25  # inpaint: first N val_id systems
     num_samples: int = 5  # per system
     ode_steps: int = 25
@@ -49,6 +54,7 @@ FAST = Settings(
     run_dir="runs/quickstart_fast",
     demo_dir="data/demo_small",
     small=True,
+    dense_train_systems=12,
     diff_steps=150,
     s2ef_steps=150,
     max_inputs=6,
@@ -61,52 +67,31 @@ FAST = Settings(
 )
 
 
+def low_energy(s: Settings, layout: RunLayout, runner: Runner) -> None:
+    """The diffusion recipe's training set toward low energy (:func:`sfm.tasks.recipe_diff.low_energy`)."""
+    if (layout.train_set / "data.lmdb").exists():
+        runner.reuse(layout.train_set)
+        return
+    recipe = replace(recipe_diff.Settings(), demo_dir=s.demo_dir, nproc=s.nproc)
+    recipe_diff.low_energy(replace(recipe, dense_train_systems=s.dense_train_systems), layout, runner)
+
+
 def train_diff(s: Settings, layout: RunLayout, runner: Runner) -> None:
+    """The diffusion recipe's training (:func:`sfm.tasks.recipe_diff.train`), ``s.diff_steps`` steps."""
     if not commands.fresh_training(runner, layout, "diff"):
         return
     shutil.rmtree(layout.diff_dir, ignore_errors=True)  # a killed run's checkpoints: start clean
-    is2re = Path(s.demo_dir) / "is2re"
-    commands.train(
-        runner,
-        "diff",
-        s.nproc,
-        layout.diff_dir,
-        is2re / "train",
-        is2re / "val_id",
-        model_type="tiny",
-        train_batch_size=8,
-        val_batch_size=16,
-        max_lr=1e-3,
-        warmup_num_steps=s.diff_steps // 10,
-        log_interval=s.diff_steps // 30 + 1,
-        save_interval=1000000,
-        total_num_steps=s.diff_steps,
-        mode_probs="csp=0.15,lattice_given=0.15,inpaint=0.7",
-        placement_prob=0.5,
-        placement_t=0.55,
-    )
+    recipe = replace(recipe_diff.Settings(), demo_dir=s.demo_dir, nproc=s.nproc, steps=s.diff_steps)
+    recipe_diff.train(replace(recipe, warmup=min(recipe.warmup, s.diff_steps // 10)), layout, runner)
 
 
 def train_s2ef(s: Settings, layout: RunLayout, runner: Runner) -> None:
+    """The S2EF recipe's training (:func:`sfm.tasks.recipe_s2ef.train`), ``s.s2ef_steps`` steps."""
     if not commands.fresh_training(runner, layout, "s2ef"):
         return
     shutil.rmtree(layout.s2ef_dir, ignore_errors=True)
-    commands.train(
-        runner,
-        "s2ef",
-        s.nproc,
-        layout.s2ef_dir,
-        Path(s.demo_dir) / "s2ef" / "train",
-        None,
-        model_type="tiny",
-        train_batch_size=4,
-        max_lr=1e-3,
-        warmup_num_steps=s.s2ef_steps // 15,
-        log_interval=s.s2ef_steps // 30 + 1,
-        save_interval=1000000,
-        total_num_steps=s.s2ef_steps,
-        ema_decay=0.99,
-    )
+    recipe = replace(recipe_s2ef.Settings(), demo_dir=s.demo_dir, nproc=s.nproc, train_steps=s.s2ef_steps)
+    recipe_s2ef.train(replace(recipe, warmup=min(recipe.warmup, s.s2ef_steps // 10)), layout, runner)
 
 
 def eval_s2ef(s: Settings, layout: RunLayout, runner: Runner) -> None:
@@ -161,10 +146,9 @@ def stages(s: Settings, layout: RunLayout) -> list[Stage]:
 
     return [
         Stage("data", f"demo world -> {s.demo_dir}", lambda r: commands.build_demo(r, s.demo_dir, s.nproc, s.small)),
-        Stage(
-            "train_diff", f"diffusion model (tiny, {s.diff_steps} steps) -> {layout.model('diff')}", bind(train_diff)
-        ),
-        Stage("train_s2ef", f"S2EF model (tiny, {s.s2ef_steps} steps) -> {layout.model('s2ef')}", bind(train_s2ef)),
+        Stage("lowenergy", f"low-energy training set ({s.dense_train_systems} dense systems)", bind(low_energy)),
+        Stage("train_diff", f"diffusion recipe ({s.diff_steps} steps) -> {layout.model('diff')}", bind(train_diff)),
+        Stage("train_s2ef", f"S2EF recipe ({s.s2ef_steps} steps) -> {layout.model('s2ef')}", bind(train_s2ef)),
         Stage("eval_s2ef", f"S2EF model vs baselines on val_id -> {layout.s2ef_eval('val_id')}", bind(eval_s2ef)),
         Stage("gen", f"sample val_id (ode {s.ode_steps} steps, {s.num_samples} per system; baselines)", bind(sample)),
         Stage("score", f"relax with the S2EF model ({s.relax_steps} FIRE steps), EMT judge", bind(score)),

@@ -177,6 +177,8 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
     run = tmp_path / "run"
     assert quickstart.main(["--fast", "--run_dir", str(run), "--demo_dir", str(demo)]) == 0
     assert [entry(c) for c in launched] == [
+        "sfm.data.demo",
+        "sfm.data.dense_targets",
         "train_diff",
         "train_s2ef",
         "sfm.tasks.eval_s2ef",
@@ -185,10 +187,13 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
         *["sfm.tasks.score"] * 5,
         "sfm.tasks.report",
     ]
-    diff = launched[0]
+    layout = RunLayout(run)
+    dense, targets, diff, s2ef = launched[:4]  # the recipes' stages with the fast settings
+    assert flag(dense, "--dense_train") == "12" and flag(dense, "--dense_out") == f"{demo}_dense_train"
+    assert flag(targets, "--out") == str(layout.train_set / "data.lmdb")
     assert flag(diff, "--total_num_steps") == "150" and flag(diff, "--warmup_num_steps") == "15"
     assert flag(diff, "--valid_data_path") == str(demo / "is2re" / "val_id")
-    layout = RunLayout(run)
+    assert flag(s2ef, "--total_num_steps") == "150" and flag(s2ef, "--backbone") == "grid_resolution=10"
     assert layout.s2ef_eval("val_id").exists()  # written under a temporary name, then renamed
     assert flag(launched[-2], "--samples") == str(layout.samples("gen", "csp_ode"))
     assert flag(launched[-1], "--demo_dir") == str(demo)

@@ -20,6 +20,7 @@
 #   SPLITS (val_id val_ood_ads val_ood_cat)
 #   DENSE_TRAIN_DIR (DEMO_DIR + _dense_train)  DENSE_TRAIN_SYSTEMS (150)  BEST (4)  DENSE_SPLITS (val_id)
 #   DENSE_NOISE_SAMPLES (5; 0: the dense stage samples no placements from noise)
+#   RANK_CHECKPOINT (none; an S2EF model.pt: the dense stage also scores each set in that model's order)
 # The defaults live in sfm/tasks/recipe_diff.py; a variable set here becomes its flag (STEPS -> --steps).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +28,7 @@ flags=()
 for var in STAGES DEMO_DIR RUN_DIR MODEL_TYPE BACKBONE NPROC STEPS BATCH_SIZE LR WARMUP SEED EMA_DECAY MODE_PROBS PLACEMENT_PROB \
            MAX_INPUTS BAR_INPUTS NUM_SAMPLES ODE_STEPS PC_STEPS PC_SAMPLES PC_SPLITS SAMPLER_INPUTS SAMPLER_SAMPLES \
            CSP_INPUTS CSP_SAMPLES DENOISE_T REFINE_T REFINE_STEPS GEN_BATCH SPLITS DENSE_TRAIN_DIR DENSE_TRAIN_SYSTEMS \
-           BEST DENSE_SPLITS DENSE_NOISE_SAMPLES; do
+           BEST DENSE_SPLITS DENSE_NOISE_SAMPLES RANK_CHECKPOINT; do
   [ -n "${!var:-}" ] && flags+=("--${var,,}=${!var}")
 done
 cd "$root"

@@ -81,6 +81,18 @@ def first_samples(samples: list[Data], k: int) -> list[Data]:
     return [d for i, d in enumerate(samples) if index[i] in keep[sid_of(d)]]
 
 
+def ranked_samples(ranking: Ranking) -> list[Data]:
+    """The scored records (final ``pos``, ``energy``, flags) renumbered best first: ``sample_idx`` is
+    the rank within its system (the sample's own index kept as ``source_sample_idx``), so the first k of a system are the k a user
+    would hand to a trusted calculator (AdsorbML), and any sample reader takes them in that order."""
+    out = []
+    for rec in ranking.records:
+        d = Data(**{k: rec[k] for k in rec.keys()})  # the record's fields (energy, flags, pos_initial)
+        d.sample_idx, d.source_sample_idx = int(rec.rank), int(rec.sample_idx)
+        out.append(d)
+    return out
+
+
 def read_references(path) -> dict:
     """``{sid: Data}`` of a reference dataset (an IS2RE split; any path :func:`open_dataset` reads)."""
     dataset = open_dataset(path)

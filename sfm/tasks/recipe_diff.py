@@ -23,7 +23,9 @@
            split of --dense_splits of DEMO/is2re_dense, next to its heuristic and random sites: from
            noise (inpaint, ode --ode_steps, --dense_noise_samples per system), and every heuristic site
            denoised (--t_start DENOISE_T --no_renoise, one sample each) with ode --refine_steps and ode 5
-           steps: samples in RUN/dense/SPLIT/*, table RUN/dense_SPLIT.md (+ .json)
+           steps: samples in RUN/dense/SPLIT/*, table RUN/dense_SPLIT.md (+ .json); with --rank_checkpoint
+           also each of these sets and the heuristic sites reordered by that S2EF model's energy at
+           the placement (sfm.tasks.score --steps 0 --ranked; sets NAME_ranked: @k = the model's k best)
   eval     per split of --splits: inpaint ode (--ode_steps), pc (--pc_steps, splits in --pc_splits,
            --pc_samples per system), refine (the placement noised to --refine_t, ode --refine_steps)
            and, on --bar_inputs systems, the bar: denoise (the placement taken as the noisy state at
@@ -83,6 +85,7 @@ class Settings:
     best: int = 4
     dense_splits: str = "val_id"
     dense_noise_samples: int = 5  # 0: no samples from noise in the dense stage
+    rank_checkpoint: str = ""  # an S2EF model: the dense stage also scores each set in its order (sets *_ranked)
 
 
 def low_energy(s: Settings, layout: RunLayout, runner: Runner) -> None:
@@ -192,6 +195,20 @@ def dense(s: Settings, layout: RunLayout, runner: Runner) -> None:
         for name, flags in runs.items():
             gen(s, layout, runner, group, name, "--checkpoint", ckpt, *flags, *every)
         samples = [f"--samples={name}={layout.samples(group, name)}" for name in runs]
+        if s.rank_checkpoint:  # the same placements in the S2EF model's order (single point), best first
+            sources = {
+                **{name: layout.samples(group, name) for name in runs},
+                "heuristic": layout.dense_inputs(split, "heuristic"),
+            }
+            for name, path in sources.items():
+                out = layout.run(group, f"{name}_ranked")
+                if not (out / "ranked.lmdb").exists():
+                    runner.python(
+                        "sfm.tasks.score",
+                        *("--checkpoint", s.rank_checkpoint, "--samples", path, "--out", out, "--steps", 0),
+                        *("--exclude", "", "--ranked", out / "ranked.lmdb", "--no_progress"),
+                    )
+                samples.append(f"--samples={name}_ranked={out / 'ranked.lmdb'}")
         table = runner.python(
             "sfm.eval.success",
             *("--dense", dense_dir, "--split", split, "--workers", s.nproc, "--json", layout.success(split), *samples),

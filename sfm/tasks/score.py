@@ -20,9 +20,17 @@ from pathlib import Path
 import torch
 
 import sfm
+from sfm.data import write_lmdb
 from sfm.data.structure import sid_of
 from sfm.eval.ranking import ANOMALIES, RankingConfig, check_config, rank_samples
-from sfm.eval.ranking_files import first_samples, format_summary, read_references, read_samples, write_outputs
+from sfm.eval.ranking_files import (
+    first_samples,
+    format_summary,
+    ranked_samples,
+    read_references,
+    read_samples,
+    write_outputs,
+)
 from sfm.relax.emt_judge import EMTJudge
 from sfm.tasks.train_args import float_in, int_at_least
 
@@ -38,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop_unmatched", action="store_true", help="drop samples whose sid is not in --reference (default: an error)"
     )
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--ranked",
+        help="also write the samples at their final positions here (an LMDB), numbered by rank "
+        "(sample_idx 0 = best of its system): python -m sfm.eval.success scores the model's order from it",
+    )
     p.add_argument("--max_samples", type=int_at_least(0), default=0, help="score only the first N samples (0: all)")
     p.add_argument(
         "--samples_per_system",
@@ -126,6 +139,9 @@ def main(argv=None) -> dict:
         "reference": args.reference,
     }
     paths = write_outputs(scored, args.out, config)
+    if args.ranked:
+        write_lmdb(args.ranked, ranked_samples(scored))
+        paths["ranked"] = Path(args.ranked)
     print(format_summary(scored.summary))
     print("wrote " + "  ".join(str(p) for p in paths.values()))
     return json.loads(paths["json"].read_text())

@@ -173,6 +173,26 @@ def test_recipe_diff_backbone_and_dense_without_noise(tmp_path, demo, launched):
     assert gens == ["denoise_ode5"]
 
 
+def test_recipe_diff_dense_in_an_s2ef_models_order(tmp_path, demo, launched):
+    """RANK_CHECKPOINT: the denoised samples and the heuristic sites are ranked by that model (a
+    single point each) and scored in its order next to the stored order."""
+    run = tmp_path / "run"
+    argv = ["--stages", "dense", "--run_dir", str(run), "--demo_dir", str(demo), "--dense_noise_samples", "0"]
+    assert recipe_diff.main(argv + ["--refine_steps", "5", "--rank_checkpoint", "s2ef.pt"]) == 0
+    layout = RunLayout(run, diff="train")
+    scores = [c for c in launched if entry(c) == "sfm.tasks.score"]
+    assert [flag(c, "--samples") for c in scores] == [
+        str(layout.samples("dense/val_id", "denoise_ode5")),
+        str(layout.dense_inputs("val_id", "heuristic")),
+    ]
+    assert all(flag(c, "--checkpoint") == "s2ef.pt" and flag(c, "--steps") == "0" for c in scores)
+    success = launched[-1]
+    assert entry(success) == "sfm.eval.success"
+    names = [a.split("=")[1] for a in success if a.startswith("--samples=")]
+    assert names == ["denoise_ode5", "denoise_ode5_ranked", "heuristic_ranked"]
+    assert f"--samples=heuristic_ranked={flag(scores[1], '--ranked')}" in success
+
+
 def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
     run = tmp_path / "run"
     assert quickstart.main(["--fast", "--run_dir", str(run), "--demo_dir", str(demo)]) == 0

@@ -167,6 +167,31 @@ def test_cli_on_a_tiny_checkpoint_with_extxyz_samples(demo_world, tmp_path):
     assert e0 == pytest.approx(e1, abs=1e-4)
 
 
+def test_ranked_samples_come_best_first(demo_world, tmp_path):
+    """--ranked (predict only): each system's samples renumbered by the model's energy, lowest
+    first, at their input positions; a sample reader (sfm.eval.gen_metrics.group_samples, as
+    sfm.eval.success reads them) takes them in that order."""
+    from sfm.eval.gen_metrics import group_samples
+
+    ckpt = save_tiny(tmp_path / "model.pt", demo_world)
+    val = demo_world / "is2re" / "val_id"
+    samples_lmdb = tmp_path / "random.lmdb"
+    place_random.main(["--data_path", str(val), "--k", "3", "--out", str(samples_lmdb)])
+    argv = ["--checkpoint", str(ckpt), "--samples", str(samples_lmdb), "--out", str(tmp_path / "scored")]
+    score_task.main(
+        argv + ["--steps", "0", "--exclude", "", "--ranked", str(tmp_path / "ranked.lmdb"), "--no_progress"]
+    )
+    inputs = {(int(d.sid), int(d.sample_idx)): d for d in read_samples(samples_lmdb)}
+    ranked = group_samples(LmdbDataset(tmp_path / "ranked.lmdb"))
+    assert sorted(ranked) == sorted({sid for sid, _ in inputs})
+    for sid, group in ranked.items():
+        energies = [float(d.energy) for d in group]
+        assert energies == sorted(energies) and [int(d.sample_idx) for d in group] == [0, 1, 2]
+        assert sorted(int(d.source_sample_idx) for d in group) == [0, 1, 2]
+        for d in group:
+            torch.testing.assert_close(d.pos, inputs[(sid, int(d.source_sample_idx))].pos)
+
+
 def test_random_placements_keep_the_slab_and_a_rigid_adsorbate(entries):
     for e in entries:
         got = list(random_placements([e], 3, seed=1))

@@ -20,8 +20,10 @@ Batches are PyG ``Batch``/``Data`` with ``atomic_numbers [N]``, ``pos [N, 3]`` (
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
+from ase.data import chemical_symbols
 from torch import nn
 
 from sfm.data.lattice import as_cells, cart_to_frac
@@ -67,6 +69,7 @@ class S2EFModel(nn.Module):
         self.energy_head = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.force_head = self.backbone.make_attention(1) if forces == "direct" else None
         self.normalizer = EnergyNormalizer()
+        self._warned_elements: set[int] = set()
 
     def forward(self, atomic_numbers, pos, cell, batch, forces: bool = True, stress: bool = False, edges=None) -> dict:
         conservative = self.forces_mode == "conservative" and (forces or stress)
@@ -102,6 +105,7 @@ class S2EFModel(nn.Module):
         can use it: an eval would print "MAE nan", a ranking would order nothing).
         """
         atomic_numbers, pos, cell, index = batch_tensors(batch)
+        self._warn_untrained_elements(atomic_numbers)
         out = self(atomic_numbers, pos, cell, index, forces=True, stress=stress, edges=edges)
         out = {k: out[k].detach() for k in ("energy", "forces", "stress") if k in out}
         bad = ~torch.isfinite(out["energy"])
@@ -109,6 +113,28 @@ class S2EFModel(nn.Module):
         if bad.any():
             self._refuse_nonfinite(batch, bad.nonzero().flatten().cpu())
         return out
+
+    def trained_elements(self) -> torch.Tensor | None:
+        """``[119]`` bool: the elements of the training data, those whose per-element reference the
+        normaliser fitted (a fitted reference is never exactly 0); None when no reference was fitted."""
+        refs = self.normalizer.element_refs
+        return refs != 0 if refs.any() else None
+
+    def _warn_untrained_elements(self, atomic_numbers: torch.Tensor) -> None:
+        """A warning, once per element and model, for an element the model was not trained on: its
+        embedding is where initialisation left it, so its energies are noise summed over its atoms."""
+        trained = self.trained_elements()
+        if trained is None:
+            return
+        new = {int(z) for z in atomic_numbers[~trained[atomic_numbers]].unique()} - self._warned_elements
+        if new:
+            self._warned_elements |= new
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in sorted(new))
+            warnings.warn(
+                f"{names}: not in this model's training data; energies and forces of structures "
+                "holding it are extrapolation from an untrained embedding, not to be trusted",
+                stacklevel=3,
+            )
 
     def _refuse_nonfinite(self, batch, graphs: torch.Tensor) -> None:
         norm = self.normalizer

@@ -184,3 +184,27 @@ def test_nan_positions_through_the_api_are_refused_where_the_graph_is_built(make
     batch.pos[batch.ptr[1] + 2, 0] = float("nan")  # an atom of the second structure
     with pytest.raises(ValueError, match=r"non-finite positions or lattice in structure\(s\) \[1\]"):
         build_model("tiny", head="s2ef").predict(batch)
+
+
+def test_an_element_outside_the_training_data_is_warned_about_once(eqv2_cell):
+    """predict names an element whose reference the normaliser did not fit (not in the training
+    data), once per model; an unfitted normaliser (no references) says nothing."""
+    import warnings
+
+    batch = structures(eqv2_cell)
+    model = s2ef_model(num_layers=1)
+    present = batch.atomic_numbers.unique()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(batch)  # references not fitted: nothing known, nothing said
+        model.normalizer.element_refs[present] = -1.0  # as a fit on these structures leaves them
+        model.predict(batch)
+    palladium = batch.clone()
+    palladium.atomic_numbers = palladium.atomic_numbers.clone()
+    palladium.atomic_numbers[0] = 46
+    with pytest.warns(UserWarning, match=r"Pd \(Z=46\): not in this model's training data"):
+        model.predict(palladium)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(palladium)  # said once
+    assert model.trained_elements()[present].all() and not model.trained_elements()[46]

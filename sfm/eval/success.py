@@ -2,7 +2,7 @@
 
     python -m sfm.eval.success --dense DIR/is2re_dense [--split test_id] [--samples NAME=SAMPLES.lmdb ...]
         [--k 1,2,5,10] [--exclude desorbed,surface_changed,intercalated] [--resamples 2000] [--seed 0]
-        [--workers 1] [--json out.json]
+        [--workers 1] [--compare A:B ...] [--json out.json]
 
 The reference of a system is the lowest relaxed energy over its dense placements that are not
 disqualified (:func:`sfm.data.dense_reference.reference`: unconverged, or flagged with a kind in
@@ -105,9 +105,12 @@ def evaluate(
     exclude=EXCLUDE,
     resamples: int = 2000,
     seed: int = 0,
+    compare=(),
 ) -> dict:
     """Success@k of the heuristic and random placements of ``split`` and of each judged sample
-    set (``{name: judge_samples(...)}``), on the systems with a reference (module docstring)."""
+    set (``{name: judge_samples(...)}``), on the systems with a reference (module docstring);
+    every set is compared with ``heuristic``, and set ``a`` with set ``b`` for each ``(a, b)`` of
+    ``compare`` (``out["paired"]``), paired over the same resampled systems."""
     refs = references(mapping, split, exclude)
     if not refs:
         raise ValueError(f"dense split {split!r}: no system with a valid reference")
@@ -123,6 +126,9 @@ def evaluate(
         "resamples": resamples,
         "sets": {},
     }
+    unknown = sorted({name for pair in compare for name in pair} - set(sets))
+    if unknown:
+        raise ValueError(f"compare: no placement set {unknown} (the sets: {', '.join(sets)})")
     table = {name: success_table(rows, ref, ks, exclude) for name, rows in sets.items()}
     base = table["heuristic"][0]
     for name, (wins, rates) in table.items():
@@ -137,7 +143,24 @@ def evaluate(
             if name != "heuristic":
                 rows[f"@{k}"].update(vs_heuristic=boot["difference"], vs_heuristic_interval_90=boot["interval_90"])
         out["sets"][name] = {"placements_per_system": max(len(row) for row in sets[name]), **rows}
+    out["paired"] = []
+    for a, b in compare:
+        diffs = {}
+        for k in ks:
+            boot = paired_bootstrap(
+                table[a][0][k].astype(float), table[b][0][k].astype(float), np.mean, resamples, seed
+            )
+            diffs[f"@{k}"] = {"difference": boot["difference"], "interval_90": boot["interval_90"]}
+        out["paired"].append({"a": a, "b": b, **diffs})
     return out
+
+
+def _differences(row: dict, ks) -> str:
+    """``+0.18 (+0.10..+0.26) @1, ...`` of a paired comparison's ``{"@k": {difference, interval_90}}``."""
+    return ", ".join(
+        f"{row[k]['difference']:+.2f} ({row[k]['interval_90'][0]:+.2f}..{row[k]['interval_90'][1]:+.2f}) {k}"
+        for k in ks
+    )
 
 
 def format_result(r: dict) -> str:
@@ -150,22 +173,22 @@ def format_result(r: dict) -> str:
             f"(90 % bootstrap intervals, {r['resamples']} resamples)"
         )
     ]
+    labels = {name: f"{name} ({s['placements_per_system']}/system)" for name, s in r["sets"].items()}
+    width = max(22, *(len(label) + 1 for label in labels.values()))
     lines.append(
-        f"{'placements':<22}" + "".join(f"{'success' + k:>22}" for k in ks) + f"{'anomalies@' + ks[-1][1:]:>14}"
+        f"{'placements':<{width}}" + "".join(f"{'success' + k:>22}" for k in ks) + f"{'anomalies@' + ks[-1][1:]:>14}"
     )
     for name, s in r["sets"].items():
         cells = "".join(
             f"{s[k]['success']:>8.2f} ({s[k]['interval_90'][0]:.2f}-{s[k]['interval_90'][1]:.2f})" + " " * 3 for k in ks
         )
-        label = f"{name} ({s['placements_per_system']}/system)"
-        lines.append(f"{label:<22}{cells}{s[ks[-1]]['anomaly_rate']:>14.2f}")
+        lines.append(f"{labels[name]:<{width}}{cells}{s[ks[-1]]['anomaly_rate']:>14.2f}")
     for name, s in r["sets"].items():  # paired over the same resampled systems
         if name != "heuristic":
-            diffs = ", ".join(
-                f"{s[k]['vs_heuristic']:+.2f} ({s[k]['vs_heuristic_interval_90'][0]:+.2f}..{s[k]['vs_heuristic_interval_90'][1]:+.2f}) {k}"
-                for k in ks
-            )
-            lines.append(f"{name} minus heuristic, paired: {diffs}")
+            vs = {k: {"difference": s[k]["vs_heuristic"], "interval_90": s[k]["vs_heuristic_interval_90"]} for k in ks}
+            lines.append(f"{name} minus heuristic, paired: {_differences(vs, ks)}")
+    for row in r.get("paired", []):
+        lines.append(f"{row['a']} minus {row['b']}, paired: {_differences(row, ks)}")
     return "\n".join(lines)
 
 
@@ -183,6 +206,14 @@ def main(argv=None) -> dict:
         help="sample LMDB(s) to relax with EMT and score (repeat for several)",
     )
     p.add_argument("--k", default=",".join(map(str, KS)), help="comma list of k")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="A:B",
+        help="also print set A minus set B, paired per system (repeat for several; every set is "
+        "compared with heuristic anyway)",
+    )
     p.add_argument(
         "--exclude",
         default=",".join(EXCLUDE),
@@ -210,6 +241,9 @@ def main(argv=None) -> dict:
         if not sep or not name or not Path(path).exists():
             p.error(f"--samples wants NAME=PATH of an existing LMDB, got {spec!r}")
         sets[name] = path
+    compare = [tuple(spec.split(":")) for spec in args.compare]
+    if any(len(pair) != 2 or not all(pair) for pair in compare):
+        p.error(f"--compare wants A:B (two placement set names), got {args.compare}")
     try:
         mapping = load_mapping(args.dense)
     except FileNotFoundError as err:
@@ -219,7 +253,7 @@ def main(argv=None) -> dict:
         name: judge_samples(LmdbDataset(path), mapping, sids, max(ks), args.workers) for name, path in sets.items()
     }
     try:
-        out = evaluate(mapping, args.split, judged, ks, exclude, args.resamples, args.seed)
+        out = evaluate(mapping, args.split, judged, ks, exclude, args.resamples, args.seed, compare)
     except ValueError as err:
         p.error(str(err))
     print(format_result(out))

@@ -209,6 +209,7 @@ def dense(s: Settings, layout: RunLayout, runner: Runner) -> None:
                         *("--exclude", "", "--ranked", out / "ranked.lmdb", "--no_progress"),
                     )
                 samples.append(f"--samples={name}_ranked={out / 'ranked.lmdb'}")
+            samples += [f"--compare={name}_ranked:heuristic_ranked" for name in runs]  # what generation adds
         table = runner.python(
             "sfm.eval.success",
             *("--dense", dense_dir, "--split", split, "--workers", s.nproc, "--json", layout.success(split), *samples),

@@ -78,6 +78,22 @@ def test_evaluate_by_hand():
         evaluate(m, "train")
 
 
+def test_compare_two_sets_paired_by_hand():
+    """--compare gen:random: gen minus random per k, paired over systems; an unknown set is named.
+    By hand: gen succeeds on both systems at @1 (-1.05 vs -1.0, -1.95 vs -2.0), random on system 0
+    at @1 (-1.0) and on neither more at @2 (-1.85 is 0.15 eV above -2.0): +0.5 at both k."""
+    m = mapping()
+    judged = {"gen": {0: [{"y_relaxed": -1.05, "anomalies": []}], 1: [{"y_relaxed": -1.95, "anomalies": []}]}}
+    r = evaluate(m, "test_id", judged, ks=(1, 2), resamples=200, compare=[("gen", "random"), ("random", "gen")])
+    ab, ba = r["paired"]
+    assert (ab["a"], ab["b"]) == ("gen", "random") and (ba["a"], ba["b"]) == ("random", "gen")
+    assert ab["@1"]["difference"] == 0.5 and ab["@2"]["difference"] == 0.5 and ba["@1"]["difference"] == -0.5
+    lo, hi = ab["@1"]["interval_90"]
+    assert f"gen minus random, paired: +0.50 ({lo:+.2f}..{hi:+.2f}) @1" in format_result(r)
+    with pytest.raises(ValueError, match=r"no placement set \['nope'\]"):
+        evaluate(m, "test_id", judged, ks=(1,), compare=[("gen", "nope")])
+
+
 def test_judge_reproduces_the_dense_relaxations(dense_world, tmp_path, capsys):
     """Samples that are the dense split's own heuristic placements, judged by EMT relaxation:
     the same energies and flags as stored, so the same success as the heuristic set."""
@@ -128,6 +144,8 @@ def test_cli_errors(tmp_path):
         main(["--dense", str(tmp_path), "--samples", "nopath"])
     with pytest.raises(SystemExit):
         main(["--dense", str(tmp_path), "--k", "0"])
+    with pytest.raises(SystemExit):
+        main(["--dense", str(tmp_path), "--compare", "heuristic"])  # not A:B
     with pytest.raises(SystemExit):
         main(["--dense", str(tmp_path), "--workers", "0"])
     with pytest.raises(SystemExit):

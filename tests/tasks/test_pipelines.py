@@ -191,6 +191,7 @@ def test_recipe_diff_dense_in_an_s2ef_models_order(tmp_path, demo, launched):
     names = [a.split("=")[1] for a in success if a.startswith("--samples=")]
     assert names == ["denoise_ode5", "denoise_ode5_ranked", "heuristic_ranked"]
     assert f"--samples=heuristic_ranked={flag(scores[1], '--ranked')}" in success
+    assert "--compare=denoise_ode5_ranked:heuristic_ranked" in success
 
 
 def test_quickstart_fast_stage_graph(tmp_path, demo, launched):

@@ -2,12 +2,12 @@
 # The main job on the embedded demo world, from a fresh clone, on CPU:
 #   install -> demo world -> the recipes' models (low-energy set, diffusion; S2EF) -> sample (inpaint, csp; few-step ode)
 #   -> score and relax (S2EF model, EMT judge) -> report (RUN_DIR/report/report.md).
-#   bash scripts/quickstart.sh           # under 60 minutes on 2 idle cores, runs/quickstart
-#   bash scripts/quickstart.sh --fast    # a first look in under 10 minutes, runs/quickstart_fast
+#   bash scripts/quickstart.sh           # about 60 minutes on 2 idle cores, runs/quickstart
+#   bash scripts/quickstart.sh --fast    # a first look in about 10 minutes, runs/quickstart_fast
 # Re-running reuses what is done (each stage skips when its output exists; sampling resumes).
-# Measured from a fresh clone on 2 idle CPU cores (pip cache warm): the full one 33 min (setup 0.7,
-# data 5.8, diffusion 11.1, S2EF 7.5, S2EF eval 0.3, sampling 2.1, scoring 5.5, report 0.2);
-# --fast: 3.9 min (setup 0.7, data 0.2, diffusion 1.0, S2EF 0.75, sampling 0.5, scoring 0.45, report 0.1).
+# The full one trains with the recipes' stages (recipe_diff lowenergy + train, recipe_s2ef train);
+# its stages' measured times on 2 idle cores: setup 0.7, data 5.8, low-energy set 9.4, diffusion
+# 11.1, S2EF 23.4, S2EF eval 0.3, sampling 2.1, scoring 5.5, report 0.2 min (README, quickstart).
 # Environment: RUN_DIR, DEMO_DIR, NPROC (2), DENSE_TRAIN_SYSTEMS, DIFF_STEPS, S2EF_STEPS, MAX_INPUTS, NUM_SAMPLES, ODE_STEPS,
 #   DENOISE_STEPS, CSP_INPUTS, RELAX_STEPS, VAL_MAX, STAGES (default all; defaults depend on --fast).
 # The stages run in Python (python -m sfm.tasks.quickstart --help: stages, flags, defaults), stage

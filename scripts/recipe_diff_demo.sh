@@ -11,7 +11,7 @@
 # per structure and network call.
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_diff_demo)  MODEL_TYPE (tiny)
-#   BACKBONE (none: the preset's; e.g. grid_resolution=10, train_diff.py --backbone)
+#   BACKBONE (grid_resolution=10: train_diff.py --backbone, fields changed from the preset; grid_resolution=18 is the preset's)
 #   NPROC (2)  STEPS (1800)  BATCH_SIZE (8)  LR (1e-3)  WARMUP (100)  SEED (1)  EMA_DECAY (0.995)
 #   MODE_PROBS (csp=0.15,lattice_given=0.15,inpaint=0.7: the training mix of conditioning modes)
 #   PLACEMENT_PROB (0.5: inpaint structures trained on the path from their placement, at DENOISE_T, to pos_relaxed)

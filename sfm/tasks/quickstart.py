@@ -31,7 +31,8 @@ EXCLUDE = "desorbed,surface_changed,intercalated"
 
 @dataclass(frozen=True)
 class Settings:
-    """The full run (33 min from a fresh clone on 2 idle cores); :data:`FAST` is the first look."""
+    """The full run (about 60 min on 2 idle cores, most of it the recipes' training); :data:`FAST`
+    is the first look."""
 
     run_dir: str = "runs/quickstart"
     demo_dir: str = "data/demo"
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     full = Settings()
     doc = __doc__.split("\n\n")[0]
     p = commands.parser("python -m sfm.tasks.quickstart", doc, stages(full, RunLayout(full.run_dir)))
-    p.add_argument("--fast", action="store_true", help="a first look in under 10 minutes (the small demo world)")
+    p.add_argument("--fast", action="store_true", help="a first look in about 10 minutes (the small demo world)")
     commands.add_settings(
         p, full, ("small", "nproc"), lambda k: f"full / --fast: {getattr(full, k)} / {getattr(FAST, k)}"
     )

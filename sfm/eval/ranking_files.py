@@ -14,6 +14,8 @@ from pathlib import Path
 from torch_geometric.data import Data
 
 from sfm.data import LmdbDataset, atoms_to_data, open_dataset, write_json, write_lmdb
+from sfm.data.dense_reference import reference
+from sfm.data.dense_targets import systems as dense_systems
 from sfm.data.structure import fixed_mask, plain_sid, sid_of
 from sfm.eval.ranking import ANOMALIES, Ranking, sample_indices
 
@@ -90,6 +92,19 @@ def ranked_samples(ranking: Ranking) -> list[Data]:
         d = Data(**{k: rec[k] for k in rec.keys()})  # the record's fields (energy, flags, pos_initial)
         d.sample_idx, d.source_sample_idx = int(rec.rank), int(rec.sample_idx)
         out.append(d)
+    return out
+
+
+def read_dense_references(split_dir, exclude) -> dict:
+    """``{sid: entry}`` of a dense split folder (``DIR/is2re_dense/SPLIT``, its ``mapping.json`` one
+    up): each system's lowest relaxed placement not disqualified by ``exclude``
+    (:func:`sfm.data.dense_reference.reference`), AdsorbML's reference; systems without one left out."""
+    split_dir = Path(split_dir)
+    out = {}
+    for sid, record, entries in dense_systems(split_dir.parent, split_dir.name):
+        best = reference(record, exclude)
+        if best is not None:
+            out[sid] = entries[record["configs"].index(best)]
     return out
 
 

@@ -133,7 +133,7 @@ class S2EFModel(nn.Module):
             warnings.warn(
                 f"{names}: not in this model's training data; energies and forces of structures "
                 "holding it are extrapolation from an untrained embedding, not to be trusted",
-                stacklevel=3,
+                stacklevel=4,  # the caller of predict (through no_grad's wrapper)
             )
 
     def _refuse_nonfinite(self, batch, graphs: torch.Tensor) -> None:

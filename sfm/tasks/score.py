@@ -27,6 +27,7 @@ from sfm.eval.ranking_files import (
     first_samples,
     format_summary,
     ranked_samples,
+    read_dense_references,
     read_references,
     read_samples,
     write_outputs,
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="consolidated S2EF checkpoint (.pt) from train_s2ef.py")
     p.add_argument("--samples", required=True, help="sample LMDB (file or folder of shards) or .extxyz/.xyz")
     p.add_argument("--reference", help="reference LMDB by sid (y_relaxed: success@k; pos_relaxed: EMT offsets)")
+    p.add_argument(
+        "--dense",
+        action="store_true",
+        help="--reference is a dense split folder (DIR/is2re_dense/SPLIT): each system's reference is its "
+        "lowest relaxed placement not disqualified by --exclude (AdsorbML's), not one relaxation",
+    )
     p.add_argument(
         "--drop_unmatched", action="store_true", help="drop samples whose sid is not in --reference (default: an error)"
     )
@@ -114,7 +121,15 @@ def main(argv=None) -> dict:
         parser.error(str(err))
     samples = samples[: args.max_samples] if args.max_samples else samples
     samples = first_samples(samples, args.samples_per_system) if args.samples_per_system else samples
-    references = read_references(args.reference) if args.reference else None
+    if args.dense and not args.reference:
+        parser.error("--dense needs --reference DIR/is2re_dense/SPLIT")
+    try:
+        if args.dense:
+            references = read_dense_references(args.reference, cfg.exclude)
+        else:
+            references = read_references(args.reference) if args.reference else None
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     if references is not None:
         missing = {sid_of(s) for s in samples} - set(references)
         if missing and not args.drop_unmatched:

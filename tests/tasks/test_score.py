@@ -332,3 +332,32 @@ def test_model_predicting_nan_is_refused(demo_world, entries, tmp_path):
     model.normalizer.mean.fill_(float("nan"))  # fitted on a NaN label
     with pytest.raises(ValueError, match=r"predicts a non-finite energy or force .* normaliser holds non-finite mean"):
         rank_samples(model, entries, RankingConfig(steps=2, progress=False))
+
+
+def test_dense_reference_is_each_systems_minimum(dense_world, tmp_path):
+    """--dense: the reference of a system is its lowest valid dense placement (the mapping's
+    reference); that placement's own relaxed structure, judged by an EMT single point, is a
+    success@1 against it; a folder that is no dense split is named."""
+    from sfm.eval.success import load_mapping, references
+
+    split = dense_world / "is2re_dense" / "test_id"
+    exclude = "desorbed,surface_changed,intercalated"
+    best = references(load_mapping(split.parent), "test_id", exclude.split(","))
+    samples = []
+    for d in LmdbDataset(split / "data.lmdb"):
+        if int(d.sid) in best and float(d.y_relaxed) == best[int(d.sid)]:
+            s = d.clone()
+            s.pos, s.sample_idx = d.pos_relaxed, 0
+            samples.append(s)
+    write_lmdb(tmp_path / "best.lmdb", samples)
+    ckpt = save_tiny(tmp_path / "model.pt", dense_world)
+    argv = ["--checkpoint", str(ckpt), "--samples", str(tmp_path / "best.lmdb"), "--out", str(tmp_path / "out")]
+    argv += ["--steps", "0", "--judge", "emt", "--exclude", exclude, "--no_progress"]
+    report = score_task.main(argv + ["--reference", str(split), "--dense"])
+    assert {int(s["sid"]): s["ref_energy"] for s in report["systems"]} == pytest.approx(best)
+    assert [s["best_judge_energy"] for s in report["systems"]] == pytest.approx(
+        [s["ref_energy"] for s in report["systems"]], abs=1e-4
+    )
+    assert report["summary"]["success@1"] == 1.0
+    with pytest.raises(SystemExit):
+        score_task.main(argv + ["--reference", str(dense_world / "is2re" / "test_id"), "--dense"])

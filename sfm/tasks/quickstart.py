@@ -73,8 +73,10 @@ def low_energy(s: Settings, layout: RunLayout, runner: Runner) -> None:
     if (layout.train_set / "data.lmdb").exists():
         runner.reuse(layout.train_set)
         return
-    recipe = replace(recipe_diff.Settings(), demo_dir=s.demo_dir, nproc=s.nproc)
-    recipe_diff.low_energy(replace(recipe, dense_train_systems=s.dense_train_systems), layout, runner)
+    recipe = replace(
+        recipe_diff.Settings(), demo_dir=s.demo_dir, nproc=s.nproc, dense_train_systems=s.dense_train_systems
+    )
+    recipe_diff.low_energy(recipe, layout, runner)
 
 
 def train_diff(s: Settings, layout: RunLayout, runner: Runner) -> None:

@@ -76,7 +76,7 @@ def low_energy(s: Settings, layout: RunLayout, runner: Runner) -> None:
     recipe = replace(
         recipe_diff.Settings(), demo_dir=s.demo_dir, nproc=s.nproc, dense_train_systems=s.dense_train_systems
     )
-    recipe_diff.low_energy(recipe, layout, runner)
+    recipe_diff.low_energy(recipe, layout, runner, small=s.small)
 
 
 def train_diff(s: Settings, layout: RunLayout, runner: Runner) -> None:

@@ -90,11 +90,14 @@ class Settings:
     rank_checkpoint: str = ""  # an S2EF model: the dense stage also scores each set in its order (sets *_ranked)
 
 
-def low_energy(s: Settings, layout: RunLayout, runner: Runner) -> None:
+def low_energy(s: Settings, layout: RunLayout, runner: Runner, small: bool = False) -> None:
+    """The dense training set and the low-energy targets; ``small``: the demo world at ``s.demo_dir``
+    is a ``--small`` one (the builder checks the world it extends)."""
     dense_dir = s.dense_train_dir or s.demo_dir.rstrip("/") + "_dense_train"
     runner.python(
         "sfm.data.demo",
-        *("--out", s.demo_dir, "--workers", s.nproc, "--dense", "--dense_test", 0, "--dense_val", 0),
+        *("--out", s.demo_dir, *(["--small"] if small else []), "--workers", s.nproc, "--dense"),
+        *("--dense_test", 0, "--dense_val", 0),
         *("--dense_train", s.dense_train_systems, "--dense_sites", 8, "--dense_random", 8, "--dense_out", dense_dir),
         label="dense_train",
     )

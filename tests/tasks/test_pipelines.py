@@ -211,6 +211,7 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
     layout = RunLayout(run)
     dense, targets, diff, s2ef = launched[:4]  # the recipes' stages with the fast settings
     assert flag(dense, "--dense_train") == "12" and flag(dense, "--dense_out") == f"{demo}_dense_train"
+    assert "--small" in dense  # the builder checks the small world it extends
     assert flag(targets, "--out") == str(layout.train_set / "data.lmdb")
     assert flag(diff, "--total_num_steps") == "150" and flag(diff, "--warmup_num_steps") == "15"
     assert flag(diff, "--valid_data_path") == str(demo / "is2re" / "val_id")

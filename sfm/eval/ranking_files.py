@@ -85,8 +85,9 @@ def first_samples(samples: list[Data], k: int) -> list[Data]:
 
 def ranked_samples(ranking: Ranking) -> list[Data]:
     """The scored records (final ``pos``, ``energy``, flags) renumbered best first: ``sample_idx`` is
-    the rank within its system (the sample's own index kept as ``source_sample_idx``), so the first k of a system are the k a user
-    would hand to a trusted calculator (AdsorbML), and any sample reader takes them in that order."""
+    the rank within its system (the sample's own index kept as ``source_sample_idx``), so the first
+    k of a system are the k a user would hand to a trusted calculator (AdsorbML), and any sample
+    reader takes them in that order."""
     out = []
     for rec in ranking.records:
         d = Data(**{k: rec[k] for k in rec.keys()})  # the record's fields (energy, flags, pos_initial)

@@ -14,7 +14,7 @@
 # of scripts/recipe_diff_demo.sh (whose MAX_INPUTS should be >= PLACE_SYSTEMS).
 #
 # Environment (default): DEMO_DIR (data/demo)  RUN_DIR (runs/recipe_s2ef[_is2re])  MODEL_TYPE (tiny)
-#   NPROC (2)  TRAIN_STEPS (7000)  BATCH_SIZE (4 per process)  LR (1e-3)  WARMUP (100)  FORCES (direct)
+#   NPROC (2)  TRAIN_STEPS (7000)  BATCH_SIZE (4 per process)  LR (2e-3)  WARMUP (100)  FORCES (direct)
 #   DATA_KIND (s2ef)  ENERGY_COEF, FORCE_COEF (train_s2ef.py's: 4, 100)
 #   BACKBONE (grid_resolution=10: train_s2ef.py --backbone, fields changed from the preset)
 #   TRAIN_FLAGS (extra flags for train_s2ef.py, e.g. "--avg_num_atoms 1")  MLSP_SYSTEMS (100)

@@ -7,7 +7,7 @@
 # Re-running reuses what is done (each stage skips when its output exists; sampling resumes).
 # The full one trains with the recipes' stages (recipe_diff lowenergy + train, recipe_s2ef train);
 # its stages' measured times on 2 idle cores: setup 0.7, data 5.8, low-energy set 9.4, diffusion
-# 11.1, S2EF 23.4, S2EF eval 0.3, sampling 2.1, scoring 5.5, report 0.2 min (README, quickstart).
+# 11.1, S2EF 23.6, S2EF eval 0.3, sampling 2.1, scoring 5.5, report 0.2 min (README, quickstart).
 # Environment: RUN_DIR, DEMO_DIR, NPROC (2), DENSE_TRAIN_SYSTEMS, DIFF_STEPS, S2EF_STEPS, MAX_INPUTS, NUM_SAMPLES, ODE_STEPS,
 #   DENOISE_STEPS, CSP_INPUTS, RELAX_STEPS, VAL_MAX, STAGES (default all; defaults depend on --fast).
 # The stages run in Python (python -m sfm.tasks.quickstart --help: stages, flags, defaults), stage

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.geometry import find_mic
+from ase.geometry import find_mic, minkowski_reduce
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -71,7 +71,16 @@ def test_wrap_frac_edges():
     assert torch.allclose(w[2:], torch.tensor([0.0, 0.5, 0.75, 0.9999999]))
 
 
-_BOX = np.array(list(itertools.product(range(-8, 9), repeat=3)))  # brute-force image shifts
+_BOX = np.array(list(itertools.product(range(-3, 4), repeat=3)))  # brute-force image shifts
+
+
+def brute_force_minimum_image(dfrac: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Shortest image lengths by brute force over a box of shifts in ASE's Minkowski-reduced basis of
+    the cell (in the cell's own basis a strongly sheared cell can need shifts of 10 and more)."""
+    reduced, _ = minkowski_reduce(cell)
+    frac = np.linalg.solve(reduced.T, (dfrac @ cell).T).T
+    frac -= np.round(frac)
+    return np.linalg.norm((frac[:, None, :] + _BOX) @ reduced, axis=-1).min(axis=1)
 
 
 @settings(max_examples=80, deadline=None)
@@ -79,8 +88,7 @@ _BOX = np.array(list(itertools.product(range(-8, 9), repeat=3)))  # brute-force 
 def test_minimum_image_against_ase_and_brute_force(cell, dfrac):
     vec = minimum_image(torch.tensor(dfrac), torch.tensor(cell)).numpy()
     length = np.linalg.norm(vec, axis=1)
-    brute = np.linalg.norm((dfrac[:, None, :] + _BOX) @ cell, axis=-1).min(axis=1)
-    np.testing.assert_allclose(length, brute, atol=1e-8)
+    np.testing.assert_allclose(length, brute_force_minimum_image(dfrac, cell), atol=1e-8)
     # ASE agrees except on strongly sheared cells, where find_mic can miss the shortest image
     # (e.g. cell [[6,0,0],[-4.5,3,3],[3,3,6]], dfrac (1.75,)*3: ASE 2.93 A, true 1.72 A)
     _, ase_len = find_mic(dfrac @ cell, cell, pbc=True)
@@ -134,3 +142,14 @@ def test_check_lattice_errors(cell, message):
     with pytest.raises(ValueError, match=rf"lattice\[1\] .*{message}"):
         check_lattice(torch.stack([good, torch.tensor(cell)]))
     check_lattice(good)
+
+
+def test_minimum_image_on_a_nearly_degenerate_cell():
+    """Found by hypothesis: a and b nearly parallel, so the shortest image of (1.5, 1.5, 1.5) lies
+    more than 8 cell vectors away in the cell's own basis (9.953 A; the best within +-8: 9.995 A)."""
+    cell = np.array([[47 / 6, -29 / 12, 0.0], [29 / 6, -13 / 12, 0.0], [29 / 3, 29 / 6, 119 / 6]])
+    dfrac = np.full((1, 3), 1.5)
+    got = minimum_image(torch.tensor(dfrac), torch.tensor(cell)).norm(dim=-1).numpy()
+    np.testing.assert_allclose(got, brute_force_minimum_image(dfrac, cell), atol=1e-8)
+    in_box = np.array(list(itertools.product(range(-8, 9), repeat=3)))
+    assert got[0] < np.linalg.norm((dfrac + in_box) @ cell, axis=-1).min() - 0.04

@@ -19,7 +19,9 @@ Placement sets:
 - ``--samples NAME=PATH``: sample LMDBs (as ``gen_oc20.sh`` writes them: ``sid``, ``sample_idx``,
   slab + adsorbate in the reference's atom order). Each system's first k samples are relaxed with
   EMT exactly as the dense placements were (:func:`judge_samples`, :mod:`sfm.relax.emt_judge`) and
-  flagged against the relaxed clean slab: EMT relaxation is the judge.
+  flagged against the relaxed clean slab: EMT relaxation is the judge. A sample that is one of
+  the dense split's own placements, unmoved (its ``config_idx`` and initial positions, as
+  ``sfm.tasks.score --ranked`` of the heuristic sites writes them), takes the stored relaxation.
 
 Reported per set and k: success (and its 90 % bootstrap interval over systems), the anomaly rate
 of the first k placements (any AdsorbML flag or unconverged, whatever ``--exclude`` says), and for the samples the paired bootstrap difference to ``heuristic``
@@ -30,13 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sfm.data import LmdbDataset, data_to_atoms
 from sfm.data.anomaly import KINDS
 from sfm.data.dense_reference import EXCLUDE, disqualified, reference
+from sfm.data.dense_targets import systems as dense_systems
+from sfm.data.structure import sid_of
 from sfm.eval.gen_metrics import group_samples
 from sfm.eval.oc20 import successes
 from sfm.eval.paired import paired_bootstrap
@@ -65,18 +71,44 @@ def source_configs(mapping: dict, sids, source: str) -> list[list[dict]]:
     return [[c for c in mapping[str(sid)]["configs"] if c["source"] == source] for sid in sids]
 
 
-def judge_samples(samples, mapping: dict, sids, k: int, workers: int = 1) -> dict[int, list[dict]]:
+def stored_positions(dense: str | Path, split: str) -> dict[tuple[int, int], torch.Tensor]:
+    """``{(sid, config_idx): initial positions}`` of every placement of a dense split."""
+    return {(sid, int(e.config_idx)): e.pos for sid, _, entries in dense_systems(dense, split) for e in entries}
+
+
+def stored_result(sample, mapping: dict, positions: dict) -> dict | None:
+    """The dense split's own relaxation of ``sample`` when it is one of the split's placements,
+    unmoved: its ``config_idx`` names one and its initial positions (``pos_initial``, else ``pos``)
+    are that placement's (as ``sfm.tasks.score --ranked`` writes the heuristic sites of
+    ``sfm.data.dense_targets placements``); else None."""
+    if "config_idx" not in sample:
+        return None
+    key = (sid_of(sample), int(sample.config_idx))
+    pos = sample.pos_initial if "pos_initial" in sample else sample.pos
+    stored = positions.get(key)
+    if stored is None or stored.shape != pos.shape or not torch.allclose(stored.double(), pos.double(), atol=1e-5):
+        return None
+    return {**mapping[str(key[0])]["configs"][key[1]], "stored": True}
+
+
+def judge_samples(samples, mapping: dict, sids, k: int, workers: int = 1, positions=None) -> dict[int, list[dict]]:
     """``{sid: [result per sample]}`` for the first k samples of each of ``sids`` the samples
     hold: each relaxed and flagged exactly as the dense placements were
     (:func:`sfm.relax.emt_judge.judge_placements`), energies referenced with the system's
-    ``e_slab + e_gas``; systems spread over ``workers`` processes (the results do not depend on it)."""
+    ``e_slab + e_gas``; systems spread over ``workers`` processes (the results do not depend on it).
+    With ``positions`` (:func:`stored_positions`), a sample that is one of the dense placements,
+    unmoved, takes its stored relaxation (:func:`stored_result`: the same relaxation, not run twice)."""
     groups = group_samples(samples)
-    todo = [sid for sid in sids if sid in groups]
-    systems = [
-        ([data_to_atoms(s) for s in groups[sid][:k]], mapping[str(sid)]["e_slab"] + mapping[str(sid)]["e_gas"])
-        for sid in todo
+    firsts = {sid: groups[sid][:k] for sid in sids if sid in groups}
+    known = {sid: [stored_result(d, mapping, positions or {}) for d in group] for sid, group in firsts.items()}
+    todo = {sid: [d for d, r in zip(group, known[sid]) if r is None] for sid, group in firsts.items()}
+    todo = {sid: group for sid, group in todo.items() if group}
+    jobs = [
+        ([data_to_atoms(d) for d in group], mapping[str(sid)]["e_slab"] + mapping[str(sid)]["e_gas"])
+        for sid, group in todo.items()
     ]
-    return dict(zip(todo, judge_placements(systems, workers)))
+    fresh = {sid: iter(results) for sid, results in zip(todo, judge_placements(jobs, workers))}
+    return {sid: [r if r is not None else next(fresh[sid]) for r in rows] for sid, rows in known.items()}
 
 
 def success_table(
@@ -249,9 +281,19 @@ def main(argv=None) -> dict:
     except FileNotFoundError as err:
         p.error(str(err))
     sids = sorted(references(mapping, args.split, exclude))
+    positions = stored_positions(args.dense, args.split) if sets else {}
     judged = {
-        name: judge_samples(LmdbDataset(path), mapping, sids, max(ks), args.workers) for name, path in sets.items()
+        name: judge_samples(LmdbDataset(path), mapping, sids, max(ks), args.workers, positions)
+        for name, path in sets.items()
     }
+    for name, per_sid in judged.items():
+        rows = [r for results in per_sid.values() for r in results]
+        if any(r.get("stored") for r in rows):
+            print(
+                f"{name}: {sum(bool(r.get('stored')) for r in rows)} of {len(rows)} placements are the dense "
+                "split's own, unmoved: their stored EMT relaxations are used",
+                file=sys.stderr,
+            )
     try:
         out = evaluate(mapping, args.split, judged, ks, exclude, args.resamples, args.seed, compare)
     except ValueError as err:

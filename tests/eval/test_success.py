@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from sfm.data import LmdbDataset, write_lmdb
 from sfm.data.dense_reference import ADSORBML_EXCLUDE, EXCLUDE
@@ -104,7 +105,7 @@ def test_judge_reproduces_the_dense_relaxations(dense_world, tmp_path, capsys):
         c = m[str(int(d.sid))]["configs"][int(d.config_idx)]
         if c["source"] == "heuristic":
             s = d.clone()
-            del s.pos_relaxed, s.y_relaxed, s.y_init
+            del s.pos_relaxed, s.y_relaxed, s.y_init, s.config_idx  # relaxed again, not looked up
             s.sample_idx = int(d.config_idx)
             s.generated = d.tags == 2
             samples.append(s)
@@ -134,6 +135,37 @@ def test_judge_reproduces_the_dense_relaxations(dense_world, tmp_path, capsys):
     for k in ("@1", "@2"):
         assert r["sets"]["again"][k]["success"] == r["sets"]["heuristic"][k]["success"]
     assert json.loads(out.read_text())["sets"] == r["sets"]
+
+
+def test_dense_placements_take_their_stored_relaxation(dense_world, tmp_path, capsys):
+    """Samples that carry a dense placement's config_idx and positions (a ranked heuristic set) take
+    the stored relaxation, in the samples' order; one whose adsorbate moved is relaxed by EMT."""
+    root = dense_world / "is2re_dense"
+    m = json.loads((root / "mapping.json").read_text())
+    samples, moved = [], None
+    for d in LmdbDataset(root / "test_id" / "data.lmdb"):
+        if m[str(int(d.sid))]["configs"][int(d.config_idx)]["source"] == "heuristic":
+            s = d.clone()
+            del s.pos_relaxed, s.y_relaxed, s.y_init
+            s.sample_idx = 100 - int(d.config_idx)  # reversed: the order is the samples', not the mapping's
+            if moved is None:
+                moved = (int(d.sid), int(d.config_idx))
+                s.pos = s.pos + 0.3 * (s.tags == 2).unsqueeze(1) * torch.tensor([1.0, 0.0, 0.0])
+            samples.append(s)
+    write_lmdb(tmp_path / "ranked.lmdb", samples)
+    out = tmp_path / "success.json"
+    args = ["--dense", str(root), "--samples", f"ranked={tmp_path / 'ranked.lmdb'}", "--k", "10", "--resamples", "10"]
+    r = main([*args, "--json", str(out)])
+    assert "placements are the dense split's own" in capsys.readouterr().err
+    for sid, judged in r["judged"]["ranked"].items():
+        mine = sorted((d for d in samples if int(d.sid) == int(sid)), key=lambda d: int(d.sample_idx))
+        assert len(judged) == len(mine)
+        for d, j in zip(mine, judged):
+            stored = m[sid]["configs"][int(d.config_idx)]
+            if (int(sid), int(d.config_idx)) == moved:
+                assert "stored" not in j and j["y_relaxed"] != stored["y_relaxed"]  # relaxed from elsewhere
+            else:
+                assert j == {**stored, "stored": True}
 
 
 def test_cli_errors(tmp_path):

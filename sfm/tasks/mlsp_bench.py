@@ -19,7 +19,7 @@ lower counts too), ``within_0.1`` (|dE| <= 0.1 eV), the median |dE| (eV), the mo
 energy error at its minimum (|E_model - E_EMT|, eV), the adsorbate's mean minimum-image
 distance to the reference relaxed adsorbate (median, A) and ADwT on adsorbate atoms, the
 fraction converged and the mean optimiser steps. Paired per system, so the rows compare. The JSON keeps each system's ML+SP result
-(``per_system``); ``--baseline OTHER.json`` (another model's report on the same data) adds the
+(``per_system``: success, dE, distance, the model's own error at its minimum, steps); ``--baseline OTHER.json`` (another model's report on the same data) adds the
 success difference with a paired bootstrap interval over the common systems.
 """
 
@@ -89,6 +89,7 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
     ref = np.array([float(d.y_relaxed) for d in structures])
     final = [r["pos"] for r in relaxed]
     sp = np.asarray(judge(structures, final, references)[0], dtype=float)
+    model_energy = np.array([r["energy"] for r in relaxed])
     sp_initial = np.asarray(judge(structures, [d.pos for d in structures], references)[0], dtype=float)
     distance = adsorbate_distance(structures, final)
     rows = [
@@ -97,7 +98,7 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
             sp,
             ref,
             distance,
-            np.array([r["energy"] for r in relaxed]),
+            model_energy,
             relaxed,
         ),
         row(
@@ -113,6 +114,8 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
         "success": [bool(x) for x in sp - ref <= 0.1],
         "dE": (sp - ref).tolist(),
         "distance": distance.tolist(),
+        "model_error": (model_energy - sp).tolist(),  # the model's energy at its minimum minus EMT's there
+        "steps": [int(r["relax_steps"]) for r in relaxed],
     }
     return {
         "data": str(data),

@@ -25,6 +25,8 @@ def test_emt_as_the_relaxer_lands_on_the_reference(demo_world):
     per_system = report["per_system"]
     assert len(per_system["sid"]) == ml["systems"] and all(per_system["success"])
     assert max(abs(x) for x in per_system["dE"]) <= 0.1
+    assert len(per_system["model_error"]) == ml["systems"]
+    assert sum(per_system["steps"]) / ml["systems"] == pytest.approx(ml["steps_mean"])
 
 
 def test_compare_pairs_the_common_systems():

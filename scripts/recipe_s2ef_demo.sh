@@ -18,6 +18,7 @@
 #   DATA_KIND (s2ef)  ENERGY_COEF, FORCE_COEF (train_s2ef.py's: 4, 100)
 #   BACKBONE (grid_resolution=10: train_s2ef.py --backbone, fields changed from the preset)
 #   TRAIN_FLAGS (extra flags for train_s2ef.py, e.g. "--avg_num_atoms 1")  MLSP_SYSTEMS (100)
+#   RATTLED (0: perturbed frames per system added to s2ef/train, python -m sfm.data.rattle)
 #   PLACE_SYSTEMS (40)  PLACE_K (5)  RELAX_STEPS (200)  EXCLUDE (desorbed,surface_changed,intercalated)
 # EXCLUDE: anomaly kinds that disqualify a relaxed placement. AdsorbML excludes dissociated ones too,
 # but in the EMT world most reference relaxations already count as "dissociated" by fairchem's rule
@@ -27,7 +28,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 flags=()
 for var in STAGES DATA_KIND DEMO_DIR RUN_DIR MODEL_TYPE NPROC TRAIN_STEPS BATCH_SIZE LR WARMUP FORCES ENERGY_COEF \
-           FORCE_COEF BACKBONE TRAIN_FLAGS MLSP_SYSTEMS PLACE_SYSTEMS PLACE_K RELAX_STEPS EXCLUDE GEN_SAMPLES; do
+           FORCE_COEF BACKBONE TRAIN_FLAGS RATTLED MLSP_SYSTEMS PLACE_SYSTEMS PLACE_K RELAX_STEPS EXCLUDE GEN_SAMPLES; do
   [ -n "${!var:-}" ] && flags+=("--${var,,}=${!var}")
 done
 cd "$root"

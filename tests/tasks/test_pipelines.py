@@ -101,6 +101,24 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
     assert json.loads(run.settings.read_text())["settings"]["train_steps"] == 7
 
 
+def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path, demo, launched):
+    argv = ["--stages", "train eval", "--run_dir", str(tmp_path / "run"), "--demo_dir", str(demo), "--rattled", "3"]
+    assert recipe_s2ef.main(argv) == 0
+    rattle, train = launched[0], launched[1]
+    out = demo / "s2ef" / "train_rattled3"
+    assert entry(rattle) == "sfm.data.rattle" and flag(rattle, "--per_system") == "3"
+    assert flag(rattle, "--data") == str(demo / "s2ef" / "train") and flag(rattle, "--out") == str(out)
+    assert flag(train, "--train_data_path") == str(out)
+    for ev in launched[2:]:  # the baselines are fitted on the world's own frames
+        assert flag(ev, "--train_data_path") == str(demo / "s2ef" / "train")
+    out.mkdir(parents=True)  # built: reused
+    launched.clear()
+    assert recipe_s2ef.main([*argv, "--stages", "train"]) == 0
+    assert [entry(c) for c in launched] == ["train_s2ef"]
+    with pytest.raises(SystemExit):
+        recipe_s2ef.main([*argv, "--data_kind", "is2re"])
+
+
 def test_recipe_s2ef_place_scores_each_placement_set(tmp_path, demo_world, launched):
     run = tmp_path / "run"
     gen = tmp_path / "gen_run" / "samples"

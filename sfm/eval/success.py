@@ -21,7 +21,8 @@ Placement sets:
   EMT exactly as the dense placements were (:func:`judge_samples`, :mod:`sfm.relax.emt_judge`) and
   flagged against the relaxed clean slab: EMT relaxation is the judge. A sample that is one of
   the dense split's own placements, unmoved (its ``config_idx`` and initial positions, as
-  ``sfm.tasks.score --ranked`` of the heuristic sites writes them), takes the stored relaxation.
+  ``sfm.tasks.score --ranked`` of the heuristic sites writes them), takes the stored relaxation,
+  and a placement that two sets share (a set and its ranked copy) is relaxed once.
 
 Reported per set and k: success (and its 90 % bootstrap interval over systems), the anomaly rate
 of the first k placements (any AdsorbML flag or unconverged, whatever ``--exclude`` says), and for the samples the paired bootstrap difference to ``heuristic``
@@ -91,24 +92,41 @@ def stored_result(sample, mapping: dict, positions: dict) -> dict | None:
     return {**mapping[str(key[0])]["configs"][key[1]], "stored": True}
 
 
-def judge_samples(samples, mapping: dict, sids, k: int, workers: int = 1, positions=None) -> dict[int, list[dict]]:
+def placement_key(d) -> tuple:
+    """A placement's identity across sample sets: sid, elements and positions to 1e-4 A."""
+    return sid_of(d), d.atomic_numbers.numpy().tobytes(), d.pos.double().numpy().round(4).tobytes()
+
+
+def judge_samples(
+    samples, mapping: dict, sids, k: int, workers: int = 1, positions=None, cache: dict | None = None
+) -> dict[int, list[dict]]:
     """``{sid: [result per sample]}`` for the first k samples of each of ``sids`` the samples
     hold: each relaxed and flagged exactly as the dense placements were
     (:func:`sfm.relax.emt_judge.judge_placements`), energies referenced with the system's
     ``e_slab + e_gas``; systems spread over ``workers`` processes (the results do not depend on it).
-    With ``positions`` (:func:`stored_positions`), a sample that is one of the dense placements,
-    unmoved, takes its stored relaxation (:func:`stored_result`: the same relaxation, not run twice)."""
+    Nothing is relaxed twice: with ``positions`` (:func:`stored_positions`), a sample that is one of
+    the dense placements, unmoved, takes its stored relaxation (:func:`stored_result`); with
+    ``cache`` (a dict shared over calls), a placement judged before (the same set in another
+    order, e.g. ranked) takes that result, and each new result is added."""
+    cache = {} if cache is None else cache
     groups = group_samples(samples)
     firsts = {sid: groups[sid][:k] for sid in sids if sid in groups}
-    known = {sid: [stored_result(d, mapping, positions or {}) for d in group] for sid, group in firsts.items()}
+    known = {
+        sid: [stored_result(d, mapping, positions or {}) or cache.get(placement_key(d)) for d in group]
+        for sid, group in firsts.items()
+    }
     todo = {sid: [d for d, r in zip(group, known[sid]) if r is None] for sid, group in firsts.items()}
     todo = {sid: group for sid, group in todo.items() if group}
     jobs = [
         ([data_to_atoms(d) for d in group], mapping[str(sid)]["e_slab"] + mapping[str(sid)]["e_gas"])
         for sid, group in todo.items()
     ]
-    fresh = {sid: iter(results) for sid, results in zip(todo, judge_placements(jobs, workers))}
-    return {sid: [r if r is not None else next(fresh[sid]) for r in rows] for sid, rows in known.items()}
+    for (sid, group), results in zip(todo.items(), judge_placements(jobs, workers)):
+        cache.update((placement_key(d), r) for d, r in zip(group, results))
+    return {
+        sid: [r if r is not None else cache[placement_key(d)] for d, r in zip(firsts[sid], rows)]
+        for sid, rows in known.items()
+    }
 
 
 def success_table(
@@ -281,9 +299,9 @@ def main(argv=None) -> dict:
     except FileNotFoundError as err:
         p.error(str(err))
     sids = sorted(references(mapping, args.split, exclude))
-    positions = stored_positions(args.dense, args.split) if sets else {}
+    positions, cache = stored_positions(args.dense, args.split) if sets else {}, {}
     judged = {
-        name: judge_samples(LmdbDataset(path), mapping, sids, max(ks), args.workers, positions)
+        name: judge_samples(LmdbDataset(path), mapping, sids, max(ks), args.workers, positions, cache)
         for name, path in sets.items()
     }
     for name, per_sid in judged.items():

@@ -168,6 +168,45 @@ def test_dense_placements_take_their_stored_relaxation(dense_world, tmp_path, ca
                 assert j == {**stored, "stored": True}
 
 
+def test_a_placement_judged_once_over_sets(monkeypatch):
+    """The same placements in another order (a ranked set) take the first set's results: nothing
+    relaxed twice, each sample matched to its own result."""
+    from torch_geometric.data import Data
+
+    from sfm.eval import success
+
+    relaxed = []
+
+    def fake_judge(jobs, workers):
+        relaxed.extend(a for atoms, _ in jobs for a in atoms)
+        return [[{"y_relaxed": float(a.positions.sum()), "anomalies": []} for a in atoms] for atoms, _ in jobs]
+
+    monkeypatch.setattr(success, "judge_placements", fake_judge)
+    placements = [
+        Data(
+            sid=7,
+            sample_idx=i,
+            pos=torch.rand(3, 3),
+            atomic_numbers=torch.tensor([29, 29, 8]),
+            cell=torch.eye(3)[None] * 5,
+            tags=torch.tensor([1, 1, 2]),
+            natoms=3,
+        )
+        for i in range(4)
+    ]
+    reordered = [Data(**{**p.to_dict(), "sample_idx": 3 - i}) for i, p in enumerate(placements)]
+    mapping = {"7": {"e_slab": 0.0, "e_gas": 0.0, "configs": []}}
+    cache = {}
+    first = success.judge_samples(placements, mapping, [7], 10, cache=cache)
+    assert len(relaxed) == 4
+    second = success.judge_samples(reordered, mapping, [7], 10, cache=cache)
+    assert len(relaxed) == 4  # nothing relaxed again
+    assert second[7] == first[7][::-1]
+    assert [r["y_relaxed"] for r in second[7]] == pytest.approx(
+        [float(p.pos.sum()) for p in placements[::-1]], abs=1e-4
+    )
+
+
 def test_cli_errors(tmp_path):
     with pytest.raises(SystemExit):
         main(["--dense", str(tmp_path)])  # no mapping.json

@@ -79,13 +79,12 @@ def stored_positions(dense: str | Path, split: str) -> dict[tuple[int, int], tor
 
 def stored_result(sample, mapping: dict, positions: dict) -> dict | None:
     """The dense split's own relaxation of ``sample`` when it is one of the split's placements,
-    unmoved: its ``config_idx`` names one and its initial positions (``pos_initial``, else ``pos``)
-    are that placement's (as ``sfm.tasks.score --ranked`` writes the heuristic sites of
-    ``sfm.data.dense_targets placements``); else None."""
+    unmoved: its ``config_idx`` names one and its ``pos`` (what EMT would relax) is that
+    placement's (as ``sfm.tasks.score --steps 0 --ranked`` writes the heuristic sites of
+    ``sfm.data.dense_targets placements``; after an ML relaxation ``pos`` has moved); else None."""
     if "config_idx" not in sample:
         return None
-    key = (sid_of(sample), int(sample.config_idx))
-    pos = sample.pos_initial if "pos_initial" in sample else sample.pos
+    key, pos = (sid_of(sample), int(sample.config_idx)), sample.pos
     stored = positions.get(key)
     if stored is None or stored.shape != pos.shape or not torch.allclose(stored.double(), pos.double(), atol=1e-5):
         return None

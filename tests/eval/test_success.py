@@ -149,8 +149,9 @@ def test_dense_placements_take_their_stored_relaxation(dense_world, tmp_path, ca
             del s.pos_relaxed, s.y_relaxed, s.y_init
             s.sample_idx = 100 - int(d.config_idx)  # reversed: the order is the samples', not the mapping's
             if moved is None:
-                moved = (int(d.sid), int(d.config_idx))
+                moved = (int(d.sid), int(d.config_idx))  # as after an ML relaxation: pos moved, pos_initial not
                 s.pos = s.pos + 0.3 * (s.tags == 2).unsqueeze(1) * torch.tensor([1.0, 0.0, 0.0])
+            s.pos_initial = d.pos.clone()
             samples.append(s)
     write_lmdb(tmp_path / "ranked.lmdb", samples)
     out = tmp_path / "success.json"

@@ -27,6 +27,7 @@ from ase.constraints import FixAtoms
 from ase.optimize import BFGS, LBFGS
 
 from sfm.data.anomaly import detect_atoms
+from sfm.data.structure import sid_of
 
 FMAX = 0.05  # eV/A, relaxation target on free atoms
 MAX_STEPS = 300
@@ -104,3 +105,18 @@ def relax_placement(atoms: Atoms, clean: Atoms, offset: float) -> dict:
         "steps": len(traj.energies) - 1,
         "anomalies": flags,
     }
+
+
+def check_emt_elements(structures: list) -> None:
+    """ValueError naming the first structure with an element EMT does not cover."""
+    from ase.calculators.emt import parameters
+    from ase.data import atomic_numbers
+
+    covered = {atomic_numbers[s] for s in parameters}
+    for d in structures:
+        bad = sorted(set(d.atomic_numbers.tolist()) - covered)
+        if bad:
+            raise ValueError(
+                f"EMT judge: sid {sid_of(d)} has elements EMT does not cover (Z = {bad}); "
+                f"EMT knows {' '.join(parameters)}"
+            )

@@ -36,9 +36,10 @@ import torch
 from tqdm import tqdm
 
 from sfm.data.atoms import data_to_atoms
+from sfm.data.emt_world import check_emt_elements
+from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter
 from sfm.data.structure import fixed_mask, sid_of
-from sfm.relax.emt_judge import check_emt_elements
 
 TRIES = 10
 
@@ -55,7 +56,7 @@ def perturb(frame, rng: np.random.Generator, shift: float, sigma: float) -> torc
     """[N, 3] positions: the adsorbate shifted rigidly in the cell's a-b plane by up to ``shift``
     A, then Gaussian noise of ``sigma`` A on every free atom."""
     pos = frame.pos.double().clone()
-    a, b = frame.cell.reshape(3, 3)[:2].double()
+    a, b = as_cell(frame.cell)[:2].double()
     normal = torch.linalg.cross(a, b)
     u = a / a.norm()
     v = torch.linalg.cross(normal / normal.norm(), u)

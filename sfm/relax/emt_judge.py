@@ -27,26 +27,11 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from sfm.data import collate, data_to_atoms
-from sfm.data.emt_world import gas_references, relax, relax_clean_slab, relax_placement
+from sfm.data.emt_world import check_emt_elements, gas_references, relax, relax_clean_slab, relax_placement
 from sfm.data.parallel import ordered_map
 from sfm.data.structure import sid_of
 from sfm.relax.emt import EMTFn
 from sfm.relax.relax_structures import RelaxSettings, relax_input, relax_structures
-
-
-def check_emt_elements(structures: list[Data]) -> None:
-    """ValueError naming the first structure with an element EMT does not cover."""
-    from ase.calculators.emt import parameters
-    from ase.data import atomic_numbers
-
-    covered = {atomic_numbers[s] for s in parameters}
-    for d in structures:
-        bad = sorted(set(d.atomic_numbers.tolist()) - covered)
-        if bad:
-            raise ValueError(
-                f"EMT judge: sid {sid_of(d)} has elements EMT does not cover (Z = {bad}); "
-                f"EMT knows {' '.join(parameters)}"
-            )
 
 
 def emt_energies(structures: list[Data], pos: list[torch.Tensor] | None = None) -> np.ndarray:

@@ -117,6 +117,6 @@ def check_emt_elements(structures: list) -> None:
         bad = sorted(set(d.atomic_numbers.tolist()) - covered)
         if bad:
             raise ValueError(
-                f"EMT judge: sid {sid_of(d)} has elements EMT does not cover (Z = {bad}); "
+                f"EMT: sid {sid_of(d)} has elements EMT does not cover (Z = {bad}); "
                 f"EMT knows {' '.join(parameters)}"
             )

@@ -19,7 +19,8 @@ lower counts too), ``within_0.1`` (|dE| <= 0.1 eV), the median |dE| (eV), the mo
 energy error at its minimum (|E_model - E_EMT|, eV), the adsorbate's mean minimum-image
 distance to the reference relaxed adsorbate (median, A) and ADwT on adsorbate atoms, the
 fraction converged and the mean optimiser steps. Paired per system, so the rows compare. The JSON keeps each system's ML+SP result
-(``per_system``: success, dE, distance, the model's own error at its minimum, steps); ``--baseline OTHER.json`` (another model's report on the same data) adds the
+(``per_system``: success, dE, distance, the model's own error at its minimum, steps, EMT's
+largest force there); ``--baseline OTHER.json`` (another model's report on the same data) adds the
 success difference with a paired bootstrap interval over the common systems.
 """
 
@@ -35,12 +36,13 @@ import torch
 
 from sfm import load_checkpoint
 from sfm.data import LmdbDataset, collate
-from sfm.data.structure import sid_of
+from sfm.data.structure import fixed_mask, sid_of
 from sfm.eval.oc20 import adwt, mean_distance
 from sfm.eval.paired import paired_bootstrap
+from sfm.relax.emt import EMTFn
 from sfm.relax.emt_judge import EMTJudge
 from sfm.relax.relax_batch import OPTIMIZERS
-from sfm.relax.relax_structures import RelaxSettings, relax_structures
+from sfm.relax.relax_structures import RelaxSettings, relax_input, relax_structures
 
 
 def adsorbate_distance(structures, pos) -> np.ndarray:
@@ -50,6 +52,15 @@ def adsorbate_distance(structures, pos) -> np.ndarray:
     final = torch.cat([p.double() for p in pos])
     ref = torch.cat([d.pos_relaxed.double() for d in structures])
     return mean_distance(final, ref, batch.cell.double(), batch.batch, batch.tags == 2).numpy()
+
+
+def emt_largest_force(structures, pos) -> np.ndarray:
+    """[S] EMT's largest force (eV/A) on a free atom of each structure at ``pos``: where it is well
+    above the relaxation's fmax, the model stopped in a minimum the true potential does not have."""
+    batch = collate([relax_input(d, i, p) for i, (d, p) in enumerate(zip(structures, pos))])
+    forces = EMTFn()(batch)[1].double().norm(dim=-1)
+    free = ~fixed_mask(batch)
+    return np.array([float(forces[(batch.batch == i) & free].max()) for i in range(len(structures))])
 
 
 def row(name: str, sp: np.ndarray, ref: np.ndarray, distance: np.ndarray, model_energy=None, relaxed=None) -> dict:
@@ -90,6 +101,7 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
     final = [r["pos"] for r in relaxed]
     sp = np.asarray(judge(structures, final, references)[0], dtype=float)
     model_energy = np.array([r["energy"] for r in relaxed])
+    emt_fmax = emt_largest_force(structures, final)
     sp_initial = np.asarray(judge(structures, [d.pos for d in structures], references)[0], dtype=float)
     distance = adsorbate_distance(structures, final)
     rows = [
@@ -116,6 +128,7 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
         "distance": distance.tolist(),
         "model_error": (model_energy - sp).tolist(),  # the model's energy at its minimum minus EMT's there
         "steps": [int(r["relax_steps"]) for r in relaxed],
+        "emt_fmax": emt_fmax.tolist(),  # EMT's largest force on a free atom at the model's minimum (eV/A)
     }
     return {
         "data": str(data),

@@ -6,7 +6,8 @@ with the true potential's energy and forces.
 
 A relaxation trajectory samples one path downhill; a model trained on such frames alone knows
 little beside it, and its own relaxations stop in minima the true potential does not have (on the
-demo world, the 22 failed ML+SP relaxations ended where EMT's largest force was 0.08-1.6 eV/A).
+demo world, 21 of the 22 failed ML+SP relaxations ended where EMT's largest force was above
+0.15 eV/A, up to 1.1: ``sfm.tasks.mlsp_bench``'s ``emt_fmax``).
 OC20 ships frames off the path for this (S2EF "rattled" and "MD" data). This command makes the
 demo world's: for each system of an S2EF split, ``per_system`` of its frames drawn at random,
 the adsorbate (tag 2) shifted rigidly within the surface plane by up to ``shift`` A (uniform in a

@@ -117,6 +117,5 @@ def check_emt_elements(structures: list) -> None:
         bad = sorted(set(d.atomic_numbers.tolist()) - covered)
         if bad:
             raise ValueError(
-                f"EMT: sid {sid_of(d)} has elements EMT does not cover (Z = {bad}); "
-                f"EMT knows {' '.join(parameters)}"
+                f"EMT: sid {sid_of(d)} has elements EMT does not cover (Z = {bad}); EMT knows {' '.join(parameters)}"
             )

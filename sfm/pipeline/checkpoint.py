@@ -97,6 +97,29 @@ def load_checkpoint(path, map_location="cpu", build_fn=None):
     return model
 
 
+def init_weights(model, path, free=(), may_differ=()) -> dict:
+    """Copy a consolidated checkpoint's weights (EMA, normaliser buffers included) into ``model``, the
+    start of a fine-tuning run; the checkpoint dict minus weights comes back.
+
+    ``free``: parameter-name prefixes the model may have that the checkpoint lacks, or the reverse
+    (they keep their initialisation or are dropped, e.g. a direct-force head when fine-tuning with
+    conservative forces); ``may_differ``: build_kwargs allowed to differ (loss weights, the force
+    mode). ValueError naming the file for another architecture or dictionary.
+    """
+    ckpt = read_consolidated(path)
+    ours, theirs = model.build_kwargs, ckpt["build_kwargs"]
+    differ = sorted(k for k in set(ours) | set(theirs) if k not in may_differ and ours.get(k) != theirs.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ if k != "dictionary")
+        raise ValueError(f"{path}: another model than this run builds ({shown or 'dictionary'})")
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(tuple(free))}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(tuple(free))]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -9,7 +9,9 @@ samples per entry: the relaxed structure (pos_relaxed, y_relaxed, zero force on 
 and the initial one (pos, y_init) without a force label (see sfm.data.views.IS2REAsS2EF).
 The normaliser (mean, std, per-element references, force scale) is fitted on at most
 `--normalizer_structures` training structures at the start of a fresh run; it lives in the
-model's buffers, so checkpoints carry it and a resumed run keeps it.
+model's buffers, so checkpoints carry it and a resumed run keeps it. `--init_from MODEL.pt` starts a
+fresh run (optimizer, schedule) from a checkpoint's weights and normaliser instead: fine-tuning on
+your own frames, or conservative forces after direct-force training (the direct head is dropped).
 """
 
 import argparse
@@ -19,9 +21,12 @@ from sfm.data.views import KINDS, IS2REAsS2EF
 from sfm.models import PRESETS, build_model
 from sfm.models.s2ef import OC20_AVG_NUM_ATOMS
 from sfm.pipeline.batches import random_subset
+from sfm.pipeline.checkpoint import init_weights
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
 from sfm.tasks.train_args import build_parser, float_in, int_at_least, parse_args, train_config
 
+FORCE_HEAD = ("force_head.",)  # present with direct forces only
+HEAD_SETTINGS = ("forces", "energy_coef", "force_coef", "checkpoint")  # a fine-tuning run may change these
 REQUIRED = {"s2ef": ("y", "force"), "is2re": ("y_init", "y_relaxed", "pos_relaxed")}  # fields per --data_kind
 
 
@@ -70,6 +75,14 @@ def main(argv=None) -> dict:
         default=True,
         help="fit per-element linear energy references",
     )
+    g.add_argument(
+        "--init_from",
+        default=None,
+        metavar="MODEL_PT",
+        help="start from this S2EF checkpoint's weights and normaliser (same architecture; a fresh "
+        "optimizer and schedule): fine-tuning on other data, or with --forces conservative after "
+        "direct-force training (eSEN's recipe; the direct head is dropped)",
+    )
     args = parse_args(parser, argv)
     if args.forces == "conservative" and args.strategy == "Zero3":
         # The force loss differentiates -dE/dpos again through the weights; ZeRO-3 has released
@@ -105,7 +118,13 @@ def main(argv=None) -> dict:
         parser.error(str(err))
     meta = {"task": "s2ef", "dictionary": dictionary.tokens, "args": vars(args)}
     resume_dir = resolve_resume(cfg)
-    if resume_dir is None:  # a fresh run: fit the normaliser its checkpoints will carry
+    if resume_dir is None and args.init_from:  # fine-tuning: weights and normaliser from the checkpoint
+        try:
+            start = init_weights(model, args.init_from, free=FORCE_HEAD, may_differ=HEAD_SETTINGS)
+        except (OSError, ValueError) as err:
+            parser.error(f"--init_from: {err}")
+        meta.update(normalizer=start.get("normalizer"), init_from=str(args.init_from))
+    elif resume_dir is None:  # a fresh run: fit the normaliser its checkpoints will carry
         sample = random_subset(train_set, args.normalizer_structures, args.seed)
         sample = without_forces(sample) if args.data_kind == "is2re" else sample
         meta["normalizer"] = model.fit_normalizer(sample, fit_references=args.element_refs)

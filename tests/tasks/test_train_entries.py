@@ -92,6 +92,29 @@ def test_s2ef_on_is2re_with_conservative_forces(demo_world, tmp_path):
     assert sfm.load_checkpoint(tmp_path / "run" / "model.pt").checkpoint["build_kwargs"]["checkpoint"] is True
 
 
+def test_conservative_fine_tuning_starts_from_a_direct_checkpoint(demo_world, tmp_path, capsys):
+    direct = tmp_path / "direct" / "model.pt"
+    train_s2ef.main(flags(demo_world, direct.parent, "s2ef_few", "--total_num_steps", "1"))
+    start = sfm.load_checkpoint(direct)
+    fine = flags(demo_world, tmp_path / "fine", "s2ef_few", "--forces", "conservative", "--init_from", str(direct))
+    out = train_s2ef.main([*fine, "--total_num_steps", "1", "--max_lr", "1e-12", "--ema_decay", "0"])
+    tuned = sfm.load_checkpoint(tmp_path / "fine" / "model.pt")
+    assert out["step"] == 1 and tuned.forces_mode == "conservative" and tuned.force_head is None
+    assert (
+        tuned.checkpoint["init_from"] == str(direct)
+        and tuned.checkpoint["normalizer"] == start.checkpoint["normalizer"]
+    )
+    for name, weight in tuned.state_dict().items():  # a step at lr 1e-12 leaves the direct run's weights
+        assert torch.allclose(weight, start.state_dict()[name], atol=1e-8), name
+    with pytest.raises(SystemExit):  # another architecture: refused, naming the field and the file
+        train_s2ef.main(
+            flags(demo_world, tmp_path / "other", "s2ef_few", "--init_from", str(direct), "--backbone", "lmax=1")
+        )
+    err = capsys.readouterr().err
+    assert f"--init_from: {direct}: another model than this run builds (lmax: 2 there, 1 here)" in err
+    assert not (tmp_path / "other" / "model.pt").exists()
+
+
 def test_diffusion_trains_resumes_and_reloads(demo_world, tmp_path):
     run = tmp_path / "run"
     train_diff.main(flags(demo_world, run, "is2re", "--ema_decay", "0"))

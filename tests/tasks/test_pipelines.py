@@ -119,6 +119,21 @@ def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path,
         recipe_s2ef.main([*argv, "--data_kind", "is2re"])
 
 
+def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_path, demo, launched):
+    run = tmp_path / "run"
+    argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
+    assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--conservative_lr", "1e-4"]) == 0
+    direct, fine = launched
+    assert flag(direct, "--save_dir") == str(run / "direct") and flag(direct, "--forces") == "direct"
+    assert flag(direct, "--total_num_steps") == "5" and flag(direct, "--max_lr") == "0.002"
+    assert flag(fine, "--save_dir") == str(run) and flag(fine, "--forces") == "conservative"
+    assert flag(fine, "--init_from") == str(run / "direct" / "model.pt")
+    assert flag(fine, "--total_num_steps") == "3" and flag(fine, "--max_lr") == "0.0001"
+    assert flag(fine, "--train_data_path") == flag(direct, "--train_data_path")
+    with pytest.raises(SystemExit):  # fine-tuning a conservative model conservatively: refused
+        recipe_s2ef.main([*argv, "--conservative_steps", "3", "--forces", "conservative"])
+
+
 def test_recipe_s2ef_place_scores_each_placement_set(tmp_path, demo_world, launched):
     run = tmp_path / "run"
     gen = tmp_path / "gen_run" / "samples"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 UNKNOWN_TAG = -1
+ADSORBATE_TAG = 2
 SLAB_TAGS = (0, 1)  # subsurface and surface: the atoms an inpainting is given by default
 
 

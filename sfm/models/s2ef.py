@@ -27,7 +27,7 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from sfm.data.lattice import as_cells, cart_to_frac
-from sfm.data.structure import fixed_mask, name_structures
+from sfm.data.structure import ADSORBATE_TAG, fixed_mask, name_structures
 from sfm.models.backbone import BackboneConfig, EquiformerV2
 from sfm.models.normalizer import EnergyNormalizer
 
@@ -58,11 +58,15 @@ class S2EFModel(nn.Module):
         force_coef: float = 100.0,
         avg_num_atoms: float = OC20_AVG_NUM_ATOMS,
         pbc: tuple = (True, True, True),
+        adsorbate_force_weight: float = 1.0,
     ):
         super().__init__()
         if forces not in ("direct", "conservative"):
             raise ValueError(f"forces must be 'direct' or 'conservative', got {forces!r}")
+        if not adsorbate_force_weight > 0:
+            raise ValueError(f"adsorbate_force_weight must be > 0, got {adsorbate_force_weight}")
         self.forces_mode, self.energy_coef, self.force_coef = forces, float(energy_coef), float(force_coef)
+        self.adsorbate_force_weight = float(adsorbate_force_weight)
         self.avg_num_atoms, self.pbc = float(avg_num_atoms), tuple(bool(p) for p in pbc)
         self.backbone = EquiformerV2(backbone_cfg)
         channels, hidden = backbone_cfg.sphere_channels, backbone_cfg.ffn_hidden_channels
@@ -164,7 +168,9 @@ class S2EFModel(nn.Module):
             free = ~fixed_mask(batch)
             f_err = (out["forces"] - target_force.to(pos.dtype))[free]
             norm = f_err.norm(dim=-1) / self.normalizer.force_std.to(pos.dtype)
-            force_loss = norm.mean() if len(norm) else norm.sum()
+            # a weighted mean over free atoms: adsorbate atoms (tag 2) count adsorbate_force_weight times
+            weight = 1.0 + (self.adsorbate_force_weight - 1.0) * (batch.tags[free] == ADSORBATE_TAG).to(norm.dtype)
+            force_loss = (norm * weight).sum() / weight.sum() if len(norm) else norm.sum()
             loss = loss + self.force_coef * force_loss
             parts.update(force_loss=force_loss, force_mae=f_err.abs().mean() if len(norm) else norm.sum())
         parts = {k: v.detach() for k, v in parts.items()}

@@ -26,7 +26,13 @@ from sfm.pipeline.trainer import resolve_resume, seed_everything, train
 from sfm.tasks.train_args import build_parser, float_in, int_at_least, parse_args, train_config
 
 FORCE_HEAD = ("force_head.",)  # present with direct forces only
-HEAD_SETTINGS = ("forces", "energy_coef", "force_coef", "checkpoint")  # a fine-tuning run may change these
+HEAD_SETTINGS = (
+    "forces",
+    "energy_coef",
+    "force_coef",
+    "adsorbate_force_weight",
+    "checkpoint",
+)  # a fine-tuning run may change these
 REQUIRED = {"s2ef": ("y", "force"), "is2re": ("y_init", "y_relaxed", "pos_relaxed")}  # fields per --data_kind
 
 
@@ -54,6 +60,12 @@ def main(argv=None) -> dict:
     )
     g.add_argument("--energy_coef", type=float, default=4.0, help="energy loss weight (EquiformerV2: 4)")
     g.add_argument("--force_coef", type=float, default=100.0, help="force loss weight (EquiformerV2: 100)")
+    g.add_argument(
+        "--adsorbate_force_weight",
+        type=float_in(0.0, low_open=True),
+        default=1.0,
+        help="weight of an adsorbate atom (tag 2) in the force loss's mean over free atoms (slab atoms: 1)",
+    )
     g.add_argument(
         "--avg_num_atoms",
         type=float_in(0.0, low_open=True),
@@ -109,6 +121,7 @@ def main(argv=None) -> dict:
             forces=args.forces,
             energy_coef=args.energy_coef,
             force_coef=args.force_coef,
+            adsorbate_force_weight=args.adsorbate_force_weight,
             avg_num_atoms=args.avg_num_atoms,
             checkpoint=args.activation_checkpointing,
             dictionary=dictionary.tokens,

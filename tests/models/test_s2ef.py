@@ -99,6 +99,23 @@ def test_loss_uses_free_atoms_only_and_energy_only_without_forces(eqv2_cell):
     assert set(parts) == {"loss", "energy_loss", "energy_mae"} and torch.isclose(energy_only, 4 * parts["energy_loss"])
 
 
+def test_adsorbate_force_weight_is_a_weighted_mean_over_free_atoms(eqv2_cell):
+    batch = structures(eqv2_cell)
+    batch.tags = torch.tensor([0, 0, 1, 2, 0, 0, 1, 2, 2])  # 3 of the 5 free atoms are adsorbate atoms
+    model = s2ef_model(adsorbate_force_weight=4.0)
+    _, parts = model.loss(batch)
+    with torch.no_grad():
+        out = model(batch.atomic_numbers, batch.pos, batch.cell, batch.batch)
+    free = ~batch.fixed
+    err = (out["forces"] - batch.force)[free].norm(dim=-1) / model.normalizer.force_std
+    weight = torch.tensor([1.0, 4.0, 1.0, 4.0, 4.0])
+    assert torch.isclose(parts["force_loss"], (err * weight).sum() / 14.0)
+    assert not torch.isclose(parts["force_loss"], err.mean())  # the weight changed the loss
+    assert torch.isclose(s2ef_model(adsorbate_force_weight=1.0).loss(batch)[1]["force_loss"], err.mean())
+    with pytest.raises(ValueError, match="adsorbate_force_weight must be > 0"):
+        s2ef_model(adsorbate_force_weight=0.0)
+
+
 @pytest.mark.parametrize("mode", ["direct", "conservative"])
 def test_training_step_reaches_every_parameter(eqv2_cell, mode, device):
     model = s2ef_model(forces=mode).to(device).train()

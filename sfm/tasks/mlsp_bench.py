@@ -21,7 +21,8 @@ distance to the reference relaxed adsorbate (median, A) and ADwT on adsorbate at
 fraction converged and the mean optimiser steps. Paired per system, so the rows compare. The JSON keeps each system's ML+SP result
 (``per_system``: success, dE, distance, the model's own error at its minimum, steps, EMT's
 largest force there); ``--baseline OTHER.json`` (another model's report on the same data) adds the
-success difference with a paired bootstrap interval over the common systems.
+success difference with a paired bootstrap interval over the common systems;
+``--compare A.json B.json`` prints that difference for two existing reports without relaxing anything.
 """
 
 from __future__ import annotations
@@ -153,6 +154,14 @@ def compare(report: dict, baseline: dict, resamples: int = 2000) -> dict:
     return {"systems": len(common), "success": float(np.mean([a[s] for s in common])), **boot}
 
 
+def difference_line(diff: dict, baseline: str) -> str:
+    low, high = diff["interval_90"]
+    return (
+        f"ML+SP success minus {baseline}'s on {diff['systems']} common systems: {diff['difference']:+.3f} "
+        f"(90 % bootstrap interval {low:+.3f} .. {high:+.3f}, P(> 0) {diff['p_difference_positive']:.2f})"
+    )
+
+
 def format_table(report: dict) -> str:
     cols = [
         "success",
@@ -175,9 +184,10 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--checkpoint", required=True, help="S2EF checkpoint (model.pt)")
+    p.add_argument("--checkpoint", help="S2EF checkpoint (model.pt); required unless --compare")
     p.add_argument(
-        "--data", required=True, help="IS2RE split with pos_relaxed / y_relaxed (e.g. data/demo/is2re/val_id)"
+        "--data",
+        help="IS2RE split with pos_relaxed / y_relaxed (e.g. data/demo/is2re/val_id); required unless --compare",
     )
     p.add_argument("--num_systems", type=int, default=100)
     p.add_argument(
@@ -192,8 +202,29 @@ def main(argv=None) -> dict:
         default=None,
         help="another run's --json report: print the success difference, paired over the common systems",
     )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("REPORT", "BASELINE"),
+        help="two runs' --json reports: print the first's success minus the second's, paired over their "
+        "common systems, and stop (nothing relaxed)",
+    )
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
+    if args.compare:
+        reports = []
+        for path in args.compare:
+            try:
+                reports.append(json.loads(Path(path).read_text()))
+            except (OSError, ValueError) as err:
+                p.error(f"--compare {path}: not a readable mlsp_bench report ({err})")
+            if "per_system" not in reports[-1]:
+                p.error(f"--compare {path}: no per_system results (not an mlsp_bench --json report)")
+        diff = compare(*reports)
+        print(difference_line(diff, args.compare[1]))
+        return diff
+    if not args.checkpoint or not args.data:
+        p.error("--checkpoint and --data are required (unless --compare)")
     settings = RelaxSettings(
         optimizer=args.optimizer,
         fmax=args.fmax,
@@ -209,11 +240,7 @@ def main(argv=None) -> dict:
     if args.baseline:
         diff = compare(report, json.loads(Path(args.baseline).read_text()))
         report["versus_baseline"] = {"baseline": args.baseline, **diff}
-        low, high = diff["interval_90"]
-        print(
-            f"ML+SP success minus {args.baseline}'s on {diff['systems']} common systems: {diff['difference']:+.3f} "
-            f"(90 % bootstrap interval {low:+.3f} .. {high:+.3f}, P(> 0) {diff['p_difference_positive']:.2f})"
-        )
+        print(difference_line(diff, args.baseline))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -41,6 +41,24 @@ def test_compare_pairs_the_common_systems():
         mlsp_bench.compare(a, {"per_system": {"sid": ["7"], "success": [True]}})
 
 
+def test_compare_two_reports_from_the_command_line(tmp_path, capsys):
+    a, b, bad = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "bad.json"
+    a.write_text(json.dumps({"per_system": {"sid": ["1", "2", "3"], "success": [True, True, False]}}))
+    b.write_text(json.dumps({"per_system": {"sid": ["1", "2", "3"], "success": [True, False, False]}}))
+    bad.write_text(json.dumps({"rows": []}))
+    diff = mlsp_bench.main(["--compare", str(a), str(b)])
+    assert diff["difference"] == pytest.approx(1 / 3) and diff["systems"] == 3
+    assert f"minus {b}'s on 3 common systems: +0.333" in capsys.readouterr().out
+    for argv, message in (
+        (["--compare", str(a), str(bad)], f"--compare {bad}: no per_system results"),
+        (["--compare", str(a), str(tmp_path / "none.json")], f"--compare {tmp_path / 'none.json'}: not a readable"),
+        (["--no_progress"], "--checkpoint and --data are required (unless --compare)"),
+    ):
+        with pytest.raises(SystemExit):
+            mlsp_bench.main(argv)
+        assert message in capsys.readouterr().err
+
+
 def test_cli_on_a_tiny_checkpoint_and_a_split_without_references(demo_world, tmp_path, capsys):
     ckpt = save_tiny(tmp_path / "model.pt", demo_world)
     out = tmp_path / "mlsp.json"

@@ -19,7 +19,7 @@ scheme, :class:`~sfm.models.normalizer.EnergyNormalizer`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -60,20 +60,7 @@ def predict(
     total: int | None = None,
 ) -> Predictions:
     """Run ``model.predict`` over ``items`` (labelled Data) in batches of ``batch_size``."""
-    parts = {
-        k: []
-        for k in (
-            "energy",
-            "target_energy",
-            "forces",
-            "target_forces",
-            "atomic_numbers",
-            "batch",
-            "free",
-            "adsorbate",
-            "system",
-        )
-    }
+    parts = {f.name: [] for f in fields(Predictions)}
     chunk, offset = [], 0
     bar = tqdm(total=total, desc=desc, unit="struct", disable=not progress, mininterval=1.0)
 

@@ -59,7 +59,8 @@ class Settings:
     # (0.0157 -> 0.0143) but not ML+SP, and raises the centred energy error (README, ablations)
     rattled: int = 0
     # conservative-force fine-tuning steps after the direct-force training (eSEN's recipe: forces = -dE/dpos
-    # of the energy the model learned, so a relaxation stops only where that energy has a minimum); 0: none
+    # of the energy the model learned, so a relaxation stops only where that energy has a minimum); 0: none.
+    # Within the 30-minute budget (5000 + 1200 steps) it loses everywhere: ML+SP 0.23 (README, ablations)
     conservative_steps: int = 0
     conservative_lr: float = 5e-4
     mlsp_systems: int = 100

@@ -77,7 +77,20 @@ def stored_positions(dense: str | Path, split: str) -> dict[tuple[int, int], tor
     return {(sid, int(e.config_idx)): e.pos for sid, _, entries in dense_systems(dense, split) for e in entries}
 
 
-def stored_result(sample, mapping: dict, positions: dict) -> dict | None:
+class StoredPositions:
+    """:func:`stored_positions` of a dense split, read at the first look-up: never when no sample
+    names a ``config_idx`` (generated or ML-relaxed sets)."""
+
+    def __init__(self, dense: str | Path, split: str):
+        self._args, self._positions = (dense, split), None
+
+    def get(self, key):
+        if self._positions is None:
+            self._positions = stored_positions(*self._args)
+        return self._positions.get(key)
+
+
+def stored_result(sample, mapping: dict, positions) -> dict | None:
     """The dense split's own relaxation of ``sample`` when it is one of the split's placements,
     unmoved: its ``config_idx`` names one and its ``pos`` (what EMT would relax) is that
     placement's (as ``sfm.tasks.score --steps 0 --ranked`` writes the heuristic sites of
@@ -103,7 +116,7 @@ def judge_samples(
     hold: each relaxed and flagged exactly as the dense placements were
     (:func:`sfm.relax.emt_judge.judge_placements`), energies referenced with the system's
     ``e_slab + e_gas``; systems spread over ``workers`` processes (the results do not depend on it).
-    Nothing is relaxed twice: with ``positions`` (:func:`stored_positions`), a sample that is one of
+    Nothing is relaxed twice: with ``positions`` (:class:`StoredPositions`), a sample that is one of
     the dense placements, unmoved, takes its stored relaxation (:func:`stored_result`); with
     ``cache`` (a dict shared over calls), a placement judged before (the same set in another
     order, e.g. ranked) takes that result, and each new result is added."""
@@ -298,7 +311,7 @@ def main(argv=None) -> dict:
     except FileNotFoundError as err:
         p.error(str(err))
     sids = sorted(references(mapping, args.split, exclude))
-    positions, cache = stored_positions(args.dense, args.split) if sets else {}, {}
+    positions, cache = StoredPositions(args.dense, args.split), {}
     judged = {
         name: judge_samples(LmdbDataset(path), mapping, sids, max(ks), args.workers, positions, cache)
         for name, path in sets.items()

@@ -226,3 +226,13 @@ def test_cli_errors(tmp_path):
         main(["--dense", str(tmp_path), "--exclude", "melted"])
     assert main(["--dense", str(tmp_path), "--k", "1", "--resamples", "10"])["systems"] == 2
     assert main(["--dense", str(tmp_path), "--k", "1", "--resamples", "10", "--exclude", ""])["systems"] == 3
+
+
+def test_stored_positions_are_read_at_the_first_look_up_only(monkeypatch):
+    from sfm.eval import success
+
+    reads = []
+    monkeypatch.setattr(success, "stored_positions", lambda dense, split: reads.append(split) or {(7, 0): "pos"})
+    lazy = success.StoredPositions("dense", "test_id")
+    assert reads == []  # nothing read until a sample names a config_idx
+    assert lazy.get((7, 0)) == "pos" and lazy.get((7, 1)) is None and reads == ["test_id"]

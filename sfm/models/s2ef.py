@@ -168,13 +168,11 @@ class S2EFModel(nn.Module):
             free = ~fixed_mask(batch)
             f_err = (out["forces"] - target_force.to(pos.dtype))[free]
             norm = f_err.norm(dim=-1) / self.normalizer.force_std.to(pos.dtype)
+            # a weighted mean over free atoms: adsorbate atoms count adsorbate_force_weight times
             tags = getattr(batch, "tags", None)
-            if tags is not None and self.adsorbate_force_weight != 1.0 and len(norm):
-                # a weighted mean over free atoms: adsorbate atoms count adsorbate_force_weight times
-                weight = torch.where(tags[free] == ADSORBATE_TAG, self.adsorbate_force_weight, 1.0).to(norm.dtype)
-                force_loss = (norm * weight).sum() / weight.sum()
-            else:
-                force_loss = norm.mean() if len(norm) else norm.sum()
+            ads = torch.zeros_like(free) if tags is None else tags == ADSORBATE_TAG
+            weight = torch.where(ads[free], self.adsorbate_force_weight, 1.0).to(norm.dtype)
+            force_loss = (norm * weight).sum() / weight.sum() if len(norm) else norm.sum()
             loss = loss + self.force_coef * force_loss
             parts.update(force_loss=force_loss, force_mae=f_err.abs().mean() if len(norm) else norm.sum())
         parts = {k: v.detach() for k, v in parts.items()}

@@ -220,7 +220,10 @@ def main(argv=None) -> dict:
                 p.error(f"--compare {path}: not a readable mlsp_bench report ({err})")
             if "per_system" not in reports[-1]:
                 p.error(f"--compare {path}: no per_system results (not an mlsp_bench --json report)")
-        diff = compare(*reports)
+        try:
+            diff = compare(*reports)
+        except ValueError as err:  # no common system
+            p.error(f"--compare {' '.join(args.compare)}: {err}")
         print(difference_line(diff, args.compare[1]))
         return diff
     if not args.checkpoint or not args.data:

@@ -19,6 +19,7 @@ import argparse
 from sfm.data import Dictionary, open_dataset
 from sfm.data.views import KINDS, IS2REAsS2EF
 from sfm.models import PRESETS, build_model
+from sfm.models.build import RUNTIME_FIELDS
 from sfm.models.s2ef import OC20_AVG_NUM_ATOMS
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.checkpoint import init_weights
@@ -26,13 +27,14 @@ from sfm.pipeline.trainer import resolve_resume, seed_everything, train
 from sfm.tasks.train_args import build_parser, float_in, int_at_least, parse_args, train_config
 
 FORCE_HEAD = ("force_head.",)  # present with direct forces only
+# what a fine-tuning run may change: the loss, the force mode, how to run (not the dictionary)
 HEAD_SETTINGS = (
     "forces",
     "energy_coef",
     "force_coef",
     "adsorbate_force_weight",
-    "checkpoint",
-)  # a fine-tuning run may change these
+    *(f for f in RUNTIME_FIELDS if f != "dictionary"),
+)
 REQUIRED = {"s2ef": ("y", "force"), "is2re": ("y_init", "y_relaxed", "pos_relaxed")}  # fields per --data_kind
 
 

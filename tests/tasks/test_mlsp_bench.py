@@ -46,6 +46,8 @@ def test_compare_two_reports_from_the_command_line(tmp_path, capsys):
     a.write_text(json.dumps({"per_system": {"sid": ["1", "2", "3"], "success": [True, True, False]}}))
     b.write_text(json.dumps({"per_system": {"sid": ["1", "2", "3"], "success": [True, False, False]}}))
     bad.write_text(json.dumps({"rows": []}))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"per_system": {"sid": ["9"], "success": [True]}}))
     diff = mlsp_bench.main(["--compare", str(a), str(b)])
     assert diff["difference"] == pytest.approx(1 / 3) and diff["systems"] == 3
     assert f"minus {b}'s on 3 common systems: +0.333" in capsys.readouterr().out
@@ -53,6 +55,7 @@ def test_compare_two_reports_from_the_command_line(tmp_path, capsys):
         (["--compare", str(a), str(bad)], f"--compare {bad}: no per_system results"),
         (["--compare", str(a), str(tmp_path / "none.json")], f"--compare {tmp_path / 'none.json'}: not a readable"),
         (["--no_progress"], "--checkpoint and --data are required (unless --compare)"),
+        (["--compare", str(a), str(other)], "the two ML+SP reports share no system"),
     ):
         with pytest.raises(SystemExit):
             mlsp_bench.main(argv)

@@ -151,7 +151,12 @@ def view_metrics(pred: Predictions, baselines: dict[str, EnergyNormalizer] | Non
                 out["force_mae_adsorbate"] = force_mae(forces, pred.target_forces, ads)
         return {**out, **within_system_metrics(energy, pred.target_energy, pred.system)} if several else out
 
-    out = {"structures": num, "free_atoms": int(pred.free.sum()), "model": metrics(pred.energy, pred.forces)}
+    out = {
+        "structures": num,
+        "free_atoms": int(pred.free.sum()),
+        "free_adsorbate_atoms": int((pred.free & pred.adsorbate).sum()),
+    }
+    out["model"] = metrics(pred.energy, pred.forces)
     for name, norm in (baselines or {}).items():
         energy = norm.reference(pred.atomic_numbers, pred.batch, num).double()
         zeros = None if pred.forces is None else torch.zeros_like(pred.target_forces)

@@ -81,6 +81,8 @@ def test_s2ef_metrics_and_baselines_match_a_direct_computation(demo_world, tiny_
     entries = list(LmdbDataset(val))
     want = by_hand(sfm.load_checkpoint(tiny_ckpt), entries, "pos", "y", "force")
     assert got["structures"] == len(entries)
+    free_tags = np.concatenate([d.tags.numpy()[~d.fixed.numpy()] for d in entries])
+    assert got["free_atoms"] == len(free_tags) and got["free_adsorbate_atoms"] == (free_tags == 2).sum()
     assert 0 < want["force_mae_adsorbate"] != want["force_mae"]  # the demo's frames hold adsorbates
     for key, value in want.items():
         assert got["model"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

@@ -30,6 +30,7 @@ import argparse
 import os
 import shutil
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def rattled_frames(frames: list, per_system: int, shift: float, sigma: float, se
     by_sid = defaultdict(list)
     for d in frames:
         by_sid[sid_of(d)].append(d)
-    cap = max(float(d.force[~fixed_mask(d)].norm(dim=-1).max()) for d in frames)
+    cap = largest_free_force(frames)
     for sid, group in tqdm(sorted(by_sid.items()), desc="rattled frames", disable=not progress, mininterval=1.0):
         rng = np.random.default_rng([seed, sid])
         for frame in (group[i] for i in rng.choice(len(group), min(per_system, len(group)), replace=False)):
@@ -92,21 +93,44 @@ def rattled_frames(frames: list, per_system: int, shift: float, sigma: float, se
                     break
 
 
-def write(data: str | os.PathLike, out: str | os.PathLike, per_system=4, shift=0.5, sigma=0.02, seed=0, progress=True):
-    """Write the ``OUT`` folder (module docstring); return counts ``frames``, ``rattled``."""
-    data, out = Path(data), Path(out)
-    shards = sorted(data.glob("*.lmdb")) if data.is_dir() else [data]
-    if not shards or not all(s.is_file() for s in shards):
-        raise FileNotFoundError(f"{data}: no S2EF LMDB here (a .lmdb file or a folder of them)")
+@contextmanager
+def frame_folder(out: Path):
+    """A folder of S2EF shards written under a temporary name next to ``out`` (yielded), renamed
+    onto ``out`` when the block completes, removed if it fails: nothing half-written is left."""
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it or choose another --out")
-    frames = list(LmdbDataset(data))
-    missing = [i for i, d in enumerate(frames) if not all(k in d for k in ("y", "force", "tags", "sid"))]
-    if missing:
-        raise ValueError(f"{data}: entries {missing[:5]} lack y / force / tags / sid (an S2EF split is needed)")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
+        yield tmp
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def largest_free_force(frames: list) -> float:
+    """The largest force (eV/A) on a free atom over ``frames``."""
+    return max(float(d.force[~fixed_mask(d)].norm(dim=-1).max()) for d in frames)
+
+
+def read_frames(data: Path) -> tuple[list[Path], list]:
+    """The shards of an S2EF split (an LMDB file or a folder of them) and its frames; a clear
+    error naming the split if it is missing or lacks the S2EF fields."""
+    shards = sorted(data.glob("*.lmdb")) if data.is_dir() else [data]
+    if not shards or not all(s.is_file() for s in shards):
+        raise FileNotFoundError(f"{data}: no S2EF LMDB here (a .lmdb file or a folder of them)")
+    frames = list(LmdbDataset(data))
+    missing = [i for i, d in enumerate(frames) if not all(k in d for k in ("y", "force", "tags", "sid", "fid"))]
+    if missing:
+        raise ValueError(f"{data}: entries {missing[:5]} lack y / force / tags / sid / fid (an S2EF split is needed)")
+    return shards, frames
+
+
+def write(data: str | os.PathLike, out: str | os.PathLike, per_system=4, shift=0.5, sigma=0.02, seed=0, progress=True):
+    """Write the ``OUT`` folder (module docstring); return counts ``frames``, ``rattled``."""
+    with frame_folder(Path(out)) as tmp:
+        shards, frames = read_frames(Path(data))
         with LmdbWriter(tmp / "rattled.lmdb") as writer:
             count = 0
             for frame in rattled_frames(frames, per_system, shift, sigma, seed, progress):
@@ -115,10 +139,6 @@ def write(data: str | os.PathLike, out: str | os.PathLike, per_system=4, shift=0
         for i, shard in enumerate(shards):
             target = tmp / (f"frames_{i}.lmdb" if len(shards) > 1 else "frames.lmdb")
             shutil.copyfile(shard, target)  # a copy: LMDB refuses a second handle on one file (a hard link)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"frames": len(frames), "rattled": count}
 
 

@@ -9,7 +9,10 @@ the baselines, and score adsorbate placements with it, EMT as the judge.
          with --rattled N also N perturbed frames per system, sfm.data.rattle, built once),
          --nproc processes, no validation during training (eval measures): RUN/model.pt; with
          --conservative_steps N, direct forces into RUN/direct, then N steps of conservative
-         fine-tuning from that model (train_s2ef.py --init_from) into RUN
+         fine-tuning from that model (train_s2ef.py --init_from) into RUN; with --relabel_systems
+         N, into RUN/direct, then that model's relaxations of N training systems labelled by EMT
+         (python -m sfm.relax.relabel: RUN/relabel) and --relabel_steps of fine-tuning on them
+         (with --relabel_mix of the training frames per relabelled one) into RUN
   eval   eval_s2ef.py on DEMO/s2ef/val_id (frames) and on the held-out IS2RE splits, next to the
          training-mean / per-element linear-fit baselines: RUN/eval_s2ef_val_id.json, eval_is2re.json
   mlsp   mlsp_bench.py on the first --mlsp_systems systems of DEMO/is2re/val_id (AdsorbML's ML+SP
@@ -63,6 +66,12 @@ class Settings:
     # Within the 30-minute budget (5000 + 1200 steps) it loses everywhere: ML+SP 0.23 (README, ablations)
     conservative_steps: int = 0
     conservative_lr: float = 5e-4
+    # one round of active learning: the direct model's own relaxations of this many training systems,
+    # labelled by EMT (sfm.relax.relabel), and fine-tuning on them mixed with the training frames; 0: none
+    relabel_systems: int = 0
+    relabel_mix: int = 3  # training frames per relabelled frame in the fine-tuning set
+    relabel_steps: int = 1000
+    relabel_lr: float = 5e-4
     mlsp_systems: int = 100
     place_systems: int = 40
     place_k: int = 5
@@ -91,7 +100,7 @@ def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
     common.update(data_kind=s.data_kind, log_interval=100, save_interval=1000000, ema_decay=0.99, **coefs)
     extra = (["--backbone", *s.backbone.split()] if s.backbone else []) + shlex.split(s.train_flags)
     data = train_data(s, runner)
-    first = layout.s2ef_dir / "direct" if s.conservative_steps else layout.s2ef_dir
+    first = layout.s2ef_dir / "direct" if s.conservative_steps or s.relabel_systems else layout.s2ef_dir
     commands.train(
         runner, "s2ef", s.nproc, first, data, None, extra, "train", forces=s.forces, max_lr=s.lr,
         total_num_steps=s.train_steps, **common,
@@ -100,6 +109,18 @@ def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
         commands.train(
             runner, "s2ef", s.nproc, layout.s2ef_dir, data, None, extra, "train_conservative",
             forces="conservative", max_lr=s.conservative_lr, total_num_steps=s.conservative_steps,
+            init_from=first / "model.pt", **common,
+        )  # fmt: skip
+    if s.relabel_systems:
+        relabelled = layout.s2ef_dir / "relabel"
+        if not relabelled.exists():
+            runner.python(
+                "sfm.relax.relabel", *("--checkpoint", first / "model.pt", "--data", data, "--out", relabelled),
+                *("--num_systems", s.relabel_systems, "--mix", s.relabel_mix, "--no_progress"), label="relabel",
+            )  # fmt: skip
+        commands.train(
+            runner, "s2ef", s.nproc, layout.s2ef_dir, relabelled, None, extra, "train_relabelled",
+            forces=s.forces, max_lr=s.relabel_lr, total_num_steps=s.relabel_steps,
             init_from=first / "model.pt", **common,
         )  # fmt: skip
 
@@ -179,6 +200,8 @@ def main(argv=None) -> int:
         p.error(f"--data_kind must be s2ef or is2re, got {s.data_kind!r}")
     if s.conservative_steps and s.forces != "direct":
         p.error("--conservative_steps fine-tunes a direct-force model; it needs --forces direct")
+    if s.relabel_systems and (s.conservative_steps or s.data_kind != "s2ef"):
+        p.error("--relabel_systems labels a direct S2EF model's relaxations: --data_kind s2ef, no --conservative_steps")
     if s.rattled and s.data_kind != "s2ef":
         p.error("--rattled perturbs S2EF frames; it needs --data_kind s2ef")
     if not s.run_dir:

@@ -46,6 +46,7 @@ import torch
 from ase.data import covalent_radii
 
 from sfm.data.lattice import cart_to_frac, minimum_image
+from sfm.data.structure import ADSORBATE_TAG
 
 KINDS = ("desorbed", "dissociated", "surface_changed", "intercalated")
 SKIN = 0.3  # A per atom: ASE NeighborList's default skin, which fairchem's rule includes
@@ -123,7 +124,7 @@ def detect(numbers, tags, initial_pos, final_pos, cell, slab_pos=None) -> Anomal
     initial = _as_array(initial_pos, "initial positions", (n, 3))
     final = _as_array(final_pos, "final positions", (n, 3))
     cell = _as_array(cell, "cell").reshape(3, 3)
-    ads, slab, sub = tags == 2, tags != 2, tags == 0
+    ads, slab, sub = tags == ADSORBATE_TAG, tags != ADSORBATE_TAG, tags == 0
     reference = initial[slab] if slab_pos is None else _as_array(slab_pos, "clean slab positions", (int(slab.sum()), 3))
 
     z_slab = numbers[slab]
@@ -149,7 +150,7 @@ def detect_atoms(initial, final, slab=None, tags=None) -> Anomalies:
     if not np.allclose(initial.cell.array, final.cell.array, atol=1e-6):
         raise ValueError("anomaly detection: the cell changed during the relaxation; it must be held")
     tags = initial.get_tags() if tags is None else np.asarray(tags)
-    if slab is not None and not np.array_equal(slab.numbers, initial.numbers[tags != 2]):
+    if slab is not None and not np.array_equal(slab.numbers, initial.numbers[tags != ADSORBATE_TAG]):
         raise ValueError(
             "anomaly detection: the clean slab's atoms are not the placement's slab atoms (tags 0, 1) in the same order"
         )

@@ -68,6 +68,7 @@ from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter
 from sfm.data.parallel import ordered_map
 from sfm.data.placements import oc20_adsorbate, placements
+from sfm.data.structure import ADSORBATE_TAG
 
 DENSE_SPLITS = ("test_id", "val_id", "train")
 VERSION = 2  # bump when the output changes: an is2re_dense built by another version is not reused
@@ -111,7 +112,7 @@ def relax_system(job: Job) -> dict:
     """Place, relax and flag every placement of one system; the mapping record plus the
     structures (``structures``: per config, pos and pos_relaxed [K,3] A) and ``cpu_seconds``."""
     start = time.process_time()
-    slab_mask = job.tags != 2
+    slab_mask = job.tags != ADSORBATE_TAG
     slab = Atoms(
         numbers=job.numbers[slab_mask], positions=job.pos[slab_mask], cell=job.cell, tags=job.tags[slab_mask], pbc=True
     )

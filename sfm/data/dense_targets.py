@@ -38,6 +38,7 @@ import torch
 from sfm.data.dense_reference import EXCLUDE, disqualified, reference
 from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter
+from sfm.data.structure import ADSORBATE_TAG
 
 SOURCES = ("heuristic", "random", "demo")
 
@@ -90,7 +91,7 @@ def adsorbate_distance(placement, target) -> float:
     """Mean minimum-image distance (A) of the adsorbate atoms (tags 2) between a placement's
     ``pos`` and a configuration's ``pos_relaxed`` (same atoms, same cell): the fractional
     difference wrapped to [-0.5, 0.5), as the diffusion model's path wraps it."""
-    ads = placement.tags == 2
+    ads = placement.tags == ADSORBATE_TAG
     cell = as_cell(placement.cell).double()
     inverse = torch.linalg.inv(cell)
     dfrac = (target.pos_relaxed[ads].double() - placement.pos[ads].double()) @ inverse

@@ -19,6 +19,8 @@ from pathlib import Path
 from ase.data import atomic_numbers, chemical_symbols
 from torch_geometric.data import Data
 
+from sfm.data.structure import ADSORBATE_TAG
+
 ENERGY_FIELDS = ("y", "y_init", "y_relaxed")
 RULES = ("all", "adsorbate")
 
@@ -46,7 +48,7 @@ class EnergyReference:
         numbers = data.atomic_numbers
         slab = 0.0
         if self.atoms == "adsorbate":
-            numbers = numbers[data.tags == 2]
+            numbers = numbers[data.tags == ADSORBATE_TAG]
             if "slab_energy" not in data:
                 raise ValueError(f"{where}: gas references need the clean slab's energy in a 'slab_energy' field")
             slab = float(data.slab_energy)

@@ -18,7 +18,7 @@ from torch_geometric.data import Data
 from sfm.data.atoms import data_to_atoms
 from sfm.data.demo import contact_height
 from sfm.data.lattice import as_cell, cart_to_frac, frac_to_cart, minimum_image, wrap_frac
-from sfm.data.structure import fixed_mask
+from sfm.data.structure import ADSORBATE_TAG, fixed_mask
 
 SAMPLER = "random_placement"
 
@@ -29,7 +29,7 @@ def random_placement(entry: Data, rng: np.random.Generator, contact: float = 2.0
     Raises ValueError if the entry has no adsorbate or no slab atom.
     """
     tags = entry.tags.numpy()
-    ads = tags == 2
+    ads = tags == ADSORBATE_TAG
     if not ads.any() or ads.all():
         raise ValueError(f"sid {entry.sid}: random placement needs adsorbate (tag 2) and slab atoms")
     cell_t = as_cell(entry.cell).double()
@@ -71,7 +71,7 @@ def random_placements(entries, k: int, seed: int = 0, contact: float = 2.0):
                 sid=entry.sid,
                 sample_idx=s,
                 input_index=i,
-                generated=entry.tags == 2,
+                generated=entry.tags == ADSORBATE_TAG,
                 mode="inpaint",
                 sampler=SAMPLER,
                 seed=seed,

@@ -41,7 +41,7 @@ from sfm.data.atoms import data_to_atoms
 from sfm.data.emt_world import check_emt_elements
 from sfm.data.lattice import as_cell
 from sfm.data.lmdb_dataset import LmdbDataset, LmdbWriter
-from sfm.data.structure import fixed_mask, sid_of
+from sfm.data.structure import ADSORBATE_TAG, fixed_mask, sid_of
 
 TRIES = 10
 
@@ -63,7 +63,7 @@ def perturb(frame, rng: np.random.Generator, shift: float, sigma: float) -> torc
     u = a / a.norm()
     v = torch.linalg.cross(normal / normal.norm(), u)
     radius, angle = shift * np.sqrt(rng.uniform()), rng.uniform(0.0, 2 * np.pi)
-    adsorbate = frame.tags.reshape(-1) == 2
+    adsorbate = frame.tags.reshape(-1) == ADSORBATE_TAG
     pos[adsorbate] += radius * (np.cos(angle) * u + np.sin(angle) * v)
     free = ~fixed_mask(frame)
     pos[free] += torch.from_numpy(rng.normal(0.0, sigma, (int(free.sum()), 3)))

@@ -30,7 +30,7 @@ import torch
 
 from sfm.data import LmdbDataset, open_dataset, write_json
 from sfm.data.lattice import as_cell, as_cells
-from sfm.data.structure import fixed_mask, sid_of
+from sfm.data.structure import ADSORBATE_TAG, fixed_mask, sid_of
 from sfm.eval.generation import (
     ANGLE_TOL,
     LTOL,
@@ -63,8 +63,8 @@ def adwt_mask(sample, ref, atoms: str) -> torch.Tensor:
         if "generated" in sample:
             return sample.generated.bool()
         atoms = "adsorbate"
-    if atoms == "adsorbate" and "tags" in ref and (ref.tags == 2).any():
-        return ref.tags == 2
+    if atoms == "adsorbate" and "tags" in ref and (ref.tags == ADSORBATE_TAG).any():
+        return ref.tags == ADSORBATE_TAG
     if atoms == "free":
         return ~fixed_mask(ref)
     return torch.ones(int(ref.natoms), dtype=torch.bool)

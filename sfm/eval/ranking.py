@@ -38,7 +38,7 @@ from torch_geometric.data import Data
 
 from sfm.data.anomaly import KINDS, detect
 from sfm.data.lattice import as_cell
-from sfm.data.structure import fixed_mask, sid_of
+from sfm.data.structure import ADSORBATE_TAG, fixed_mask, sid_of
 from sfm.eval.oc20 import success_at_k
 from sfm.relax.relax_batch import OPTIMIZERS
 from sfm.relax.relax_structures import RelaxSettings, relax_structures
@@ -202,11 +202,13 @@ def anomaly_flags(sample: Data, final_pos: torch.Tensor, ref: Data | None) -> di
     """The AdsorbML anomaly flags (``ANOMALIES``) of one relaxed sample (module docstring); all
     False for a structure without adsorbate atoms (nothing was placed)."""
     tags, numbers = sample.tags, sample.atomic_numbers
-    if not (tags == 2).any():
+    if not (tags == ADSORBATE_TAG).any():
         return dict.fromkeys(ANOMALIES, False)
     same = ref is not None and torch.equal(ref.atomic_numbers.long(), numbers.long()) and torch.equal(ref.tags, tags)
     before = ref.pos if same else sample.pos
-    return detect(numbers, tags, before, final_pos, as_cell(sample.cell), slab_pos=sample.pos[tags != 2]).as_dict()
+    return detect(
+        numbers, tags, before, final_pos, as_cell(sample.cell), slab_pos=sample.pos[tags != ADSORBATE_TAG]
+    ).as_dict()
 
 
 def _with(d: Data, **fields) -> Data:

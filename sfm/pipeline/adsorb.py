@@ -65,6 +65,7 @@ from ase.constraints import FixAtoms
 
 from sfm.data.anomaly import KINDS, detect
 from sfm.data.demo import Adsorbate
+from sfm.data.structure import ADSORBATE_TAG
 
 SOURCES = ("generated", "refined", "heuristic", "random")
 GAS_MOLECULES = ("H2", "H2O", "CO", "N2")
@@ -243,7 +244,7 @@ def prepare_slab(atoms: Atoms, source: str, min_vacuum: float) -> Atoms:
         raise ValueError(f"slab {source}: c must point up (+z), got c = {cell[2].round(3).tolist()}")
     tags = atoms.get_tags()
     oc20_tags = {0, 1} <= set(tags.tolist()) <= {0, 1, 2}  # ASE's builders tag layers 1, 2, ... instead
-    if oc20_tags and (tags == 2).any():
+    if oc20_tags and (tags == ADSORBATE_TAG).any():
         raise ValueError(f"slab {source}: it holds adsorbate atoms (tag 2); give the clean slab")
     gap = vacuum_gap(atoms)
     if gap < min_vacuum:
@@ -394,7 +395,7 @@ def diffusion_placements(model, templates: list[Atoms], t_start: float, cfg: Ads
                 sampler=cfg.sampler,
                 steps=cfg.sample_steps,
                 generator=generator,
-                atom_given=batch.tags != 2,
+                atom_given=batch.tags != ADSORBATE_TAG,
                 t_start=t_start,
                 renoise=t_start >= 1.0,
                 callback=lambda i, n: bar.update(1),

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from sfm.data import collate, data_to_atoms
 from sfm.data.emt_world import check_emt_elements, gas_references, relax, relax_clean_slab, relax_placement
 from sfm.data.parallel import ordered_map
-from sfm.data.structure import sid_of
+from sfm.data.structure import ADSORBATE_TAG, sid_of
 from sfm.relax.emt import EMTFn
 from sfm.relax.relax_structures import RelaxSettings, relax_input, relax_structures
 
@@ -52,9 +52,11 @@ def emt_offset_from_recipe(sample: Data) -> float:
     from ase.data import chemical_symbols
 
     tags = sample.tags.numpy()
-    traj = relax(data_to_atoms(sample)[tags != 2])
+    traj = relax(data_to_atoms(sample)[tags != ADSORBATE_TAG])
     gas = gas_references()
-    return float(traj.energies[-1]) + sum(gas[chemical_symbols[z]] for z in sample.atomic_numbers[tags == 2].tolist())
+    return float(traj.energies[-1]) + sum(
+        gas[chemical_symbols[z]] for z in sample.atomic_numbers[tags == ADSORBATE_TAG].tolist()
+    )
 
 
 class EMTJudge:

@@ -38,6 +38,7 @@ import numpy as np
 from ase import Atoms
 
 from sfm.data import data_to_atoms
+from sfm.data.structure import ADSORBATE_TAG
 from sfm.pipeline.adsorb import SOURCES, AdsorbConfig, Relaxer, run_adsorb
 
 KS = (1, 2, 5, 10)
@@ -45,7 +46,7 @@ KS = (1, 2, 5, 10)
 
 def system_slab(entry, path: Path) -> Path:
     """The slab of an IS2RE entry (tags 0/1, its held atoms) written as extxyz at ``path``."""
-    slab = data_to_atoms(entry)[(entry.tags != 2).numpy()]
+    slab = data_to_atoms(entry)[(entry.tags != ADSORBATE_TAG).numpy()]
     path.parent.mkdir(parents=True, exist_ok=True)
     slab.write(path, format="extxyz")
     return path

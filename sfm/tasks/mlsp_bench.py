@@ -37,7 +37,7 @@ import torch
 
 from sfm import load_checkpoint
 from sfm.data import LmdbDataset, collate
-from sfm.data.structure import fixed_mask, sid_of
+from sfm.data.structure import ADSORBATE_TAG, fixed_mask, sid_of
 from sfm.eval.oc20 import adwt, mean_distance
 from sfm.eval.paired import paired_bootstrap
 from sfm.relax.emt import EMTFn
@@ -52,7 +52,7 @@ def adsorbate_distance(structures, pos) -> np.ndarray:
     batch = collate(structures)
     final = torch.cat([p.double() for p in pos])
     ref = torch.cat([d.pos_relaxed.double() for d in structures])
-    return mean_distance(final, ref, batch.cell.double(), batch.batch, batch.tags == 2).numpy()
+    return mean_distance(final, ref, batch.cell.double(), batch.batch, batch.tags == ADSORBATE_TAG).numpy()
 
 
 def emt_largest_force(structures, pos) -> np.ndarray:

@@ -21,7 +21,7 @@
 #   RATTLED (0: perturbed frames per system added to s2ef/train, python -m sfm.data.rattle)
 #   CONSERVATIVE_STEPS (0: steps of conservative-force fine-tuning after the direct training)  CONSERVATIVE_LR (5e-4)
 #   RELABEL_SYSTEMS (0: training systems the direct model relaxes, labelled by EMT, python -m sfm.relax.relabel)
-#   RELABEL_MIX (3: training frames per relabelled one)  RELABEL_STEPS (1000: fine-tuning on them)  RELABEL_LR (5e-4)
+#   RELABEL_SHIFT (0: A, the adsorbate's start shifted in plane)  RELABEL_MIX (3: training frames per relabelled one)  RELABEL_STEPS (1000: fine-tuning on them)  RELABEL_LR (5e-4)
 #   PLACE_SYSTEMS (40)  PLACE_K (5)  RELAX_STEPS (200)  EXCLUDE (desorbed,surface_changed,intercalated)
 # EXCLUDE: anomaly kinds that disqualify a relaxed placement. AdsorbML excludes dissociated ones too,
 # but in the EMT world most reference relaxations already count as "dissociated" by fairchem's rule
@@ -31,7 +31,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 flags=()
 for var in STAGES DATA_KIND DEMO_DIR RUN_DIR MODEL_TYPE NPROC TRAIN_STEPS BATCH_SIZE LR WARMUP FORCES ENERGY_COEF \
-           FORCE_COEF BACKBONE TRAIN_FLAGS RATTLED CONSERVATIVE_STEPS CONSERVATIVE_LR RELABEL_SYSTEMS RELABEL_MIX RELABEL_STEPS RELABEL_LR MLSP_SYSTEMS PLACE_SYSTEMS PLACE_K RELAX_STEPS EXCLUDE GEN_SAMPLES; do
+           FORCE_COEF BACKBONE TRAIN_FLAGS RATTLED CONSERVATIVE_STEPS CONSERVATIVE_LR RELABEL_SYSTEMS RELABEL_SHIFT RELABEL_MIX RELABEL_STEPS RELABEL_LR MLSP_SYSTEMS PLACE_SYSTEMS PLACE_K RELAX_STEPS EXCLUDE GEN_SAMPLES; do
   [ -n "${!var:-}" ] && flags+=("--${var,,}=${!var}")
 done
 cd "$root"

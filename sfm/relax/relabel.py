@@ -2,18 +2,20 @@
 active learning against the minima the model has and the true potential does not.
 
     python -m sfm.relax.relabel --checkpoint RUN/model.pt --data data/demo/s2ef/train --out RUN/relabel \
-        [--num_systems 300] [--mix 3] [--optimizer lbfgs] [--steps 300] [--fmax 0.05] [--seed 0]
+        [--num_systems 300] [--shift 0] [--mix 3] [--optimizer lbfgs] [--steps 300] [--fmax 0.05] [--seed 0]
 
 A model trained on relaxation paths stops some of its own relaxations where the true potential
 still pulls (:mod:`sfm.tasks.mlsp_bench`'s ``emt_fmax``), and which configurations those are is
 known only once it is trained. For ``num_systems`` systems of an S2EF split (drawn with
 ``seed``) this command relaxes the system's first frame (the lowest ``fid``: the initial
-placement) with the model, as ML+SP does (L-BFGS by default, subsurface fixed), and labels the
-end point with EMT: energy on the frame's reference, ``y = y_frame + E(end) - E(frame)``, and
+placement; with ``shift``, its adsorbate moved rigidly in the surface plane by up to ``shift`` A
+as :mod:`sfm.data.rattle` does, a start the model has not seen) with the model, as ML+SP does
+(L-BFGS by default, subsurface fixed), and labels the end point with EMT: energy on the frame's reference, ``y = y_frame + E(end) - E(frame)``, and
 forces on every atom, fixed ones included, as the demo world stores them. ``fid`` stays the
 source frame's, so the fields are the split's own and the shards batch together. An end point
 whose largest force on a free atom exceeds the largest of the split's own frames (a model
-relaxation that went astray) is left out and counted.
+relaxation that went astray) is left out and counted; so are the end points where EMT's largest
+force on a free atom is above three times ``fmax`` (``false_minima``: what the round teaches).
 
 ``OUT`` is a folder of shards (read as one dataset by every training command):
 ``relabelled.lmdb`` and ``frames.lmdb``, ``mix`` times as many of the split's own frames, drawn
@@ -35,7 +37,7 @@ from sfm import load_checkpoint
 from sfm.data.atoms import data_to_atoms
 from sfm.data.emt_world import check_emt_elements
 from sfm.data.lmdb_dataset import LmdbWriter
-from sfm.data.rattle import emt, frame_folder, largest_free_force, read_frames
+from sfm.data.rattle import emt, frame_folder, largest_free_force, perturb, read_frames
 from sfm.data.structure import fixed_mask, sid_of
 from sfm.relax.relax_batch import OPTIMIZERS
 from sfm.relax.relax_structures import RelaxSettings, relax_structures
@@ -53,41 +55,45 @@ def first_frames(frames: list, num_systems: int, seed: int) -> list:
     return [first[sids[i]] for i in sorted(chosen)]
 
 
-def relabelled_frames(model, frames: list, num_systems: int, settings, seed: int = 0) -> tuple[list, int]:
-    """The labelled end points of the model's relaxations (module docstring) and how many were
-    left out for a force above the split's largest; ``settings``: a
+def relabelled_frames(model, frames: list, num_systems: int, settings, seed: int = 0, shift: float = 0.0):
+    """The labelled end points of the model's relaxations (module docstring) and counts
+    ``left_out`` (a force above the split's largest) and ``false_minima``; ``settings``: a
     :class:`~sfm.relax.relax_structures.RelaxSettings`."""
     check_emt_elements(frames)
     starts = first_frames(frames, num_systems, seed)
-    relaxed = relax_structures(model, starts, settings, desc="model relaxation")
-    cap, out = largest_free_force(frames), []
+    rng = np.random.default_rng([seed, 2])
+    pos = [perturb(d, rng, shift, 0.0).to(d.pos.dtype) if shift else d.pos for d in starts]
+    relaxed = relax_structures(model, starts, settings, desc="model relaxation", pos=pos)
+    cap, out, false_minima = largest_free_force(frames), [], 0
     for frame, r in zip(starts, relaxed):
-        pos = r["pos"].to(frame.pos.dtype)
-        energy, forces = emt(data_to_atoms(frame, pos))
-        if np.linalg.norm(forces[~fixed_mask(frame).numpy()], axis=1).max() > cap:
+        end = r["pos"].to(frame.pos.dtype)
+        energy, forces = emt(data_to_atoms(frame, end))
+        fmax = np.linalg.norm(forces[~fixed_mask(frame).numpy()], axis=1).max()
+        if fmax > cap:
             continue
+        false_minima += int(fmax > 3 * settings.fmax)
         new = frame.clone()
-        new.pos = pos
+        new.pos = end
         new.y = float(frame.y) + energy - emt(data_to_atoms(frame))[0]
         new.force = torch.from_numpy(forces).to(frame.force.dtype)
         out.append(new)
-    return out, len(starts) - len(out)
+    return out, {"left_out": len(starts) - len(out), "false_minima": false_minima}
 
 
-def write(model, data, out, num_systems=300, mix=3, settings=None, seed=0) -> dict:
+def write(model, data, out, num_systems=300, mix=3, settings=None, seed=0, shift=0.0) -> dict:
     """Write the ``OUT`` folder (module docstring); return counts ``relabelled``, ``left_out``,
-    ``frames`` (the split's own frames written)."""
+    ``false_minima``, ``frames`` (the split's own frames written)."""
     settings = settings or RelaxSettings(optimizer="lbfgs")
     with frame_folder(Path(out)) as tmp:
         _, frames = read_frames(Path(data))
-        relabelled, left_out = relabelled_frames(model, frames, num_systems, settings, seed)
+        relabelled, counts = relabelled_frames(model, frames, num_systems, settings, seed, shift)
         rng = np.random.default_rng([seed, 1])
         kept = rng.choice(len(frames), min(mix * len(relabelled), len(frames)), replace=False)
         for name, items in (("relabelled", relabelled), ("frames", [frames[i] for i in sorted(kept)])):
             with LmdbWriter(tmp / f"{name}.lmdb") as writer:
                 for frame in items:
                     writer.append(frame)
-    return {"relabelled": len(relabelled), "left_out": left_out, "frames": len(kept)}
+    return {"relabelled": len(relabelled), **counts, "frames": len(kept)}
 
 
 def main(argv=None) -> dict:
@@ -100,6 +106,7 @@ def main(argv=None) -> dict:
     p.add_argument("--data", required=True, help="an S2EF split (LMDB file or folder of shards)")
     p.add_argument("--out", required=True, help="the folder to write (relabelled + mixed-in frames)")
     p.add_argument("--num_systems", type=int, default=300, help="systems relaxed by the model")
+    p.add_argument("--shift", type=float, default=0.0, help="largest rigid in-plane shift of the adsorbate's start (A)")
     p.add_argument("--mix", type=int, default=3, help="the split's own frames written per relabelled frame")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs")
     p.add_argument("--steps", type=int, default=300, help="optimiser step cap")
@@ -108,19 +115,25 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
-    if args.num_systems < 1 or args.mix < 0 or args.steps < 1:
-        p.error("--num_systems and --steps must be >= 1, --mix >= 0")
+    if args.num_systems < 1 or args.mix < 0 or args.steps < 1 or args.shift < 0:
+        p.error("--num_systems and --steps must be >= 1, --mix and --shift >= 0")
     if not os.path.isfile(args.checkpoint):
         p.error(f"--checkpoint {args.checkpoint}: no such file")
-    settings = RelaxSettings(args.optimizer, args.fmax, args.steps, args.batch_size, progress=not args.no_progress)
+    settings = RelaxSettings(
+        optimizer=args.optimizer,
+        fmax=args.fmax,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    model = load_checkpoint(args.checkpoint)
     try:
-        counts = write(
-            load_checkpoint(args.checkpoint), args.data, args.out, args.num_systems, args.mix, settings, args.seed
-        )
+        counts = write(model, args.data, args.out, args.num_systems, args.mix, settings, args.seed, args.shift)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         p.error(str(err))
     print(
-        f"{args.out}: {counts['relabelled']} model relaxations labelled by EMT ({counts['left_out']} left out) "
+        f"{args.out}: {counts['relabelled']} model relaxations labelled by EMT ({counts['false_minima']} "
+        f"ending where EMT pulls above {3 * args.fmax:g} eV/A; {counts['left_out']} left out) "
         f"+ {counts['frames']} frames of {args.data}"
     )
     return counts

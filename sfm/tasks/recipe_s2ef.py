@@ -69,6 +69,9 @@ class Settings:
     # one round of active learning: the direct model's own relaxations of this many training systems,
     # labelled by EMT (sfm.relax.relabel), and fine-tuning on them mixed with the training frames; 0: none
     relabel_systems: int = 0
+    relabel_shift: float = (
+        0.0  # A: the adsorbate's start moved rigidly in plane by up to this (sfm.relax.relabel --shift)
+    )
     relabel_mix: int = 3  # training frames per relabelled frame in the fine-tuning set
     relabel_steps: int = 1000
     relabel_lr: float = 5e-4
@@ -116,7 +119,8 @@ def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
         if not relabelled.exists():
             runner.python(
                 "sfm.relax.relabel", *("--checkpoint", first / "model.pt", "--data", data, "--out", relabelled),
-                *("--num_systems", s.relabel_systems, "--mix", s.relabel_mix, "--no_progress"), label="relabel",
+                *("--num_systems", s.relabel_systems, "--shift", s.relabel_shift, "--mix", s.relabel_mix),
+                "--no_progress", label="relabel",
             )  # fmt: skip
         commands.train(
             runner, "s2ef", s.nproc, layout.s2ef_dir, relabelled, None, extra, "train_relabelled",

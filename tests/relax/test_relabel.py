@@ -35,9 +35,9 @@ def frames():
 
 def test_frames_are_emt_at_the_models_minimum(frames):
     settings = RelaxSettings("lbfgs", fmax=0.02, steps=200, progress=False)
-    out, left_out = relabelled_frames(lifted, frames, 2, settings, seed=0)
+    out, counts = relabelled_frames(lifted, frames, 2, settings, seed=0)
     starts = first_frames(frames, 2, seed=0)
-    assert left_out == 0 and len(out) == 2 and [int(d.fid) for d in starts] == [0, 0]
+    assert counts == {"left_out": 0, "false_minima": 2} and len(out) == 2 and [int(d.fid) for d in starts] == [0, 0]
     assert [int(d.sid) for d in out] == [int(d.sid) for d in starts]
     ends = relax_structures(lifted, starts, settings)
     for d, start, end in zip(out, starts, ends):
@@ -51,6 +51,14 @@ def test_frames_are_emt_at_the_models_minimum(frames):
         assert set(d.keys()) == set(start.keys())  # the split's fields: the shards batch together
 
 
+def test_shift_moves_the_adsorbates_start_rigidly_in_plane(frames):
+    out, _ = relabelled_frames(lifted, frames, 3, RelaxSettings(steps=0, progress=False), seed=0, shift=0.8)
+    for d, start in zip(out, first_frames(frames, 3, seed=0)):
+        move = (d.pos - start.pos)[d.tags == 2]
+        assert torch.allclose(move, move[0].expand_as(move), atol=1e-5) and 0 < float(move[0].norm()) <= 0.8 + 1e-5
+        assert abs(float(move[0, 2])) < 1e-5 and torch.equal(d.pos[d.tags != 2], start.pos[d.tags != 2])
+
+
 def test_cli_folder_mix_and_bad_input(frames, tmp_path, capsys):
     train = tmp_path / "s2ef" / "train"
     write_lmdb(train / "data.lmdb", frames)
@@ -58,7 +66,7 @@ def test_cli_folder_mix_and_bad_input(frames, tmp_path, capsys):
     out = tmp_path / "relabel"
     args = ["--checkpoint", str(ckpt), "--data", str(train), "--steps", "3", "--no_progress"]
     counts = main([*args, "--out", str(out), "--num_systems", "2", "--mix", "2"])
-    assert counts == {"relabelled": 2, "left_out": 0, "frames": 4}
+    assert counts["relabelled"] == 2 and counts["left_out"] == 0 and counts["frames"] == 4
     assert sorted(p.name for p in out.iterdir()) == ["frames.lmdb", "relabelled.lmdb"]
     assert len(LmdbDataset(out)) == 6
     with pytest.raises(SystemExit):  # exists: refused, untouched

@@ -137,12 +137,13 @@ def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_pa
 def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
-    assert recipe_s2ef.main([*argv, "--relabel_systems", "4", "--relabel_steps", "3", "--relabel_mix", "2"]) == 0
+    relabel = ["--relabel_systems", "4", "--relabel_steps", "3", "--relabel_mix", "2", "--relabel_shift", "0.7"]
+    assert recipe_s2ef.main([*argv, *relabel]) == 0
     direct, relabel, fine = launched
     assert flag(direct, "--save_dir") == str(run / "direct") and flag(direct, "--total_num_steps") == "5"
     assert entry(relabel) == "sfm.relax.relabel" and flag(relabel, "--checkpoint") == str(run / "direct" / "model.pt")
     assert flag(relabel, "--data") == str(demo / "s2ef" / "train") and flag(relabel, "--out") == str(run / "relabel")
-    assert flag(relabel, "--num_systems") == "4" and flag(relabel, "--mix") == "2"
+    assert flag(relabel, "--num_systems") == "4" and flag(relabel, "--mix") == "2" and flag(relabel, "--shift") == "0.7"
     assert flag(fine, "--save_dir") == str(run) and flag(fine, "--train_data_path") == str(run / "relabel")
     assert flag(fine, "--init_from") == str(run / "direct" / "model.pt") and flag(fine, "--forces") == "direct"
     assert flag(fine, "--total_num_steps") == "3" and flag(fine, "--max_lr") == "0.0005"

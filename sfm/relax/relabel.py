@@ -15,7 +15,8 @@ forces on every atom, fixed ones included, as the demo world stores them. ``fid`
 source frame's, so the fields are the split's own and the shards batch together. An end point
 whose largest force on a free atom exceeds the largest of the split's own frames (a model
 relaxation that went astray) is left out and counted; so are the end points where EMT's largest
-force on a free atom is above three times ``fmax`` (``false_minima``: what the round teaches).
+force on a free atom is above three times ``fmax`` (``off_minimum``: the model stopped where EMT
+still pulls, which is what the labels teach it).
 
 ``OUT`` is a folder of shards (read as one dataset by every training command):
 ``relabelled.lmdb`` and ``frames.lmdb``, ``mix`` times as many of the split's own frames, drawn
@@ -57,32 +58,32 @@ def first_frames(frames: list, num_systems: int, seed: int) -> list:
 
 def relabelled_frames(model, frames: list, num_systems: int, settings, seed: int = 0, shift: float = 0.0):
     """The labelled end points of the model's relaxations (module docstring) and counts
-    ``left_out`` (a force above the split's largest) and ``false_minima``; ``settings``: a
+    ``left_out`` (a force above the split's largest) and ``off_minimum``; ``settings``: a
     :class:`~sfm.relax.relax_structures.RelaxSettings`."""
     check_emt_elements(frames)
     starts = first_frames(frames, num_systems, seed)
     rng = np.random.default_rng([seed, 2])
     pos = [perturb(d, rng, shift, 0.0).to(d.pos.dtype) if shift else d.pos for d in starts]
     relaxed = relax_structures(model, starts, settings, desc="model relaxation", pos=pos)
-    cap, out, false_minima = largest_free_force(frames), [], 0
+    cap, out, off_minimum = largest_free_force(frames), [], 0
     for frame, r in zip(starts, relaxed):
         end = r["pos"].to(frame.pos.dtype)
         energy, forces = emt(data_to_atoms(frame, end))
         fmax = np.linalg.norm(forces[~fixed_mask(frame).numpy()], axis=1).max()
         if fmax > cap:
             continue
-        false_minima += int(fmax > 3 * settings.fmax)
+        off_minimum += int(fmax > 3 * settings.fmax)
         new = frame.clone()
         new.pos = end
         new.y = float(frame.y) + energy - emt(data_to_atoms(frame))[0]
         new.force = torch.from_numpy(forces).to(frame.force.dtype)
         out.append(new)
-    return out, {"left_out": len(starts) - len(out), "false_minima": false_minima}
+    return out, {"left_out": len(starts) - len(out), "off_minimum": off_minimum}
 
 
 def write(model, data, out, num_systems=300, mix=3, settings=None, seed=0, shift=0.0) -> dict:
     """Write the ``OUT`` folder (module docstring); return counts ``relabelled``, ``left_out``,
-    ``false_minima``, ``frames`` (the split's own frames written)."""
+    ``off_minimum``, ``frames`` (the split's own frames written)."""
     settings = settings or RelaxSettings(optimizer="lbfgs")
     with frame_folder(Path(out)) as tmp:
         _, frames = read_frames(Path(data))
@@ -132,7 +133,7 @@ def main(argv=None) -> dict:
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         p.error(str(err))
     print(
-        f"{args.out}: {counts['relabelled']} model relaxations labelled by EMT ({counts['false_minima']} "
+        f"{args.out}: {counts['relabelled']} model relaxations labelled by EMT ({counts['off_minimum']} "
         f"ending where EMT pulls above {3 * args.fmax:g} eV/A; {counts['left_out']} left out) "
         f"+ {counts['frames']} frames of {args.data}"
     )

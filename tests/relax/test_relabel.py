@@ -37,7 +37,7 @@ def test_frames_are_emt_at_the_models_minimum(frames):
     settings = RelaxSettings("lbfgs", fmax=0.02, steps=200, progress=False)
     out, counts = relabelled_frames(lifted, frames, 2, settings, seed=0)
     starts = first_frames(frames, 2, seed=0)
-    assert counts == {"left_out": 0, "false_minima": 2} and len(out) == 2 and [int(d.fid) for d in starts] == [0, 0]
+    assert counts == {"left_out": 0, "off_minimum": 2} and len(out) == 2 and [int(d.fid) for d in starts] == [0, 0]
     assert [int(d.sid) for d in out] == [int(d.sid) for d in starts]
     ends = relax_structures(lifted, starts, settings)
     for d, start, end in zip(out, starts, ends):

@@ -103,7 +103,7 @@ def init_weights(model, path, free=(), may_differ=()) -> dict:
 
     ``free``: parameter-name prefixes the model may have that the checkpoint lacks, or the reverse
     (they keep their initialisation or are dropped, e.g. a direct-force head when fine-tuning with
-    conservative forces); ``may_differ``: build_kwargs allowed to differ (loss weights, the force
+    conservative forces; where both have them they are loaded); ``may_differ``: build_kwargs allowed to differ (loss weights, the force
     mode). ValueError naming the file for another architecture or dictionary.
     """
     ckpt = read_consolidated(path)
@@ -112,7 +112,8 @@ def init_weights(model, path, free=(), may_differ=()) -> dict:
     if differ:
         shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ if k != "dictionary")
         raise ValueError(f"{path}: another model than this run builds ({shown or 'dictionary'})")
-    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(tuple(free))}
+    own = model.state_dict().keys()  # a free part both have is loaded; one side's alone is dropped or kept
+    state = {k: v for k, v in ckpt["state_dict"].items() if k in own or not k.startswith(tuple(free))}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(tuple(free))]
     if missing or unexpected:

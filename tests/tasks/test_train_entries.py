@@ -92,14 +92,17 @@ def test_s2ef_on_is2re_with_conservative_forces(demo_world, tmp_path):
     assert sfm.load_checkpoint(tmp_path / "run" / "model.pt").checkpoint["build_kwargs"]["checkpoint"] is True
 
 
-def test_conservative_fine_tuning_starts_from_a_direct_checkpoint(demo_world, tmp_path, capsys):
+@pytest.mark.parametrize("forces", ["conservative", "direct"])
+def test_fine_tuning_starts_from_a_direct_checkpoint(demo_world, tmp_path, capsys, forces):
     direct = tmp_path / "direct" / "model.pt"
     train_s2ef.main(flags(demo_world, direct.parent, "s2ef_few", "--total_num_steps", "1"))
     start = sfm.load_checkpoint(direct)
-    fine = flags(demo_world, tmp_path / "fine", "s2ef_few", "--forces", "conservative", "--init_from", str(direct))
+    fine = flags(demo_world, tmp_path / "fine", "s2ef_few", "--forces", forces, "--init_from", str(direct))
     out = train_s2ef.main([*fine, "--total_num_steps", "1", "--max_lr", "1e-12", "--ema_decay", "0"])
     tuned = sfm.load_checkpoint(tmp_path / "fine" / "model.pt")
-    assert out["step"] == 1 and tuned.forces_mode == "conservative" and tuned.force_head is None
+    assert out["step"] == 1 and tuned.forces_mode == forces
+    assert (tuned.force_head is None) == (forces == "conservative")
+    assert set(tuned.state_dict()) <= set(start.state_dict())  # the direct head too, when fine-tuning direct
     assert (
         tuned.checkpoint["init_from"] == str(direct)
         and tuned.checkpoint["normalizer"] == start.checkpoint["normalizer"]

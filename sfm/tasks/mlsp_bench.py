@@ -131,10 +131,19 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
         "steps": [int(r["relax_steps"]) for r in relaxed],
         "emt_fmax": emt_fmax.tolist(),  # EMT's largest force on a free atom at the model's minimum (eV/A)
     }
+    ok = sp - ref <= 0.1
     return {
         "data": str(data),
         "settings": vars(settings),
         "rows": rows,
+        "emt_fmax_median": {  # EMT's largest force at the model's minimum (eV/A), by outcome
+            "successful": float(np.median(emt_fmax[ok])) if ok.any() else None,
+            "failed": float(np.median(emt_fmax[~ok])) if (~ok).any() else None,
+        },
+        "emt_fmax_above_3fmax": {  # the fraction of them where it exceeds 3 x the relaxation's fmax
+            "successful": float(np.mean(emt_fmax[ok] > 3 * settings.fmax)) if ok.any() else None,
+            "failed": float(np.mean(emt_fmax[~ok] > 3 * settings.fmax)) if (~ok).any() else None,
+        },
         "per_system": per_system,
         "model_relax_wall_s": relax_s,
     }
@@ -160,6 +169,17 @@ def difference_line(diff: dict, baseline: str) -> str:
         f"ML+SP success minus {baseline}'s on {diff['systems']} common systems: {diff['difference']:+.3f} "
         f"(90 % bootstrap interval {low:+.3f} .. {high:+.3f}, P(> 0) {diff['p_difference_positive']:.2f})"
     )
+
+
+def emt_fmax_line(report: dict, fmax: float) -> str:
+    """EMT's largest force at the model's minima, successful and failed systems apart."""
+    med, above = report["emt_fmax_median"], report["emt_fmax_above_3fmax"]
+    parts = [
+        f"{k} {med[k]:.3f} eV/A (above {3 * fmax:g}: {above[k]:.0%})"
+        for k in ("successful", "failed")
+        if med[k] is not None
+    ]
+    return "EMT's largest force at the model's minimum, median: " + ", ".join(parts)
 
 
 def format_table(report: dict) -> str:
@@ -240,6 +260,7 @@ def main(argv=None) -> dict:
         **run(load_checkpoint(args.checkpoint), args.data, args.num_systems, settings),
     }
     print(format_table(report))
+    print(emt_fmax_line(report, args.fmax))
     if args.baseline:
         diff = compare(report, json.loads(Path(args.baseline).read_text()))
         report["versus_baseline"] = {"baseline": args.baseline, **diff}

@@ -2,6 +2,7 @@
 on a tiny checkpoint; a split without references is refused by name."""
 
 import json
+import statistics
 
 import pytest
 from torch_geometric.data import Data
@@ -27,6 +28,11 @@ def test_emt_as_the_relaxer_lands_on_the_reference(demo_world):
     assert max(abs(x) for x in per_system["dE"]) <= 0.1
     assert len(per_system["model_error"]) == ml["systems"]
     assert max(per_system["emt_fmax"]) <= 0.05 + 1e-6  # EMT relaxed by itself: its own minima
+    median = statistics.median(per_system["emt_fmax"])  # every system succeeded
+    assert report["emt_fmax_median"] == {"successful": pytest.approx(median), "failed": None}
+    assert report["emt_fmax_above_3fmax"] == {"successful": 0.0, "failed": None}
+    line = mlsp_bench.emt_fmax_line(report, 0.05)
+    assert "successful" in line and "(above 0.15: 0%)" in line and "failed" not in line
     assert sum(per_system["steps"]) / ml["systems"] == pytest.approx(ml["steps_mean"])
 
 

@@ -21,7 +21,8 @@
 #   RATTLED (0: perturbed frames per system added to s2ef/train, python -m sfm.data.rattle)
 #   CONSERVATIVE_STEPS (0: steps of conservative-force fine-tuning after the direct training)  CONSERVATIVE_LR (5e-4)
 #   RELABEL_SYSTEMS (0: training systems the direct model relaxes, labelled by EMT, python -m sfm.relax.relabel)
-#   RELABEL_SHIFT (0: A, the adsorbate's start shifted in plane)  RELABEL_MIX (3: training frames per relabelled one)  RELABEL_STEPS (1000: fine-tuning on them)  RELABEL_LR (5e-4)
+#   RELABEL_SHIFT (0: A, the adsorbate's start shifted in plane)  RELABEL_MIX (3: training frames per relabelled one)
+#   RELABEL_STEPS (1000: fine-tuning on them)  RELABEL_LR (2e-4)
 #   PLACE_SYSTEMS (40)  PLACE_K (5)  RELAX_STEPS (200)  EXCLUDE (desorbed,surface_changed,intercalated)
 # EXCLUDE: anomaly kinds that disqualify a relaxed placement. AdsorbML excludes dissociated ones too,
 # but in the EMT world most reference relaxations already count as "dissociated" by fairchem's rule

@@ -146,7 +146,7 @@ def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_pat
     assert flag(relabel, "--num_systems") == "4" and flag(relabel, "--mix") == "2" and flag(relabel, "--shift") == "0.7"
     assert flag(fine, "--save_dir") == str(run) and flag(fine, "--train_data_path") == str(run / "relabel")
     assert flag(fine, "--init_from") == str(run / "direct" / "model.pt") and flag(fine, "--forces") == "direct"
-    assert flag(fine, "--total_num_steps") == "3" and flag(fine, "--max_lr") == "0.0005"
+    assert flag(fine, "--total_num_steps") == "3" and flag(fine, "--max_lr") == "0.0002"
     (run / "relabel").mkdir(parents=True)  # labelled: reused
     launched.clear()
     assert recipe_s2ef.main([*argv, "--relabel_systems", "4"]) == 0

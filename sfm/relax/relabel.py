@@ -1,5 +1,5 @@
 """Frames where the model's own relaxations end, labelled by the true potential: one round of
-active learning against the minima the model has and the true potential does not.
+active learning on where the model stops and the true potential still pulls.
 
     python -m sfm.relax.relabel --checkpoint RUN/model.pt --data data/demo/s2ef/train --out RUN/relabel \
         [--num_systems 300] [--shift 0] [--mix 3] [--optimizer lbfgs] [--steps 300] [--fmax 0.05] [--seed 0]
@@ -40,8 +40,7 @@ from sfm.data.emt_world import check_emt_elements
 from sfm.data.lmdb_dataset import LmdbWriter
 from sfm.data.rattle import emt, frame_folder, largest_free_force, perturb, read_frames
 from sfm.data.structure import fixed_mask, sid_of
-from sfm.relax.relax_batch import OPTIMIZERS
-from sfm.relax.relax_structures import RelaxSettings, relax_structures
+from sfm.relax.relax_structures import RelaxSettings, add_relax_flags, relax_settings, relax_structures
 
 
 def first_frames(frames: list, num_systems: int, seed: int) -> list:
@@ -109,10 +108,7 @@ def main(argv=None) -> dict:
     p.add_argument("--num_systems", type=int, default=300, help="systems relaxed by the model")
     p.add_argument("--shift", type=float, default=0.0, help="largest rigid in-plane shift of the adsorbate's start (A)")
     p.add_argument("--mix", type=int, default=3, help="the split's own frames written per relabelled frame")
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs")
-    p.add_argument("--steps", type=int, default=300, help="optimiser step cap")
-    p.add_argument("--fmax", type=float, default=0.05, help="eV/A, convergence on free atoms")
-    p.add_argument("--batch_size", type=int, default=32, help="structures relaxed together")
+    add_relax_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
@@ -120,13 +116,7 @@ def main(argv=None) -> dict:
         p.error("--num_systems and --steps must be >= 1, --mix and --shift >= 0")
     if not os.path.isfile(args.checkpoint):
         p.error(f"--checkpoint {args.checkpoint}: no such file")
-    settings = RelaxSettings(
-        optimizer=args.optimizer,
-        fmax=args.fmax,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
+    settings = relax_settings(args)
     model = load_checkpoint(args.checkpoint)
     try:
         counts = write(model, args.data, args.out, args.num_systems, args.mix, settings, args.seed, args.shift)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from sfm.data import collate
 from sfm.data.lattice import as_cell
 from sfm.data.structure import fixed_mask
-from sfm.relax.relax_batch import relax_batch
+from sfm.relax.relax_batch import OPTIMIZERS, relax_batch
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,28 @@ class RelaxSettings:
     max_atoms: int | None = None  # atoms per model call (relax_batch), None: the whole batch
     device: str = "cpu"
     progress: bool = True
+
+
+def add_relax_flags(parser, optimizer: str = "lbfgs") -> None:
+    """``--optimizer --steps --fmax --batch_size`` on ``parser``, read back by :func:`relax_settings`
+    (L-BFGS by default: the demo world's references)."""
+    parser.add_argument(
+        "--optimizer", choices=sorted(OPTIMIZERS), default=optimizer, help="the demo world's references: lbfgs"
+    )
+    parser.add_argument("--steps", type=int, default=300, help="optimiser step cap")
+    parser.add_argument("--fmax", type=float, default=0.05, help="eV/A, convergence on free atoms")
+    parser.add_argument("--batch_size", type=int, default=32, help="structures relaxed together")
+
+
+def relax_settings(args) -> RelaxSettings:
+    """The :class:`RelaxSettings` of :func:`add_relax_flags`'s flags (progress unless ``--no_progress``)."""
+    return RelaxSettings(
+        optimizer=args.optimizer,
+        fmax=args.fmax,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        progress=not getattr(args, "no_progress", False),
+    )
 
 
 def relax_input(d: Data, key: int, pos: torch.Tensor | None = None) -> Data:

@@ -42,8 +42,7 @@ from sfm.eval.oc20 import adwt, mean_distance
 from sfm.eval.paired import paired_bootstrap
 from sfm.relax.emt import EMTFn
 from sfm.relax.emt_judge import EMTJudge
-from sfm.relax.relax_batch import OPTIMIZERS
-from sfm.relax.relax_structures import RelaxSettings, relax_input, relax_structures
+from sfm.relax.relax_structures import RelaxSettings, add_relax_flags, relax_input, relax_settings, relax_structures
 
 
 def adsorbate_distance(structures, pos) -> np.ndarray:
@@ -210,12 +209,7 @@ def main(argv=None) -> dict:
         help="IS2RE split with pos_relaxed / y_relaxed (e.g. data/demo/is2re/val_id); required unless --compare",
     )
     p.add_argument("--num_systems", type=int, default=100)
-    p.add_argument(
-        "--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs", help="the demo world's references: lbfgs"
-    )
-    p.add_argument("--steps", type=int, default=300, help="optimiser step cap")
-    p.add_argument("--fmax", type=float, default=0.05, help="eV/A, convergence on free atoms")
-    p.add_argument("--batch_size", type=int, default=32, help="structures relaxed together")
+    add_relax_flags(p)
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument(
         "--baseline",
@@ -248,13 +242,7 @@ def main(argv=None) -> dict:
         return diff
     if not args.checkpoint or not args.data:
         p.error("--checkpoint and --data are required (unless --compare)")
-    settings = RelaxSettings(
-        optimizer=args.optimizer,
-        fmax=args.fmax,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
+    settings = relax_settings(args)
     report = {
         "checkpoint": args.checkpoint,
         **run(load_checkpoint(args.checkpoint), args.data, args.num_systems, settings),

@@ -103,8 +103,9 @@ def init_weights(model, path, free=(), may_differ=()) -> dict:
 
     ``free``: parameter-name prefixes the model may have that the checkpoint lacks, or the reverse
     (they keep their initialisation or are dropped, e.g. a direct-force head when fine-tuning with
-    conservative forces; where both have them they are loaded); ``may_differ``: build_kwargs allowed to differ (loss weights, the force
-    mode). ValueError naming the file for another architecture or dictionary.
+    conservative forces; where both have them they are loaded); ``may_differ``: build_kwargs
+    allowed to differ (loss weights, the force mode). ValueError naming the file for another
+    architecture or dictionary.
     """
     ckpt = read_consolidated(path)
     ours, theirs = model.build_kwargs, ckpt["build_kwargs"]

@@ -10,13 +10,14 @@ known only once it is trained. For ``num_systems`` systems of an S2EF split (dra
 ``seed``) this command relaxes the system's first frame (the lowest ``fid``: the initial
 placement; with ``shift``, its adsorbate moved rigidly in the surface plane by up to ``shift`` A
 as :mod:`sfm.data.rattle` does, a start the model has not seen) with the model, as ML+SP does
-(L-BFGS by default, subsurface fixed), and labels the end point with EMT: energy on the frame's reference, ``y = y_frame + E(end) - E(frame)``, and
-forces on every atom, fixed ones included, as the demo world stores them. ``fid`` stays the
-source frame's, so the fields are the split's own and the shards batch together. An end point
-whose largest force on a free atom exceeds the largest of the split's own frames (a model
-relaxation that went astray) is left out and counted; so are the end points where EMT's largest
-force on a free atom is above three times ``fmax`` (``off_minimum``: the model stopped where EMT
-still pulls, which is what the labels teach it).
+(L-BFGS by default, subsurface fixed), and labels the end point with EMT: the energy on the
+frame's reference, ``y = y_frame + E(end) - E(frame)``, and the forces on every atom, fixed ones
+included, as the demo world stores them. ``fid`` stays the source frame's, so the fields are the
+split's own and the shards batch together. An end point whose largest force on a free atom
+exceeds the largest of the split's own frames (a model relaxation that went astray) is left out
+and counted (``left_out``). Also counted, and kept: the end points where EMT's largest force on
+a free atom is above three times ``fmax`` (``off_minimum``: the model stopped where EMT still
+pulls, which is what the labels teach it).
 
 ``OUT`` is a folder of shards (read as one dataset by every training command):
 ``relabelled.lmdb`` and ``frames.lmdb``, ``mix`` times as many of the split's own frames, drawn

@@ -70,9 +70,7 @@ class Settings:
     # labelled by EMT (sfm.relax.relabel), and fine-tuning on them mixed with the training frames; 0: none.
     # 300 systems, 1000 steps at 2e-4 keep the frames' metrics but lose ML+SP: 0.84 -> 0.76 (README, ablations)
     relabel_systems: int = 0
-    relabel_shift: float = (
-        0.0  # A: the adsorbate's start moved rigidly in plane by up to this (sfm.relax.relabel --shift)
-    )
+    relabel_shift: float = 0.0  # A: the adsorbate's start moved in plane by up to this (relabel --shift)
     relabel_mix: int = 3  # training frames per relabelled frame in the fine-tuning set
     relabel_steps: int = 1000
     relabel_lr: float = 2e-4

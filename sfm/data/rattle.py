@@ -114,16 +114,16 @@ def largest_free_force(frames: list) -> float:
     return max(float(d.force[~fixed_mask(d)].norm(dim=-1).max()) for d in frames)
 
 
-def read_frames(data: Path) -> tuple[list[Path], list]:
+def read_frames(data: Path, fields=("y", "force", "tags", "sid")) -> tuple[list[Path], list]:
     """The shards of an S2EF split (an LMDB file or a folder of them) and its frames; a clear
-    error naming the split if it is missing or lacks the S2EF fields."""
+    error naming the split if it is missing or an entry lacks one of ``fields``."""
     shards = sorted(data.glob("*.lmdb")) if data.is_dir() else [data]
     if not shards or not all(s.is_file() for s in shards):
         raise FileNotFoundError(f"{data}: no S2EF LMDB here (a .lmdb file or a folder of them)")
     frames = list(LmdbDataset(data))
-    missing = [i for i, d in enumerate(frames) if not all(k in d for k in ("y", "force", "tags", "sid", "fid"))]
+    missing = [i for i, d in enumerate(frames) if not all(k in d for k in fields)]
     if missing:
-        raise ValueError(f"{data}: entries {missing[:5]} lack y / force / tags / sid / fid (an S2EF split is needed)")
+        raise ValueError(f"{data}: entries {missing[:5]} lack {' / '.join(fields)} (an S2EF split is needed)")
     return shards, frames
 
 

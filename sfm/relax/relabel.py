@@ -86,7 +86,7 @@ def write(model, data, out, num_systems=300, mix=3, settings=None, seed=0, shift
     ``off_minimum``, ``frames`` (the split's own frames written)."""
     settings = settings or RelaxSettings(optimizer="lbfgs")
     with frame_folder(Path(out)) as tmp:
-        _, frames = read_frames(Path(data))
+        _, frames = read_frames(Path(data), ("y", "force", "tags", "sid", "fid"))
         relabelled, counts = relabelled_frames(model, frames, num_systems, settings, seed, shift)
         rng = np.random.default_rng([seed, 1])
         kept = rng.choice(len(frames), min(mix * len(relabelled), len(frames)), replace=False)

@@ -135,17 +135,16 @@ def run(model, data, num_systems: int = 100, settings: RelaxSettings = RelaxSett
         "data": str(data),
         "settings": vars(settings),
         "rows": rows,
-        "emt_fmax_median": {  # EMT's largest force at the model's minimum (eV/A), by outcome
-            "successful": float(np.median(emt_fmax[ok])) if ok.any() else None,
-            "failed": float(np.median(emt_fmax[~ok])) if (~ok).any() else None,
-        },
-        "emt_fmax_above_3fmax": {  # the fraction of them where it exceeds 3 x the relaxation's fmax
-            "successful": float(np.mean(emt_fmax[ok] > 3 * settings.fmax)) if ok.any() else None,
-            "failed": float(np.mean(emt_fmax[~ok] > 3 * settings.fmax)) if (~ok).any() else None,
-        },
+        "emt_fmax_median": by_outcome(emt_fmax, ok, np.median),  # EMT's largest force at the model's minimum
+        "emt_fmax_above_3fmax": by_outcome(emt_fmax > 3 * settings.fmax, ok, np.mean),  # the share above 3 fmax
         "per_system": per_system,
         "model_relax_wall_s": relax_s,
     }
+
+
+def by_outcome(values: np.ndarray, ok: np.ndarray, fn) -> dict:
+    """``fn`` of ``values`` over the successful systems and over the failed ones (None where none)."""
+    return {name: float(fn(values[sel])) if sel.any() else None for name, sel in (("successful", ok), ("failed", ~ok))}
 
 
 def compare(report: dict, baseline: dict, resamples: int = 2000) -> dict:

@@ -9,7 +9,8 @@
 - Forces ``"direct"`` (EquiformerV2's default): the l=1 output of one more attention
   layer, times ``force_std``; fast, not conservative. ``"conservative"``: ``-dE/dpos``
   by autograd (graph kept in training), and optionally the stress ``(1/V) dE/d(strain)``.
-- Loss: ``energy_coef * |e - e_target|`` (mean over structures) ``+ force_coef *
+- Loss: ``energy_coef * |e - e_target|`` (mean over structures; ``energy_loss="mse"``: the
+  mean of ``(e - e_target)^2``, which pulls hardest on the frames furthest off) ``+ force_coef *
   ||F - F_target|| / force_std`` (L2 norm per atom, mean over free atoms).
 
 Batches are PyG ``Batch``/``Data`` with ``atomic_numbers [N]``, ``pos [N, 3]`` (A),
@@ -32,6 +33,7 @@ from sfm.models.backbone import BackboneConfig, EquiformerV2
 from sfm.models.normalizer import EnergyNormalizer
 
 OC20_AVG_NUM_ATOMS = 77.81317
+ENERGY_LOSSES = ("mae", "mse")  # of the normalised energy per structure
 
 
 def batch_tensors(batch):
@@ -59,14 +61,17 @@ class S2EFModel(nn.Module):
         avg_num_atoms: float = OC20_AVG_NUM_ATOMS,
         pbc: tuple = (True, True, True),
         adsorbate_force_weight: float = 1.0,
+        energy_loss: str = "mae",
     ):
         super().__init__()
         if forces not in ("direct", "conservative"):
             raise ValueError(f"forces must be 'direct' or 'conservative', got {forces!r}")
+        if energy_loss not in ENERGY_LOSSES:
+            raise ValueError(f"energy_loss must be one of {ENERGY_LOSSES}, got {energy_loss!r}")
         if not adsorbate_force_weight > 0:
             raise ValueError(f"adsorbate_force_weight must be > 0, got {adsorbate_force_weight}")
         self.forces_mode, self.energy_coef, self.force_coef = forces, float(energy_coef), float(force_coef)
-        self.adsorbate_force_weight = float(adsorbate_force_weight)
+        self.adsorbate_force_weight, self.energy_loss = float(adsorbate_force_weight), energy_loss
         self.avg_num_atoms, self.pbc = float(avg_num_atoms), tuple(bool(p) for p in pbc)
         self.backbone = EquiformerV2(backbone_cfg)
         channels, hidden = backbone_cfg.sphere_channels, backbone_cfg.ffn_hidden_channels
@@ -161,7 +166,7 @@ class S2EFModel(nn.Module):
         out = self(atomic_numbers, pos, cell, index, forces=target_force is not None)
         target = self.normalizer.normalize_energy(batch.y.reshape(-1).to(pos.dtype), atomic_numbers, index)
         e_err = out["energy_norm"] - target
-        energy_loss = e_err.abs().mean()
+        energy_loss = e_err.abs().mean() if self.energy_loss == "mae" else e_err.square().mean()
         parts = {"energy_loss": energy_loss, "energy_mae": e_err.abs().mean() * self.normalizer.std.to(pos.dtype)}
         loss = self.energy_coef * energy_loss
         if target_force is not None:

@@ -20,7 +20,7 @@ from sfm.data import Dictionary, open_dataset
 from sfm.data.views import KINDS, IS2REAsS2EF
 from sfm.models import PRESETS, build_model
 from sfm.models.build import RUNTIME_FIELDS
-from sfm.models.s2ef import OC20_AVG_NUM_ATOMS
+from sfm.models.s2ef import ENERGY_LOSSES, OC20_AVG_NUM_ATOMS
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.checkpoint import init_weights
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
@@ -33,6 +33,7 @@ HEAD_SETTINGS = (
     "energy_coef",
     "force_coef",
     "adsorbate_force_weight",
+    "energy_loss",
     *(f for f in RUNTIME_FIELDS if f != "dictionary"),
 )
 REQUIRED = {"s2ef": ("y", "force"), "is2re": ("y_init", "y_relaxed", "pos_relaxed")}  # fields per --data_kind
@@ -61,6 +62,13 @@ def main(argv=None) -> dict:
         help="direct: l=1 head (EquiformerV2); conservative: minus the autograd gradient of the energy",
     )
     g.add_argument("--energy_coef", type=float, default=4.0, help="energy loss weight (EquiformerV2: 4)")
+    g.add_argument(
+        "--energy_loss",
+        choices=ENERGY_LOSSES,
+        default="mae",
+        help="per-structure energy loss: mae (EquiformerV2's) or mse (weights the frames furthest off, "
+        "e.g. high-energy initial placements, by their error)",
+    )
     g.add_argument("--force_coef", type=float, default=100.0, help="force loss weight (EquiformerV2: 100)")
     g.add_argument(
         "--adsorbate_force_weight",
@@ -124,6 +132,7 @@ def main(argv=None) -> dict:
             energy_coef=args.energy_coef,
             force_coef=args.force_coef,
             adsorbate_force_weight=args.adsorbate_force_weight,
+            energy_loss=args.energy_loss,
             avg_num_atoms=args.avg_num_atoms,
             checkpoint=args.activation_checkpointing,
             dictionary=dictionary.tokens,

@@ -99,6 +99,24 @@ def test_loss_uses_free_atoms_only_and_energy_only_without_forces(eqv2_cell):
     assert set(parts) == {"loss", "energy_loss", "energy_mae"} and torch.isclose(energy_only, 4 * parts["energy_loss"])
 
 
+def test_energy_loss_mae_or_mse_of_the_normalised_energy(eqv2_cell):
+    batch = structures(eqv2_cell)
+    batch.y = batch.y + torch.tensor([3.0, -0.2])  # one structure far off, one near
+    del batch.force
+    for kind, reduce in (("mae", torch.abs), ("mse", torch.square)):
+        model = s2ef_model(energy_loss=kind)  # same seed: same weights for both
+        with torch.no_grad():
+            energy = model(batch.atomic_numbers, batch.pos, batch.cell, batch.batch, forces=False)["energy"]
+        error = (energy - batch.y) / model.normalizer.std  # in the normaliser's units, from the eV
+        loss, parts = model.loss(batch)
+        assert torch.isclose(parts["energy_loss"], reduce(error).mean()) and torch.isclose(
+            loss, 4 * parts["energy_loss"]
+        )
+        assert torch.isclose(parts["energy_mae"], (energy - batch.y).abs().mean())  # reported as MAE either way
+    with pytest.raises(ValueError, match="energy_loss must be one of"):
+        s2ef_model(energy_loss="huber")
+
+
 def test_adsorbate_force_weight_is_a_weighted_mean_over_free_atoms(eqv2_cell):
     batch = structures(eqv2_cell)
     batch.tags = torch.tensor([0, 0, 1, 2, 0, 0, 1, 2, 2])  # 3 of the 5 free atoms are adsorbate atoms

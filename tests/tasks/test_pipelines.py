@@ -72,6 +72,8 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
         "DEMO_DIR": str(demo),
         "TRAIN_STEPS": "7",
         "ENERGY_COEF": "2",
+        "ENERGY_FT_STEPS": "3",
+        "ENERGY_FT_COEF": "9",
         "TRAIN_FLAGS": "--avg_num_atoms 1",
         "BACKBONE": "grid_resolution=12 num_layers=1",
     }
@@ -80,19 +82,27 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
     assert args[:2] == ["-m", "sfm.tasks.recipe_s2ef"] and "--train_flags=--avg_num_atoms 1" in args
 
     assert recipe_s2ef.main(args[2:]) == 0
-    assert [entry(c) for c in launched] == ["train_s2ef", "sfm.tasks.eval_s2ef", "sfm.tasks.eval_s2ef"]
-    train = launched[0]
+    assert [entry(c) for c in launched] == ["train_s2ef", "train_s2ef", "sfm.tasks.eval_s2ef", "sfm.tasks.eval_s2ef"]
+    train, energy = launched[:2]  # the training, then the fine-tuning with the energy weighted more
     assert flag(train, "--total_num_steps") == "7" and flag(train, "--energy_coef") == "2.0"
-    assert flag(train, "--save_dir") == str(tmp_path / "run") and flag(train, "--strategy") == "DDP"
+    assert flag(train, "--save_dir") == str(tmp_path / "run" / "direct") and flag(train, "--strategy") == "DDP"
     assert flag(train, "--train_data_path") == str(demo / "s2ef" / "train") and "--valid_data_path" not in train
-    assert train[-5:] == ["--backbone", "grid_resolution=12", "num_layers=1", "--avg_num_atoms", "1"]
-    assert "--force_coef" not in train  # train_s2ef.py's default
+    for cmd in (train, energy):
+        assert cmd[-5:] == ["--backbone", "grid_resolution=12", "num_layers=1", "--avg_num_atoms", "1"]
+        assert "--force_coef" not in cmd  # train_s2ef.py's default
+    assert flag(energy, "--total_num_steps") == "3" and flag(energy, "--energy_coef") == "9.0"
+    assert flag(energy, "--init_from") == str(tmp_path / "run" / "direct" / "model.pt")
+    assert flag(energy, "--save_dir") == str(tmp_path / "run") and flag(energy, "--max_lr") == "0.0005"
+    assert (
+        flag(energy, "--train_data_path") == flag(train, "--train_data_path") and flag(energy, "--forces") == "direct"
+    )
     run = RunLayout(tmp_path / "run", s2ef=".")
-    assert flag(launched[1], "--json") == str(run.s2ef_eval("val_id")) and run.is2re_eval.exists()
+    assert flag(launched[2], "--json") == str(run.s2ef_eval("val_id")) and run.is2re_eval.exists()
     timed = [(r["stage"], r.get("step"), r["status"]) for r in map(json.loads, run.timings.open())]
     assert timed == [
         ("data", None, "reused"),
         ("train", "train", "done"),
+        ("train", "train_energy", "done"),
         ("train", None, "done"),
         ("eval", "eval_s2ef", "done"),
         ("eval", "eval_is2re", "done"),
@@ -103,6 +113,7 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
 
 def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path, demo, launched):
     argv = ["--stages", "train eval", "--run_dir", str(tmp_path / "run"), "--demo_dir", str(demo), "--rattled", "3"]
+    argv += ["--energy_ft_steps", "0"]
     assert recipe_s2ef.main(argv) == 0
     rattle, train = launched[0], launched[1]
     out = demo / "s2ef" / "train_rattled3"
@@ -122,6 +133,7 @@ def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path,
 def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
+    argv += ["--energy_ft_steps", "0"]
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--conservative_lr", "1e-4"]) == 0
     direct, fine = launched
     assert flag(direct, "--save_dir") == str(run / "direct") and flag(direct, "--forces") == "direct"
@@ -137,6 +149,7 @@ def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_pa
 def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
+    argv += ["--energy_ft_steps", "0"]
     relabel = ["--relabel_systems", "4", "--relabel_steps", "3", "--relabel_mix", "2", "--relabel_shift", "0.7"]
     assert recipe_s2ef.main([*argv, *relabel]) == 0
     direct, relabel, fine = launched
@@ -153,6 +166,25 @@ def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_pat
     assert [entry(c) for c in launched] == ["train_s2ef", "train_s2ef"]
     with pytest.raises(SystemExit):
         recipe_s2ef.main([*argv, "--relabel_systems", "4", "--conservative_steps", "3"])
+
+
+def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, demo, launched):
+    run = tmp_path / "run"
+    argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
+    assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 0
+    direct, conservative, energy = launched
+    assert flag(conservative, "--save_dir") == str(run / "conservative")
+    assert flag(conservative, "--init_from") == str(run / "direct" / "model.pt")
+    assert flag(energy, "--save_dir") == str(run) and flag(energy, "--init_from") == str(
+        run / "conservative" / "model.pt"
+    )
+    assert flag(energy, "--forces") == "conservative" and flag(energy, "--energy_coef") == "100.0"
+    for done in ("direct", "conservative"):  # trained (a rerun after the last training failed): reused
+        (run / done).mkdir(parents=True, exist_ok=True)
+        (run / done / "model.pt").write_text("")
+    launched.clear()
+    assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 0
+    assert [flag(c, "--save_dir") for c in launched] == [str(run)]
 
 
 def test_recipe_s2ef_place_scores_each_placement_set(tmp_path, demo_world, launched):
@@ -256,6 +288,7 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
         "sfm.data.dense_targets",
         "train_diff",
         "train_s2ef",
+        "train_s2ef",
         "sfm.tasks.eval_s2ef",
         *["gen"] * 6,
         "sfm.tasks.gen_table",
@@ -270,6 +303,10 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
     assert flag(diff, "--total_num_steps") == "150" and flag(diff, "--warmup_num_steps") == "15"
     assert flag(diff, "--valid_data_path") == str(demo / "is2re" / "val_id")
     assert flag(s2ef, "--total_num_steps") == "150" and flag(s2ef, "--backbone") == "grid_resolution=10"
+    energy = launched[4]  # the energy fine-tuning keeps its share of the steps: 1000 of 7000
+    assert flag(energy, "--total_num_steps") == "21" and flag(energy, "--init_from") == str(
+        layout.s2ef_dir / "direct" / "model.pt"
+    )
     assert layout.s2ef_eval("val_id").exists()  # written under a temporary name, then renamed
     assert flag(launched[-2], "--samples") == str(layout.samples("gen", "csp_ode"))
     assert flag(launched[-1], "--demo_dir") == str(demo)

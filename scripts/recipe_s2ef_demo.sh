@@ -23,7 +23,7 @@
 #   RELABEL_SYSTEMS (0: training systems the direct model relaxes, labelled by EMT, python -m sfm.relax.relabel)
 #   RELABEL_SHIFT (0: A, the adsorbate's start shifted in plane)  RELABEL_MIX (3: training frames per relabelled one)
 #   RELABEL_STEPS (1000: fine-tuning on them)  RELABEL_LR (2e-4)
-#   ENERGY_FT_STEPS (1000: last, fine-tuning with the energy weighted ENERGY_FT_COEF (100) at ENERGY_FT_LR (5e-4); 0: none)
+#   ENERGY_FT_STEPS (0: last, steps of fine-tuning with the energy weighted ENERGY_FT_COEF (100) at ENERGY_FT_LR (5e-4))
 #   PLACE_SYSTEMS (40)  PLACE_K (5)  RELAX_STEPS (200)  EXCLUDE (desorbed,surface_changed,intercalated)
 # EXCLUDE: anomaly kinds that disqualify a relaxed placement. AdsorbML excludes dissociated ones too,
 # but in the EMT world most reference relaxations already count as "dissociated" by fairchem's rule

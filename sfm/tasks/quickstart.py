@@ -94,11 +94,7 @@ def train_s2ef(s: Settings, layout: RunLayout, runner: Runner) -> None:
         return
     shutil.rmtree(layout.s2ef_dir, ignore_errors=True)
     recipe = replace(recipe_s2ef.Settings(), demo_dir=s.demo_dir, nproc=s.nproc, train_steps=s.s2ef_steps)
-    scale = s.s2ef_steps / recipe_s2ef.Settings.train_steps  # the energy fine-tuning keeps its share
-    recipe = replace(
-        recipe, energy_ft_steps=round(recipe.energy_ft_steps * scale), warmup=min(recipe.warmup, s.s2ef_steps // 10)
-    )
-    recipe_s2ef.train(recipe, layout, runner)
+    recipe_s2ef.train(replace(recipe, warmup=min(recipe.warmup, s.s2ef_steps // 10)), layout, runner)
 
 
 def eval_s2ef(s: Settings, layout: RunLayout, runner: Runner) -> None:

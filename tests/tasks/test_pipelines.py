@@ -113,7 +113,6 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
 
 def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path, demo, launched):
     argv = ["--stages", "train eval", "--run_dir", str(tmp_path / "run"), "--demo_dir", str(demo), "--rattled", "3"]
-    argv += ["--energy_ft_steps", "0"]
     assert recipe_s2ef.main(argv) == 0
     rattle, train = launched[0], launched[1]
     out = demo / "s2ef" / "train_rattled3"
@@ -133,7 +132,6 @@ def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path,
 def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
-    argv += ["--energy_ft_steps", "0"]
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--conservative_lr", "1e-4"]) == 0
     direct, fine = launched
     assert flag(direct, "--save_dir") == str(run / "direct") and flag(direct, "--forces") == "direct"
@@ -149,7 +147,6 @@ def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_pa
 def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
-    argv += ["--energy_ft_steps", "0"]
     relabel = ["--relabel_systems", "4", "--relabel_steps", "3", "--relabel_mix", "2", "--relabel_shift", "0.7"]
     assert recipe_s2ef.main([*argv, *relabel]) == 0
     direct, relabel, fine = launched
@@ -287,7 +284,6 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
         "sfm.data.demo",
         "sfm.data.dense_targets",
         "train_diff",
-        "train_s2ef",
         "train_s2ef",
         "sfm.tasks.eval_s2ef",
         *["gen"] * 6,

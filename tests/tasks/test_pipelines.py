@@ -299,10 +299,6 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
     assert flag(diff, "--total_num_steps") == "150" and flag(diff, "--warmup_num_steps") == "15"
     assert flag(diff, "--valid_data_path") == str(demo / "is2re" / "val_id")
     assert flag(s2ef, "--total_num_steps") == "150" and flag(s2ef, "--backbone") == "grid_resolution=10"
-    energy = launched[4]  # the energy fine-tuning keeps its share of the steps: 1000 of 7000
-    assert flag(energy, "--total_num_steps") == "21" and flag(energy, "--init_from") == str(
-        layout.s2ef_dir / "direct" / "model.pt"
-    )
     assert layout.s2ef_eval("val_id").exists()  # written under a temporary name, then renamed
     assert flag(launched[-2], "--samples") == str(layout.samples("gen", "csp_ode"))
     assert flag(launched[-1], "--demo_dir") == str(demo)

@@ -77,7 +77,7 @@ class Settings:
     relabel_lr: float = 2e-4
     # last, fine-tuning with the energy weighted energy_ft_coef (train_s2ef.py's --energy_coef) instead of 4, at a
     # quarter of the rate; 0: none. 1000 steps bring the centred energy error from 0.066 to 0.052 eV (force MAE
-    # 0.0144 -> 0.0148) but lose ML+SP, 0.84 -> 0.75 (README, ablations): an option, not the default
+    # 0.0144 -> 0.0148) but ML+SP on val_id falls, 0.84 -> 0.75 (test_id 0.77 -> 0.79; README, ablations): an option
     energy_ft_steps: int = 0
     energy_ft_coef: float = 100.0
     energy_ft_lr: float = 5e-4

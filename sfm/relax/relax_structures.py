@@ -34,11 +34,11 @@ class RelaxSettings:
     progress: bool = True
 
 
-def add_relax_flags(parser, optimizer: str = "lbfgs") -> None:
+def add_relax_flags(parser) -> None:
     """``--optimizer --steps --fmax --batch_size`` on ``parser``, read back by :func:`relax_settings`
     (L-BFGS by default: the demo world's references)."""
     parser.add_argument(
-        "--optimizer", choices=sorted(OPTIMIZERS), default=optimizer, help="the demo world's references: lbfgs"
+        "--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs", help="the demo world's references: lbfgs"
     )
     parser.add_argument("--steps", type=int, default=300, help="optimiser step cap")
     parser.add_argument("--fmax", type=float, default=0.05, help="eV/A, convergence on free atoms")

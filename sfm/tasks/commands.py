@@ -32,10 +32,10 @@ def build_demo(runner: Runner, demo_dir: Path, nproc: int, small: bool = False) 
     runner.python("sfm.data.demo", "--out", demo_dir, "--workers", nproc, *(["--small"] if small else []))
 
 
-def fresh_training(runner: Runner, layout: RunLayout, kind: str) -> bool:
-    """Whether the ``kind`` model must be trained: False (reused) when its model.pt exists and loads
-    with this version of sfm; RuntimeError when it exists but does not load (stale)."""
-    path = layout.model(kind)
+def fresh_training(runner: Runner, path) -> bool:
+    """Whether the model at ``path`` (a training's model.pt) must be trained: False (reused) when it
+    exists and loads with this version of sfm; RuntimeError when it exists but does not load (stale)."""
+    path = Path(path)
     if not path.exists():
         return True
     import sfm

@@ -81,7 +81,7 @@ def low_energy(s: Settings, layout: RunLayout, runner: Runner) -> None:
 
 def train_diff(s: Settings, layout: RunLayout, runner: Runner) -> None:
     """The diffusion recipe's training (:func:`sfm.tasks.recipe_diff.train`), ``s.diff_steps`` steps."""
-    if not commands.fresh_training(runner, layout, "diff"):
+    if not commands.fresh_training(runner, layout.model("diff")):
         return
     shutil.rmtree(layout.diff_dir, ignore_errors=True)  # a killed run's checkpoints: start clean
     recipe = replace(recipe_diff.Settings(), demo_dir=s.demo_dir, nproc=s.nproc, steps=s.diff_steps)
@@ -90,7 +90,7 @@ def train_diff(s: Settings, layout: RunLayout, runner: Runner) -> None:
 
 def train_s2ef(s: Settings, layout: RunLayout, runner: Runner) -> None:
     """The S2EF recipe's training (:func:`sfm.tasks.recipe_s2ef.train`), ``s.s2ef_steps`` steps."""
-    if not commands.fresh_training(runner, layout, "s2ef"):
+    if not commands.fresh_training(runner, layout.model("s2ef")):
         return
     shutil.rmtree(layout.s2ef_dir, ignore_errors=True)
     recipe = replace(recipe_s2ef.Settings(), demo_dir=s.demo_dir, nproc=s.nproc, train_steps=s.s2ef_steps)

@@ -13,7 +13,7 @@ the baselines, and score adsorbate placements with it, EMT as the judge.
          systems labelled by EMT, python -m sfm.relax.relabel: RUN/relabel, and --relabel_steps on
          them with --relabel_mix training frames per relabelled one), then --energy_ft_steps with
          the energy weighted --energy_ft_coef. The last training writes RUN/model.pt, the others
-         RUN/direct, RUN/conservative, RUN/relabelled; one whose model.pt exists is reused
+         RUN/direct, RUN/conservative, RUN/relabelled; one whose model.pt exists and loads is reused
   eval   eval_s2ef.py on DEMO/s2ef/val_id (frames) and on the held-out IS2RE splits, next to the
          training-mean / per-element linear-fit baselines: RUN/eval_s2ef_val_id.json, eval_is2re.json
   mlsp   mlsp_bench.py on the first --mlsp_systems systems of DEMO/is2re/val_id (AdsorbML's ML+SP
@@ -105,7 +105,8 @@ def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
     """The direct (or --forces) training, then each fine-tuning that is on, each from the model
     before it: conservative forces (--conservative_steps) or the model's relaxations labelled by
     EMT (--relabel_systems), then the energy weighted more (--energy_ft_steps). The last one trains
-    into RUN, the others into RUN/<name>; a training whose model.pt exists is reused."""
+    into RUN, the others into RUN/<name>; a training whose model.pt exists is reused
+    (:func:`commands.fresh_training`: a stale one is an error)."""
     coefs = {k: v for k, v in (("energy_coef", s.energy_coef), ("force_coef", s.force_coef)) if v is not None}
     common = dict(model_type=s.model_type, train_batch_size=s.batch_size, warmup_num_steps=s.warmup)
     common.update(data_kind=s.data_kind, log_interval=100, save_interval=1000000, ema_decay=0.99, **coefs)
@@ -125,9 +126,7 @@ def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
     previous = None
     for n, (name, label, flags) in enumerate(plan):
         save_dir = layout.s2ef_dir if n == len(plan) - 1 else layout.s2ef_dir / name
-        if (save_dir / "model.pt").exists():
-            runner.reuse(save_dir / "model.pt")
-        else:
+        if commands.fresh_training(runner, save_dir / "model.pt"):
             on = relabel(s, runner, previous, data, layout.s2ef_dir / "relabel") if name == "relabelled" else data
             start = {"init_from": previous, "forces": forces} if previous else {}
             commands.train(runner, "s2ef", s.nproc, save_dir, on, None, extra, label, **{**common, **flags, **start})

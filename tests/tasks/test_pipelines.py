@@ -16,6 +16,7 @@ import pytest
 from sfm.pipeline import stages
 from sfm.pipeline.layout import RunLayout
 from sfm.tasks import quickstart, recipe_diff, recipe_s2ef
+from tests.tasks.test_api_example import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,7 +166,7 @@ def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_pat
         recipe_s2ef.main([*argv, "--relabel_systems", "4", "--conservative_steps", "3"])
 
 
-def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, demo, launched):
+def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, demo, launched, capsys):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 0
@@ -178,10 +179,14 @@ def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, 
     assert flag(energy, "--forces") == "conservative" and flag(energy, "--energy_coef") == "100.0"
     for done in ("direct", "conservative"):  # trained (a rerun after the last training failed): reused
         (run / done).mkdir(parents=True, exist_ok=True)
-        (run / done / "model.pt").write_text("")
+        tiny_checkpoint(run / done / "model.pt", "s2ef")
     launched.clear()
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 0
     assert [flag(c, "--save_dir") for c in launched] == [str(run)]
+    (run / "conservative" / "model.pt").write_text("not a checkpoint")  # stale: the stage fails, nothing runs
+    launched.clear()
+    assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 1
+    assert launched == [] and "does not load with this version of sfm" in capsys.readouterr().err
 
 
 def test_recipe_s2ef_place_scores_each_placement_set(tmp_path, demo_world, launched):

@@ -111,17 +111,7 @@ class EquiformerV2(nn.Module):
         self.edge_degree = EdgeDegreeEmbedding(
             self.layout, cfg.sphere_channels, cfg.num_rbf, cfg.edge_channels, num_tokens, cfg.avg_degree
         )
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                self.make_attention(cfg.sphere_channels),
-                self.make_feed_forward(cfg.sphere_channels),
-                cfg.lmax,
-                cfg.sphere_channels,
-                cfg.cond_dim,
-                cfg.drop_path_rate,
-            )
-            for _ in range(cfg.num_layers)
-        )
+        self.blocks = nn.ModuleList(self.make_block() for _ in range(cfg.num_layers))
         self.norm = EquivariantLayerNormSH(cfg.lmax, cfg.sphere_channels)
 
     def make_attention(self, out_channels: int) -> SO2GraphAttention:
@@ -140,6 +130,18 @@ class EquiformerV2(nn.Module):
             self.atom_tokens.num_tokens,
             self.grid_edges,
             c.alpha_drop,
+        )
+
+    def make_block(self) -> TransformerBlock:
+        """A transformer block of this backbone's shape (the trunk's, and an energy branch's)."""
+        c = self.cfg
+        return TransformerBlock(
+            self.make_attention(c.sphere_channels),
+            self.make_feed_forward(c.sphere_channels),
+            c.lmax,
+            c.sphere_channels,
+            c.cond_dim,
+            c.drop_path_rate,
         )
 
     def make_feed_forward(self, out_channels: int) -> FeedForward:
@@ -177,20 +179,30 @@ class EquiformerV2(nn.Module):
 
     def encode(self, atomic_numbers, frac, lattice, batch, cond=None, pbc=(True, True, True), edges=None):
         """``-> (x [N, dim, C], graph)``; see the class docstring (``edges``: :meth:`build_graph`)."""
+        x, graph, cond = self.embed(atomic_numbers, frac, lattice, batch, cond, pbc, edges)
+        return self.norm(self.run(self.blocks, x, graph, cond)), graph
+
+    def embed(self, atomic_numbers, frac, lattice, batch, cond=None, pbc=(True, True, True), edges=None):
+        """The input of the first block: ``(x [N, dim, C], graph, cond [N, cond_dim] | None)``."""
         graph = self.build_graph(atomic_numbers, frac, lattice, batch, pbc, edges)
         scalars = self.embedding(graph.tokens)
         x = torch.cat([scalars[:, None], scalars.new_zeros(len(scalars), self.layout.dim - 1, scalars.shape[1])], 1)
         x = x + self.edge_degree(graph)
         if cond is not None:
             cond = nn.functional.silu(cond[batch] if cond.shape[0] == graph.num_graphs else cond)
+        return x, graph, cond
+
+    def run(self, blocks, x, graph, cond=None) -> torch.Tensor:
+        """``x`` through ``blocks`` in turn (these or others of this shape), before the final norm."""
         autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if self.cfg.bf16 else contextlib.nullcontext()
+        dtype = x.dtype
         with autocast:
-            for block in self.blocks:
+            for block in blocks:
                 if self.cfg.checkpoint and self.training and torch.is_grad_enabled():
                     x = checkpoint(block, x, graph, cond, use_reentrant=False)
                 else:
                     x = block(x, graph, cond)
-        return self.norm(x.to(scalars.dtype)), graph
+        return x.to(dtype)
 
     def forward(self, atomic_numbers, frac, lattice, batch, cond=None, pbc=(True, True, True)) -> torch.Tensor:
         return self.encode(atomic_numbers, frac, lattice, batch, cond, pbc)[0]

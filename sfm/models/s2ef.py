@@ -6,6 +6,10 @@
   training runs of ``train_s2ef`` use 1, which lets a few atoms carry the energy change), is
   the normalised energy ``e``; physical ``E = std * e + mean + sum_i ref[Z_i]``
   (:class:`~sfm.models.normalizer.EnergyNormalizer`, buffers in the state dict).
+- Energy branch (``energy_branch=K``, 0 by default): the energy reads its own copy of the trunk's
+  last K blocks (and final norm), fed by the trunk's state before them, instead of the trunk's
+  output. :meth:`S2EFModel.start_energy_branch` copies the trunk's blocks into it and freezes all
+  else, so a fine-tuning trains the energy alone and the weights the forces use stay as they were.
 - Forces ``"direct"`` (EquiformerV2's default): the l=1 output of one more attention
   layer, times ``force_std``; fast, not conservative. ``"conservative"``: ``-dE/dpos``
   by autograd (graph kept in training), and optionally the stress ``(1/V) dE/d(strain)``.
@@ -30,10 +34,12 @@ from torch import nn
 from sfm.data.lattice import as_cells, cart_to_frac
 from sfm.data.structure import ADSORBATE_TAG, fixed_mask, name_structures
 from sfm.models.backbone import BackboneConfig, EquiformerV2
+from sfm.models.layer_norm import EquivariantLayerNormSH
 from sfm.models.normalizer import EnergyNormalizer
 
 OC20_AVG_NUM_ATOMS = 77.81317
 ENERGY_LOSSES = ("mae", "mse")  # of the normalised energy per structure
+ENERGY_BRANCH = ("energy_blocks.", "energy_norm.", "energy_head.")  # what an energy-branch fine-tuning trains
 
 
 def batch_tensors(batch):
@@ -62,6 +68,7 @@ class S2EFModel(nn.Module):
         pbc: tuple = (True, True, True),
         adsorbate_force_weight: float = 1.0,
         energy_loss: str = "mae",
+        energy_branch: int = 0,
     ):
         super().__init__()
         if forces not in ("direct", "conservative"):
@@ -73,7 +80,19 @@ class S2EFModel(nn.Module):
         self.forces_mode, self.energy_coef, self.force_coef = forces, float(energy_coef), float(force_coef)
         self.adsorbate_force_weight, self.energy_loss = float(adsorbate_force_weight), energy_loss
         self.avg_num_atoms, self.pbc = float(avg_num_atoms), tuple(bool(p) for p in pbc)
+        if not 0 <= energy_branch <= backbone_cfg.num_layers:
+            raise ValueError(
+                f"energy_branch must be 0..{backbone_cfg.num_layers} (the trunk's blocks), got {energy_branch}"
+            )
+        if energy_branch and forces == "conservative":
+            raise ValueError("energy_branch needs direct forces (conservative forces are the energy's gradient)")
         self.backbone = EquiformerV2(backbone_cfg)
+        self.energy_blocks = (
+            nn.ModuleList(self.backbone.make_block() for _ in range(energy_branch)) if energy_branch else None
+        )
+        self.energy_norm = (
+            EquivariantLayerNormSH(backbone_cfg.lmax, backbone_cfg.sphere_channels) if energy_branch else None
+        )
         channels, hidden = backbone_cfg.sphere_channels, backbone_cfg.ffn_hidden_channels
         self.energy_head = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.force_head = self.backbone.make_attention(1) if forces == "direct" else None
@@ -90,8 +109,8 @@ class S2EFModel(nn.Module):
             strain = torch.zeros_like(cell, requires_grad=True) if stress else None
             lattice = cell + cell @ strain if stress else cell
             frac = cart_to_frac(pos, cell[batch])  # strain moves atoms with the cell: frac fixed
-            x, graph = self.backbone.encode(atomic_numbers, frac, lattice, batch, pbc=self.pbc, edges=edges)
-            per_atom = self.energy_head(self.backbone.scalars(x))[:, 0]
+            x, x_energy, graph = self.encode(atomic_numbers, frac, lattice, batch, edges)
+            per_atom = self.energy_head(self.backbone.scalars(x_energy))[:, 0]
             e_norm = per_atom.new_zeros(cell.shape[0]).index_add_(0, batch, per_atom) / self.avg_num_atoms
             out = {"energy_norm": e_norm, "energy": self.normalizer.energy(e_norm, atomic_numbers, batch)}
             if conservative:
@@ -104,6 +123,32 @@ class S2EFModel(nn.Module):
             elif forces:
                 out["forces"] = self.force_head(x, graph)[:, 1:4, 0] * self.normalizer.force_std.to(x.dtype)
         return out
+
+    def encode(self, atomic_numbers, frac, lattice, batch, edges=None):
+        """``(x, x_energy, graph)``: the trunk's features, those the energy reads (the same tensor
+        without an energy branch), and the graph."""
+        bb = self.backbone
+        if self.energy_blocks is None:
+            x, graph = bb.encode(atomic_numbers, frac, lattice, batch, pbc=self.pbc, edges=edges)
+            return x, x, graph
+        h, graph, _ = bb.embed(atomic_numbers, frac, lattice, batch, pbc=self.pbc, edges=edges)
+        h = bb.run(bb.blocks[: len(bb.blocks) - len(self.energy_blocks)], h, graph)
+        x = bb.norm(bb.run(bb.blocks[len(bb.blocks) - len(self.energy_blocks) :], h, graph))
+        return x, self.energy_norm(bb.run(self.energy_blocks, h, graph)), graph
+
+    def start_energy_branch(self, copy: bool = True) -> None:
+        """Train the energy branch alone: with ``copy``, its blocks and norm become copies of the
+        trunk's last ones (the energies start where the trunk's were); every parameter outside the
+        branch and the energy readout is frozen, so the forces cannot change."""
+        if self.energy_blocks is None:
+            raise ValueError("this model has no energy branch (build it with energy_branch=K)")
+        if copy:
+            trunk = self.backbone.blocks[len(self.backbone.blocks) - len(self.energy_blocks) :]
+            for ours, theirs in zip(self.energy_blocks, trunk):
+                ours.load_state_dict(theirs.state_dict())
+            self.energy_norm.load_state_dict(self.backbone.norm.state_dict())
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith(ENERGY_BRANCH))
 
     @torch.no_grad()
     def predict(self, batch, stress: bool = False, edges=None) -> dict:

@@ -12,7 +12,8 @@ the baselines, and score adsorbate placements with it, EMT as the judge.
          of conservative forces, or --relabel_systems N (that model's relaxations of N training
          systems labelled by EMT, python -m sfm.relax.relabel: RUN/relabel, and --relabel_steps on
          them with --relabel_mix training frames per relabelled one), then --energy_ft_steps with
-         the energy weighted --energy_ft_coef. The last training writes RUN/model.pt, the others
+         the energy weighted --energy_ft_coef (with --energy_ft_branch K, on a copy of the last K
+         blocks alone, the forces' weights frozen). The last training writes RUN/model.pt, the others
          RUN/direct, RUN/conservative, RUN/relabelled; one whose model.pt exists and loads is reused
   eval   eval_s2ef.py on DEMO/s2ef/val_id (frames) and on the held-out IS2RE splits, next to the
          training-mean / per-element linear-fit baselines: RUN/eval_s2ef_val_id.json, eval_is2re.json
@@ -81,6 +82,9 @@ class Settings:
     energy_ft_steps: int = 0
     energy_ft_coef: float = 100.0
     energy_ft_lr: float = 5e-4
+    # the energy fine-tuning on its own copy of the last K blocks, every weight the forces use frozen
+    # (train_s2ef.py --energy_branch): the relaxations, which follow the forces, cannot move; 0: the whole model
+    energy_ft_branch: int = 0
     mlsp_systems: int = 100
     place_systems: int = 40
     place_k: int = 5
@@ -122,6 +126,8 @@ def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
         plan.append(("relabelled", "train_relabelled", dict(max_lr=s.relabel_lr, total_num_steps=s.relabel_steps)))
     if s.energy_ft_steps:
         energy = dict(max_lr=s.energy_ft_lr, total_num_steps=s.energy_ft_steps, energy_coef=s.energy_ft_coef)
+        if s.energy_ft_branch:
+            energy["energy_branch"] = s.energy_ft_branch
         plan.append(("energy", "train_energy", energy))
     previous = None
     for n, (name, label, flags) in enumerate(plan):
@@ -228,6 +234,10 @@ def main(argv=None) -> int:
         p.error("--conservative_steps fine-tunes a direct-force model; it needs --forces direct")
     if s.relabel_systems and (s.conservative_steps or s.data_kind != "s2ef"):
         p.error("--relabel_systems labels a direct S2EF model's relaxations: --data_kind s2ef, no --conservative_steps")
+    if s.energy_ft_branch and (not s.energy_ft_steps or s.conservative_steps or s.forces != "direct"):
+        p.error(
+            "--energy_ft_branch is a direct-force model's energy fine-tuning: it needs --energy_ft_steps and direct forces"
+        )
     if s.rattled and s.data_kind != "s2ef":
         p.error("--rattled perturbs S2EF frames; it needs --data_kind s2ef")
     if not s.run_dir:

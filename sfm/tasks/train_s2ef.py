@@ -11,7 +11,9 @@ The normaliser (mean, std, per-element references, force scale) is fitted on at 
 `--normalizer_structures` training structures at the start of a fresh run; it lives in the
 model's buffers, so checkpoints carry it and a resumed run keeps it. `--init_from MODEL.pt` starts a
 fresh run (optimizer, schedule) from a checkpoint's weights and normaliser instead: fine-tuning on
-your own frames, or conservative forces after direct-force training (the direct head is dropped).
+your own frames, or conservative forces after direct-force training (the direct head is dropped);
+with `--energy_branch K`, the energy alone, on a copy of the checkpoint's last K blocks (the forces' weights
+frozen: a judge's energies improved without moving the relaxations the forces drive).
 """
 
 import argparse
@@ -20,7 +22,7 @@ from sfm.data import Dictionary, open_dataset
 from sfm.data.views import KINDS, IS2REAsS2EF
 from sfm.models import PRESETS, build_model
 from sfm.models.build import RUNTIME_FIELDS
-from sfm.models.s2ef import ENERGY_LOSSES, OC20_AVG_NUM_ATOMS
+from sfm.models.s2ef import ENERGY_BRANCH, ENERGY_LOSSES, OC20_AVG_NUM_ATOMS
 from sfm.pipeline.batches import random_subset
 from sfm.pipeline.checkpoint import init_weights
 from sfm.pipeline.trainer import resolve_resume, seed_everything, train
@@ -34,6 +36,7 @@ HEAD_SETTINGS = (
     "force_coef",
     "adsorbate_force_weight",
     "energy_loss",
+    "energy_branch",
     *(f for f in RUNTIME_FIELDS if f != "dictionary"),
 )
 REQUIRED = {"s2ef": ("y", "force"), "is2re": ("y_init", "y_relaxed", "pos_relaxed")}  # fields per --data_kind
@@ -105,7 +108,18 @@ def main(argv=None) -> dict:
         "optimizer and schedule): fine-tuning on other data, or with --forces conservative after "
         "direct-force training (eSEN's recipe; the direct head is dropped)",
     )
+    g.add_argument(
+        "--energy_branch",
+        type=int_at_least(0),
+        default=0,
+        metavar="K",
+        help="with --init_from: the energy gets its own copy of the checkpoint's last K blocks, and only "
+        "that branch and the energy readout train (every weight the forces use is frozen, so they stay "
+        "the checkpoint's); the model then runs K more blocks per call. 0: energy and forces share the trunk",
+    )
     args = parse_args(parser, argv)
+    if args.energy_branch and not args.init_from:
+        parser.error("--energy_branch needs --init_from (the branch starts as a copy of a trained model's blocks)")
     if args.forces == "conservative" and args.strategy == "Zero3":
         # The force loss differentiates -dE/dpos again through the weights; ZeRO-3 has released
         # its partitioned parameters by then (DeepSpeed 0.19 fails in backward).
@@ -133,6 +147,7 @@ def main(argv=None) -> dict:
             force_coef=args.force_coef,
             adsorbate_force_weight=args.adsorbate_force_weight,
             energy_loss=args.energy_loss,
+            energy_branch=args.energy_branch,
             avg_num_atoms=args.avg_num_atoms,
             checkpoint=args.activation_checkpointing,
             dictionary=dictionary.tokens,
@@ -143,15 +158,25 @@ def main(argv=None) -> dict:
     meta = {"task": "s2ef", "dictionary": dictionary.tokens, "args": vars(args)}
     resume_dir = resolve_resume(cfg)
     if resume_dir is None and args.init_from:  # fine-tuning: weights and normaliser from the checkpoint
+        free = FORCE_HEAD + (ENERGY_BRANCH if args.energy_branch else ())
         try:
-            start = init_weights(model, args.init_from, free=FORCE_HEAD, may_differ=HEAD_SETTINGS)
+            start = init_weights(model, args.init_from, free=free, may_differ=HEAD_SETTINGS)
         except (OSError, ValueError) as err:
             parser.error(f"--init_from: {err}")
+        had = start["build_kwargs"].get("energy_branch", 0)
+        if had not in (0, args.energy_branch):
+            parser.error(
+                f"--init_from: {args.init_from} has an energy branch of {had} blocks, not {args.energy_branch}"
+            )
+        if args.energy_branch:
+            model.start_energy_branch(copy=not had)
         meta.update(normalizer=start.get("normalizer"), init_from=str(args.init_from))
     elif resume_dir is None:  # a fresh run: fit the normaliser its checkpoints will carry
         sample = random_subset(train_set, args.normalizer_structures, args.seed)
         sample = without_forces(sample) if args.data_kind == "is2re" else sample
         meta["normalizer"] = model.fit_normalizer(sample, fit_references=args.element_refs)
+    if resume_dir is not None and args.energy_branch:
+        model.start_energy_branch(copy=False)  # the resumed weights are loaded by train(); freeze the rest again
     return train(model, train_set, valid_set, cfg, meta, resume_dir=resume_dir)
 
 

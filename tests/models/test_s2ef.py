@@ -243,3 +243,36 @@ def test_an_element_outside_the_training_data_is_warned_about_once(eqv2_cell):
         warnings.simplefilter("error")
         model.predict(palladium)  # said once
     assert model.trained_elements()[present].all() and not model.trained_elements()[46]
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_energy_branch_starts_as_the_trunk_and_trains_the_energy_alone(eqv2_cell, layers):
+    batch = structures(eqv2_cell)
+    base = s2ef_model()
+    model = s2ef_model(energy_branch=layers)  # eval mode: no dropout, so outputs compare exactly
+    model.load_state_dict(base.state_dict(), strict=False)  # the trunk and heads; the branch is new
+    model.start_energy_branch()
+    with torch.no_grad():
+        ref, out = (m(batch.atomic_numbers, batch.pos, batch.cell, batch.batch) for m in (base, model))
+    assert torch.allclose(out["forces"], ref["forces"], atol=1e-6) and torch.allclose(
+        out["energy"], ref["energy"], atol=1e-6
+    )
+    loss, _ = model.train().loss(batch)
+    loss.backward()
+    model.eval()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert trained and all(n.startswith(("energy_blocks.", "energy_norm.", "energy_head.")) for n in trained)
+    assert {n for n, _ in model.named_parameters() if n.startswith("energy_blocks.")} <= trained
+    frozen = {n: p.clone() for n, p in model.named_parameters() if n not in trained}
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    with torch.no_grad():
+        after = model(batch.atomic_numbers, batch.pos, batch.cell, batch.batch)
+    assert torch.allclose(after["forces"], ref["forces"], atol=1e-6)  # the forces cannot move
+    assert not torch.allclose(after["energy"], ref["energy"], atol=1e-3)  # the energies do
+    with pytest.raises(ValueError, match="energy_branch must be 0..2"):
+        s2ef_model(energy_branch=3)
+    with pytest.raises(ValueError, match="energy_branch needs direct forces"):
+        s2ef_model(energy_branch=1, forces="conservative")
+    with pytest.raises(ValueError, match="no energy branch"):
+        base.start_energy_branch()

@@ -189,6 +189,21 @@ def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, 
     assert launched == [] and "does not load with this version of sfm" in capsys.readouterr().err
 
 
+def test_recipe_s2ef_energy_branch_fine_tuning(tmp_path, demo, launched):
+    run = tmp_path / "run"
+    argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
+    assert recipe_s2ef.main([*argv, "--energy_ft_steps", "2", "--energy_ft_branch", "1"]) == 0
+    direct, energy = launched
+    assert "--energy_branch" not in direct and flag(energy, "--energy_branch") == "1"
+    assert flag(energy, "--init_from") == str(run / "direct" / "model.pt") and flag(energy, "--save_dir") == str(run)
+    for bad in (
+        ["--energy_ft_branch", "1"],
+        ["--energy_ft_steps", "2", "--energy_ft_branch", "1", "--conservative_steps", "3"],
+    ):
+        with pytest.raises(SystemExit):  # a branch without its fine-tuning, or on conservative forces: refused
+            recipe_s2ef.main([*argv, *bad])
+
+
 def test_recipe_s2ef_place_scores_each_placement_set(tmp_path, demo_world, launched):
     run = tmp_path / "run"
     gen = tmp_path / "gen_run" / "samples"

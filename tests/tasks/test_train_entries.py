@@ -118,6 +118,31 @@ def test_fine_tuning_starts_from_a_direct_checkpoint(demo_world, tmp_path, capsy
     assert not (tmp_path / "other" / "model.pt").exists()
 
 
+def test_energy_branch_fine_tuning_moves_the_energy_alone(demo_world, tmp_path, capsys):
+    direct = tmp_path / "direct" / "model.pt"
+    train_s2ef.main(flags(demo_world, direct.parent, "s2ef_few", "--total_num_steps", "1"))
+    start = sfm.load_checkpoint(direct)
+    fine = flags(demo_world, tmp_path / "fine", "s2ef_few", "--init_from", str(direct), "--energy_branch", "1")
+    train_s2ef.main([*fine, "--total_num_steps", "2", "--max_lr", "1e-2", "--ema_decay", "0"])
+    tuned = sfm.load_checkpoint(tmp_path / "fine" / "model.pt")
+    assert tuned.checkpoint["build_kwargs"]["energy_branch"] == 1 and len(tuned.energy_blocks) == 1
+    moved = {name for name, weight in start.state_dict().items() if not torch.equal(weight, tuned.state_dict()[name])}
+    assert moved and all(name.startswith("energy_head.") for name in moved)  # the trunk and force head are the start's
+    trunk_last = {k.split(".", 3)[3]: v for k, v in start.state_dict().items() if k.startswith("backbone.blocks.1.")}
+    branch = {k.split(".", 2)[2]: v for k, v in tuned.state_dict().items() if k.startswith("energy_blocks.0.")}
+    assert branch.keys() == trunk_last.keys() and any(not torch.equal(branch[k], trunk_last[k]) for k in branch)
+    batch = collate([LmdbDataset(demo_world / "s2ef_few" / "val_id")[i] for i in range(3)])
+    got, was = tuned.predict(batch), start.predict(batch)
+    assert torch.allclose(got["forces"], was["forces"], atol=1e-6) and not torch.allclose(got["energy"], was["energy"])
+    again = flags(demo_world, tmp_path / "again", "s2ef_few", "--init_from", str(tmp_path / "fine" / "model.pt"))
+    with pytest.raises(SystemExit):  # a branched model goes on with its branch, not without it
+        train_s2ef.main([*again, "--energy_branch", "2"])
+    assert "has an energy branch of 1 blocks, not 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_s2ef.main(flags(demo_world, tmp_path / "fresh", "s2ef_few", "--energy_branch", "1"))
+    assert "--energy_branch needs --init_from" in capsys.readouterr().err
+
+
 def test_diffusion_trains_resumes_and_reloads(demo_world, tmp_path):
     run = tmp_path / "run"
     train_diff.main(flags(demo_world, run, "is2re", "--ema_decay", "0"))

@@ -23,8 +23,8 @@
 #   RELABEL_SYSTEMS (0: training systems the direct model relaxes, labelled by EMT, python -m sfm.relax.relabel)
 #   RELABEL_SHIFT (0: A, the adsorbate's start shifted in plane)  RELABEL_MIX (3: training frames per relabelled one)
 #   RELABEL_STEPS (1000: fine-tuning on them)  RELABEL_LR (2e-4)
-#   ENERGY_FT_STEPS (0: last, steps of fine-tuning with the energy weighted ENERGY_FT_COEF (100) at ENERGY_FT_LR (5e-4))
-#   ENERGY_FT_BRANCH (0: the whole model; K: the energy alone, on its own copy of the last K blocks, forces frozen)
+#   ENERGY_FT_STEPS (1000: last, steps of fine-tuning the energy, ENERGY_FT_LOSS (mse) weighted ENERGY_FT_COEF (100),
+#   at ENERGY_FT_LR (1e-3), on ENERGY_FT_BRANCH (2) blocks of its own, the forces frozen; 0: the whole model)
 #   PLACE_SYSTEMS (40)  PLACE_K (5)  RELAX_STEPS (200)  EXCLUDE (desorbed,surface_changed,intercalated)
 # EXCLUDE: anomaly kinds that disqualify a relaxed placement. AdsorbML excludes dissociated ones too,
 # but in the EMT world most reference relaxations already count as "dissociated" by fairchem's rule
@@ -35,7 +35,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 flags=()
 for var in STAGES DATA_KIND DEMO_DIR RUN_DIR MODEL_TYPE NPROC TRAIN_STEPS BATCH_SIZE LR WARMUP FORCES ENERGY_COEF \
            FORCE_COEF BACKBONE TRAIN_FLAGS RATTLED CONSERVATIVE_STEPS CONSERVATIVE_LR RELABEL_SYSTEMS RELABEL_SHIFT RELABEL_MIX RELABEL_STEPS RELABEL_LR \
-           ENERGY_FT_STEPS ENERGY_FT_COEF ENERGY_FT_LR ENERGY_FT_BRANCH MLSP_SYSTEMS PLACE_SYSTEMS PLACE_K RELAX_STEPS EXCLUDE GEN_SAMPLES; do
+           ENERGY_FT_STEPS ENERGY_FT_COEF ENERGY_FT_LR ENERGY_FT_BRANCH ENERGY_FT_LOSS MLSP_SYSTEMS PLACE_SYSTEMS PLACE_K RELAX_STEPS EXCLUDE GEN_SAMPLES; do
   [ -n "${!var:-}" ] && flags+=("--${var,,}=${!var}")
 done
 cd "$root"

@@ -93,7 +93,9 @@ def train_s2ef(s: Settings, layout: RunLayout, runner: Runner) -> None:
     if not commands.fresh_training(runner, layout.model("s2ef")):
         return
     shutil.rmtree(layout.s2ef_dir, ignore_errors=True)
-    recipe = replace(recipe_s2ef.Settings(), demo_dir=s.demo_dir, nproc=s.nproc, train_steps=s.s2ef_steps)
+    recipe = recipe_s2ef.Settings()
+    energy_steps = recipe.energy_ft_steps and max(1, recipe.energy_ft_steps * s.s2ef_steps // recipe.train_steps)
+    recipe = replace(recipe, demo_dir=s.demo_dir, nproc=s.nproc, train_steps=s.s2ef_steps, energy_ft_steps=energy_steps)
     recipe_s2ef.train(replace(recipe, warmup=min(recipe.warmup, s.s2ef_steps // 10)), layout, runner)
 
 

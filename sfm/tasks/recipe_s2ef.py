@@ -12,8 +12,8 @@ the baselines, and score adsorbate placements with it, EMT as the judge.
          of conservative forces, or --relabel_systems N (that model's relaxations of N training
          systems labelled by EMT, python -m sfm.relax.relabel: RUN/relabel, and --relabel_steps on
          them with --relabel_mix training frames per relabelled one), then --energy_ft_steps with
-         the energy weighted --energy_ft_coef (with --energy_ft_branch K, on a copy of the last K
-         blocks alone, the forces' weights frozen). The last training writes RUN/model.pt, the others
+         the energy alone (--energy_ft_coef, --energy_ft_loss; with --energy_ft_branch K on its own
+         copy of the last K blocks, the forces' weights frozen; 0: the whole model). The last training writes RUN/model.pt, the others
          RUN/direct, RUN/conservative, RUN/relabelled; one whose model.pt exists and loads is reused
   eval   eval_s2ef.py on DEMO/s2ef/val_id (frames) and on the held-out IS2RE splits, next to the
          training-mean / per-element linear-fit baselines: RUN/eval_s2ef_val_id.json, eval_is2re.json
@@ -76,15 +76,16 @@ class Settings:
     relabel_mix: int = 3  # training frames per relabelled frame in the fine-tuning set
     relabel_steps: int = 1000
     relabel_lr: float = 2e-4
-    # last, fine-tuning with the energy weighted energy_ft_coef (train_s2ef.py's --energy_coef) instead of 4, at a
-    # quarter of the rate; 0: none. 1000 steps bring the centred energy error from 0.066 to 0.052 eV (force MAE
-    # 0.0144 -> 0.0148) but ML+SP on val_id falls, 0.84 -> 0.75 (test_id 0.77 -> 0.79; README, ablations): an option
-    energy_ft_steps: int = 0
+    # last, the energy fine-tuned alone (train_s2ef.py --energy_branch K: on its own copy of the trunk's last K
+    # blocks, every weight the forces use frozen, so the relaxations, which follow the forces, cannot move), with
+    # the --energy_loss energy_ft_loss weighted energy_ft_coef (--energy_coef). 1000 steps, K=2, 1e-3, mse: centred
+    # energy error 0.066 -> 0.045 eV for 485 CPU-s; K=1 0.057, 5e-4 0.053, 2e-3 0.054, mae 0.051 (README,
+    # ablations). energy_ft_branch 0: the whole model, forces too (ML+SP 0.84 -> 0.75 at 5e-4); steps 0: none
+    energy_ft_steps: int = 1000
     energy_ft_coef: float = 100.0
-    energy_ft_lr: float = 5e-4
-    # the energy fine-tuning on its own copy of the last K blocks, every weight the forces use frozen
-    # (train_s2ef.py --energy_branch): the relaxations, which follow the forces, cannot move; 0: the whole model
-    energy_ft_branch: int = 0
+    energy_ft_lr: float = 1e-3
+    energy_ft_branch: int = 2
+    energy_ft_loss: str = "mse"
     mlsp_systems: int = 100
     place_systems: int = 40
     place_k: int = 5
@@ -108,7 +109,7 @@ def train_data(s: Settings, runner: Runner) -> Path:
 def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
     """The direct (or --forces) training, then each fine-tuning that is on, each from the model
     before it: conservative forces (--conservative_steps) or the model's relaxations labelled by
-    EMT (--relabel_systems), then the energy weighted more (--energy_ft_steps). The last one trains
+    EMT (--relabel_systems), then the energy (--energy_ft_steps, on its own branch: --energy_ft_branch). The last one trains
     into RUN, the others into RUN/<name>; a training whose model.pt exists is reused
     (:func:`commands.fresh_training`: a stale one is an error)."""
     coefs = {k: v for k, v in (("energy_coef", s.energy_coef), ("force_coef", s.force_coef)) if v is not None}
@@ -126,6 +127,7 @@ def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
         plan.append(("relabelled", "train_relabelled", dict(max_lr=s.relabel_lr, total_num_steps=s.relabel_steps)))
     if s.energy_ft_steps:
         energy = dict(max_lr=s.energy_ft_lr, total_num_steps=s.energy_ft_steps, energy_coef=s.energy_ft_coef)
+        energy["energy_loss"] = s.energy_ft_loss
         if s.energy_ft_branch:
             energy["energy_branch"] = s.energy_ft_branch
         plan.append(("energy", "train_energy", energy))
@@ -206,7 +208,7 @@ def stages(s: Settings, layout: RunLayout) -> list[Stage]:
     def bind(fn):
         return lambda runner: fn(s, layout, runner)
 
-    energy_ft = f" + {s.energy_ft_steps} energy-weighted" if s.energy_ft_steps else ""
+    energy_ft = f" + {s.energy_ft_steps} energy" if s.energy_ft_steps else ""
 
     return [
         Stage("data", f"demo world -> {s.demo_dir}", lambda r: commands.build_demo(r, s.demo_dir, s.nproc)),
@@ -234,10 +236,12 @@ def main(argv=None) -> int:
         p.error("--conservative_steps fine-tunes a direct-force model; it needs --forces direct")
     if s.relabel_systems and (s.conservative_steps or s.data_kind != "s2ef"):
         p.error("--relabel_systems labels a direct S2EF model's relaxations: --data_kind s2ef, no --conservative_steps")
-    if s.energy_ft_branch and (not s.energy_ft_steps or s.conservative_steps or s.forces != "direct"):
+    if s.energy_ft_steps and s.energy_ft_branch and (s.conservative_steps or s.forces != "direct"):
         p.error(
-            "--energy_ft_branch is a direct-force model's energy fine-tuning: it needs --energy_ft_steps and direct forces"
+            "--energy_ft_branch fine-tunes a direct-force model's energy: use --energy_ft_branch 0 with conservative forces"
         )
+    if s.energy_ft_loss not in ("mae", "mse"):
+        p.error(f"--energy_ft_loss must be mae or mse, got {s.energy_ft_loss!r}")
     if s.rattled and s.data_kind != "s2ef":
         p.error("--rattled perturbs S2EF frames; it needs --data_kind s2ef")
     if not s.run_dir:

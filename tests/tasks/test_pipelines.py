@@ -75,6 +75,8 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
         "ENERGY_COEF": "2",
         "ENERGY_FT_STEPS": "3",
         "ENERGY_FT_COEF": "9",
+        "ENERGY_FT_BRANCH": "1",
+        "ENERGY_FT_LOSS": "mae",
         "TRAIN_FLAGS": "--avg_num_atoms 1",
         "BACKBONE": "grid_resolution=12 num_layers=1",
     }
@@ -93,7 +95,8 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
         assert "--force_coef" not in cmd  # train_s2ef.py's default
     assert flag(energy, "--total_num_steps") == "3" and flag(energy, "--energy_coef") == "9.0"
     assert flag(energy, "--init_from") == str(tmp_path / "run" / "direct" / "model.pt")
-    assert flag(energy, "--save_dir") == str(tmp_path / "run") and flag(energy, "--max_lr") == "0.0005"
+    assert flag(energy, "--save_dir") == str(tmp_path / "run") and flag(energy, "--max_lr") == "0.001"
+    assert flag(energy, "--energy_branch") == "1" and flag(energy, "--energy_loss") == "mae"
     assert (
         flag(energy, "--train_data_path") == flag(train, "--train_data_path") and flag(energy, "--forces") == "direct"
     )
@@ -114,6 +117,7 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
 
 def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path, demo, launched):
     argv = ["--stages", "train eval", "--run_dir", str(tmp_path / "run"), "--demo_dir", str(demo), "--rattled", "3"]
+    argv += ["--energy_ft_steps", "0"]  # the direct training alone
     assert recipe_s2ef.main(argv) == 0
     rattle, train = launched[0], launched[1]
     out = demo / "s2ef" / "train_rattled3"
@@ -133,6 +137,7 @@ def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path,
 def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
+    argv += ["--energy_ft_steps", "0"]  # the conservative fine-tuning last
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--conservative_lr", "1e-4"]) == 0
     direct, fine = launched
     assert flag(direct, "--save_dir") == str(run / "direct") and flag(direct, "--forces") == "direct"
@@ -148,6 +153,7 @@ def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_pa
 def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
+    argv += ["--energy_ft_steps", "0"]  # the relabelled fine-tuning last
     relabel = ["--relabel_systems", "4", "--relabel_steps", "3", "--relabel_mix", "2", "--relabel_shift", "0.7"]
     assert recipe_s2ef.main([*argv, *relabel]) == 0
     direct, relabel, fine = launched
@@ -169,6 +175,7 @@ def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_pat
 def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, demo, launched, capsys):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
+    argv += ["--energy_ft_branch", "0"]  # after conservative forces: the whole model's energy
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 0
     direct, conservative, energy = launched
     assert flag(conservative, "--save_dir") == str(run / "conservative")
@@ -196,11 +203,8 @@ def test_recipe_s2ef_energy_branch_fine_tuning(tmp_path, demo, launched):
     direct, energy = launched
     assert "--energy_branch" not in direct and flag(energy, "--energy_branch") == "1"
     assert flag(energy, "--init_from") == str(run / "direct" / "model.pt") and flag(energy, "--save_dir") == str(run)
-    for bad in (
-        ["--energy_ft_branch", "1"],
-        ["--energy_ft_steps", "2", "--energy_ft_branch", "1", "--conservative_steps", "3"],
-    ):
-        with pytest.raises(SystemExit):  # a branch without its fine-tuning, or on conservative forces: refused
+    for bad in (["--energy_ft_branch", "1", "--conservative_steps", "3"], ["--energy_ft_loss", "huber"]):
+        with pytest.raises(SystemExit):  # a branch on conservative forces, an unknown loss: refused
             recipe_s2ef.main([*argv, *bad])
 
 
@@ -305,6 +309,7 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
         "sfm.data.dense_targets",
         "train_diff",
         "train_s2ef",
+        "train_s2ef",
         "sfm.tasks.eval_s2ef",
         *["gen"] * 6,
         "sfm.tasks.gen_table",
@@ -312,13 +317,15 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
         "sfm.tasks.report",
     ]
     layout = RunLayout(run)
-    dense, targets, diff, s2ef = launched[:4]  # the recipes' stages with the fast settings
+    dense, targets, diff, s2ef, energy = launched[:5]  # the recipes' stages with the fast settings
     assert flag(dense, "--dense_train") == "12" and flag(dense, "--dense_out") == f"{demo}_dense_train"
     assert "--small" in dense  # the builder checks the small world it extends
     assert flag(targets, "--out") == str(layout.train_set / "data.lmdb")
     assert flag(diff, "--total_num_steps") == "150" and flag(diff, "--warmup_num_steps") == "15"
     assert flag(diff, "--valid_data_path") == str(demo / "is2re" / "val_id")
     assert flag(s2ef, "--total_num_steps") == "150" and flag(s2ef, "--backbone") == "grid_resolution=10"
+    assert flag(energy, "--total_num_steps") == "21"  # the energy fine-tuning in the recipe's proportion
+    assert flag(energy, "--init_from") == str(layout.s2ef_dir / "direct" / "model.pt")
     assert layout.s2ef_eval("val_id").exists()  # written under a temporary name, then renamed
     assert flag(launched[-2], "--samples") == str(layout.samples("gen", "csp_ode"))
     assert flag(launched[-1], "--demo_dir") == str(demo)

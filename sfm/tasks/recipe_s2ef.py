@@ -13,7 +13,8 @@ the baselines, and score adsorbate placements with it, EMT as the judge.
          systems labelled by EMT, python -m sfm.relax.relabel: RUN/relabel, and --relabel_steps on
          them with --relabel_mix training frames per relabelled one), then --energy_ft_steps with
          the energy alone (--energy_ft_coef, --energy_ft_loss; with --energy_ft_branch K on its own
-         copy of the last K blocks, the forces' weights frozen; 0: the whole model). The last training writes RUN/model.pt, the others
+         copy of the last K blocks, the forces' weights frozen; 0: the whole model). The last
+         training writes RUN/model.pt, the others
          RUN/direct, RUN/conservative, RUN/relabelled; one whose model.pt exists and loads is reused
   eval   eval_s2ef.py on DEMO/s2ef/val_id (frames) and on the held-out IS2RE splits, next to the
          training-mean / per-element linear-fit baselines: RUN/eval_s2ef_val_id.json, eval_is2re.json
@@ -79,7 +80,7 @@ class Settings:
     # last, the energy fine-tuned alone (train_s2ef.py --energy_branch K: on its own copy of the trunk's last K
     # blocks, every weight the forces use frozen, so the relaxations, which follow the forces, cannot move), with
     # the --energy_loss energy_ft_loss weighted energy_ft_coef (--energy_coef). 1000 steps, K=2, 1e-3, mse: centred
-    # energy error 0.066 -> 0.045 eV for 485 CPU-s; K=1 0.057, 5e-4 0.053, 2e-3 0.054, mae 0.051 (README,
+    # energy error 0.066 -> 0.045 eV for 532-588 CPU-s; K=1 0.057, 5e-4 0.053, 2e-3 0.054, mae 0.051 (README,
     # ablations). energy_ft_branch 0: the whole model, forces too (ML+SP 0.84 -> 0.75 at 5e-4); steps 0: none
     energy_ft_steps: int = 1000
     energy_ft_coef: float = 100.0
@@ -109,8 +110,8 @@ def train_data(s: Settings, runner: Runner) -> Path:
 def train(s: Settings, layout: RunLayout, runner: Runner) -> None:
     """The direct (or --forces) training, then each fine-tuning that is on, each from the model
     before it: conservative forces (--conservative_steps) or the model's relaxations labelled by
-    EMT (--relabel_systems), then the energy (--energy_ft_steps, on its own branch: --energy_ft_branch). The last one trains
-    into RUN, the others into RUN/<name>; a training whose model.pt exists is reused
+    EMT (--relabel_systems), then the energy (--energy_ft_steps, on its own branch: --energy_ft_branch).
+    The last one trains into RUN, the others into RUN/<name>; a training whose model.pt exists is reused
     (:func:`commands.fresh_training`: a stale one is an error)."""
     coefs = {k: v for k, v in (("energy_coef", s.energy_coef), ("force_coef", s.force_coef)) if v is not None}
     common = dict(model_type=s.model_type, train_batch_size=s.batch_size, warmup_num_steps=s.warmup)

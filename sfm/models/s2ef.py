@@ -132,8 +132,9 @@ class S2EFModel(nn.Module):
             x, graph = bb.encode(atomic_numbers, frac, lattice, batch, pbc=self.pbc, edges=edges)
             return x, x, graph
         h, graph, _ = bb.embed(atomic_numbers, frac, lattice, batch, pbc=self.pbc, edges=edges)
-        h = bb.run(bb.blocks[: len(bb.blocks) - len(self.energy_blocks)], h, graph)
-        x = bb.norm(bb.run(bb.blocks[len(bb.blocks) - len(self.energy_blocks) :], h, graph))
+        k = len(self.energy_blocks)  # 1..num_layers: the trunk's last k blocks run twice, once for each
+        h = bb.run(bb.blocks[:-k], h, graph)
+        x = bb.norm(bb.run(bb.blocks[-k:], h, graph))
         return x, self.energy_norm(bb.run(self.energy_blocks, h, graph)), graph
 
     def start_energy_branch(self, copy: bool = True) -> None:
@@ -143,8 +144,7 @@ class S2EFModel(nn.Module):
         if self.energy_blocks is None:
             raise ValueError("this model has no energy branch (build it with energy_branch=K)")
         if copy:
-            trunk = self.backbone.blocks[len(self.backbone.blocks) - len(self.energy_blocks) :]
-            for ours, theirs in zip(self.energy_blocks, trunk):
+            for ours, theirs in zip(self.energy_blocks, self.backbone.blocks[-len(self.energy_blocks) :]):
                 ours.load_state_dict(theirs.state_dict())
             self.energy_norm.load_state_dict(self.backbone.norm.state_dict())
         for name, p in self.named_parameters():

@@ -8,7 +8,7 @@
 #
 # Stages (STAGES, default "train eval mlsp"; "all" = train eval mlsp place; the demo world is built
 # first if DEMO_DIR has none): python -m sfm.tasks.recipe_s2ef --help says what each runs and writes
-# (RUN_DIR/model.pt, eval_s2ef_val_id.json, eval_is2re.json, mlsp_val_id.json,
+# (RUN_DIR/model.pt, eval_s2ef_val_id.json, eval_is2re.json, mlsp_val_id.json, mlsp_test_id.json,
 # place/{pos,random,generated_<sample run>}/scores.json; stage times in RUN_DIR/timings.jsonl).
 # GEN_SAMPLES: sample folders, space-separated, e.g. runs/recipe_diff_demo/eval/inpaint_val_id_ode25/samples
 # of scripts/recipe_diff_demo.sh (whose MAX_INPUTS should be >= PLACE_SYSTEMS).
@@ -17,8 +17,9 @@
 #   NPROC (2)  TRAIN_STEPS (7000)  BATCH_SIZE (4 per process)  LR (2e-3)  WARMUP (100)  FORCES (direct)
 #   DATA_KIND (s2ef)  ENERGY_COEF, FORCE_COEF (train_s2ef.py's: 4, 100)
 #   BACKBONE (grid_resolution=10: train_s2ef.py --backbone, fields changed from the preset)
-#   TRAIN_FLAGS (extra flags for train_s2ef.py, e.g. "--avg_num_atoms 1")  MLSP_SYSTEMS (100)
+#   TRAIN_FLAGS (extra flags for train_s2ef.py, e.g. "--avg_num_atoms 1")  MLSP_SYSTEMS (100)  MLSP_SPLITS (val_id test_id)
 #   RATTLED (0: perturbed frames per system added to s2ef/train, python -m sfm.data.rattle)
+#   RESTART_STEPS (1000: a warm restart of the whole model after the training, 0: none)  RESTART_LR (5e-4)
 #   CONSERVATIVE_STEPS (0: steps of conservative-force fine-tuning after the direct training)  CONSERVATIVE_LR (5e-4)
 #   RELABEL_SYSTEMS (0: training systems the direct model relaxes, labelled by EMT, python -m sfm.relax.relabel)
 #   RELABEL_SHIFT (0: A, the adsorbate's start shifted in plane)  RELABEL_MIX (3: training frames per relabelled one)
@@ -34,8 +35,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 flags=()
 for var in STAGES DATA_KIND DEMO_DIR RUN_DIR MODEL_TYPE NPROC TRAIN_STEPS BATCH_SIZE LR WARMUP FORCES ENERGY_COEF \
-           FORCE_COEF BACKBONE TRAIN_FLAGS RATTLED CONSERVATIVE_STEPS CONSERVATIVE_LR RELABEL_SYSTEMS RELABEL_SHIFT RELABEL_MIX RELABEL_STEPS RELABEL_LR \
-           ENERGY_FT_STEPS ENERGY_FT_COEF ENERGY_FT_LR ENERGY_FT_BRANCH ENERGY_FT_LOSS MLSP_SYSTEMS PLACE_SYSTEMS PLACE_K RELAX_STEPS EXCLUDE GEN_SAMPLES; do
+           FORCE_COEF BACKBONE TRAIN_FLAGS RATTLED RESTART_STEPS RESTART_LR CONSERVATIVE_STEPS CONSERVATIVE_LR RELABEL_SYSTEMS RELABEL_SHIFT RELABEL_MIX RELABEL_STEPS RELABEL_LR \
+           ENERGY_FT_STEPS ENERGY_FT_COEF ENERGY_FT_LR ENERGY_FT_BRANCH ENERGY_FT_LOSS MLSP_SYSTEMS MLSP_SPLITS PLACE_SYSTEMS PLACE_K RELAX_STEPS EXCLUDE GEN_SAMPLES; do
   [ -n "${!var:-}" ] && flags+=("--${var,,}=${!var}")
 done
 cd "$root"

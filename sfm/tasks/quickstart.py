@@ -94,8 +94,12 @@ def train_s2ef(s: Settings, layout: RunLayout, runner: Runner) -> None:
         return
     shutil.rmtree(layout.s2ef_dir, ignore_errors=True)
     recipe = recipe_s2ef.Settings()
-    energy_steps = recipe.energy_ft_steps and max(1, recipe.energy_ft_steps * s.s2ef_steps // recipe.train_steps)
-    recipe = replace(recipe, demo_dir=s.demo_dir, nproc=s.nproc, train_steps=s.s2ef_steps, energy_ft_steps=energy_steps)
+
+    def scaled(steps: int) -> int:  # a fine-tuning's steps in the recipe's proportion to the training's
+        return steps and max(1, steps * s.s2ef_steps // recipe.train_steps)
+
+    fine = dict(restart_steps=scaled(recipe.restart_steps), energy_ft_steps=scaled(recipe.energy_ft_steps))
+    recipe = replace(recipe, demo_dir=s.demo_dir, nproc=s.nproc, train_steps=s.s2ef_steps, **fine)
     recipe_s2ef.train(replace(recipe, warmup=min(recipe.warmup, s.s2ef_steps // 10)), layout, runner)
 
 

@@ -6,6 +6,7 @@ entry points themselves are tested on their own (and the report on a real tiny r
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,8 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
         "DEMO_DIR": str(demo),
         "TRAIN_STEPS": "7",
         "ENERGY_COEF": "2",
+        "RESTART_STEPS": "4",
+        "RESTART_LR": "3e-4",
         "ENERGY_FT_STEPS": "3",
         "ENERGY_FT_COEF": "9",
         "ENERGY_FT_BRANCH": "1",
@@ -85,27 +88,32 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
     assert args[:2] == ["-m", "sfm.tasks.recipe_s2ef"] and "--train_flags=--avg_num_atoms 1" in args
 
     assert recipe_s2ef.main(args[2:]) == 0
-    assert [entry(c) for c in launched] == ["train_s2ef", "train_s2ef", "sfm.tasks.eval_s2ef", "sfm.tasks.eval_s2ef"]
-    train, energy = launched[:2]  # the training, then the fine-tuning with the energy weighted more
+    assert [entry(c) for c in launched] == ["train_s2ef"] * 3 + ["sfm.tasks.eval_s2ef"] * 2
+    train, restart, energy = launched[:3]  # the training, its warm restart, then the energy's fine-tuning
     assert flag(train, "--total_num_steps") == "7" and flag(train, "--energy_coef") == "2.0"
     assert flag(train, "--save_dir") == str(tmp_path / "run" / "direct") and flag(train, "--strategy") == "DDP"
     assert flag(train, "--train_data_path") == str(demo / "s2ef" / "train") and "--valid_data_path" not in train
-    for cmd in (train, energy):
+    for cmd in (train, restart, energy):
         assert cmd[-5:] == ["--backbone", "grid_resolution=12", "num_layers=1", "--avg_num_atoms", "1"]
         assert "--force_coef" not in cmd  # train_s2ef.py's default
+    assert flag(restart, "--total_num_steps") == "4" and flag(restart, "--max_lr") == "0.0003"
+    assert flag(restart, "--init_from") == str(tmp_path / "run" / "direct" / "model.pt")
+    assert flag(restart, "--save_dir") == str(tmp_path / "run" / "restart") and flag(restart, "--energy_coef") == "2.0"
+    assert "--energy_branch" not in restart and flag(restart, "--forces") == "direct"
     assert flag(energy, "--total_num_steps") == "3" and flag(energy, "--energy_coef") == "9.0"
-    assert flag(energy, "--init_from") == str(tmp_path / "run" / "direct" / "model.pt")
+    assert flag(energy, "--init_from") == str(tmp_path / "run" / "restart" / "model.pt")
     assert flag(energy, "--save_dir") == str(tmp_path / "run") and flag(energy, "--max_lr") == "0.001"
     assert flag(energy, "--energy_branch") == "1" and flag(energy, "--energy_loss") == "mae"
     assert (
         flag(energy, "--train_data_path") == flag(train, "--train_data_path") and flag(energy, "--forces") == "direct"
     )
     run = RunLayout(tmp_path / "run", s2ef=".")
-    assert flag(launched[2], "--json") == str(run.s2ef_eval("val_id")) and run.is2re_eval.exists()
+    assert flag(launched[3], "--json") == str(run.s2ef_eval("val_id")) and run.is2re_eval.exists()
     timed = [(r["stage"], r.get("step"), r["status"]) for r in map(json.loads, run.timings.open())]
     assert timed == [
         ("data", None, "reused"),
         ("train", "train", "done"),
+        ("train", "train_restart", "done"),
         ("train", "train_energy", "done"),
         ("train", None, "done"),
         ("eval", "eval_s2ef", "done"),
@@ -117,7 +125,7 @@ def test_recipe_s2ef_script_translates_its_environment(tmp_path, demo, launched)
 
 def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path, demo, launched):
     argv = ["--stages", "train eval", "--run_dir", str(tmp_path / "run"), "--demo_dir", str(demo), "--rattled", "3"]
-    argv += ["--energy_ft_steps", "0"]  # the direct training alone
+    argv += ["--energy_ft_steps", "0", "--restart_steps", "0"]  # the direct training alone
     assert recipe_s2ef.main(argv) == 0
     rattle, train = launched[0], launched[1]
     out = demo / "s2ef" / "train_rattled3"
@@ -137,7 +145,7 @@ def test_recipe_s2ef_rattled_builds_the_frames_once_and_trains_on_them(tmp_path,
 def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
-    argv += ["--energy_ft_steps", "0"]  # the conservative fine-tuning last
+    argv += ["--energy_ft_steps", "0", "--restart_steps", "0"]  # the conservative fine-tuning last
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--conservative_lr", "1e-4"]) == 0
     direct, fine = launched
     assert flag(direct, "--save_dir") == str(run / "direct") and flag(direct, "--forces") == "direct"
@@ -153,7 +161,7 @@ def test_recipe_s2ef_conservative_fine_tuning_follows_the_direct_training(tmp_pa
 def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
-    argv += ["--energy_ft_steps", "0"]  # the relabelled fine-tuning last
+    argv += ["--energy_ft_steps", "0", "--restart_steps", "0"]  # the relabelled fine-tuning last
     relabel = ["--relabel_systems", "4", "--relabel_steps", "3", "--relabel_mix", "2", "--relabel_shift", "0.7"]
     assert recipe_s2ef.main([*argv, *relabel]) == 0
     direct, relabel, fine = launched
@@ -175,7 +183,7 @@ def test_recipe_s2ef_relabel_fine_tunes_on_the_direct_models_relaxations(tmp_pat
 def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, demo, launched, capsys):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
-    argv += ["--energy_ft_branch", "0"]  # after conservative forces: the whole model's energy
+    argv += ["--energy_ft_branch", "0", "--restart_steps", "0"]  # after conservative forces: the whole model's energy
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 0
     direct, conservative, energy = launched
     assert flag(conservative, "--save_dir") == str(run / "conservative")
@@ -190,6 +198,13 @@ def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, 
     launched.clear()
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 0
     assert [flag(c, "--save_dir") for c in launched] == [str(run)]
+    shutil.rmtree(run / "conservative")  # a fine-tuning retrained: the model fine-tuned from the old one is refused
+    tiny_checkpoint(run / "model.pt", "s2ef")
+    launched.clear()
+    assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 1
+    assert [flag(c, "--save_dir") for c in launched] == [str(run / "conservative")]
+    assert "was fine-tuned from another model" in capsys.readouterr().err
+    (run / "conservative").mkdir()
     (run / "conservative" / "model.pt").write_text("not a checkpoint")  # stale: the stage fails, nothing runs
     launched.clear()
     assert recipe_s2ef.main([*argv, "--conservative_steps", "3", "--energy_ft_steps", "2"]) == 1
@@ -199,13 +214,26 @@ def test_recipe_s2ef_fine_tunings_chain_and_a_trained_model_is_reused(tmp_path, 
 def test_recipe_s2ef_energy_branch_fine_tuning(tmp_path, demo, launched):
     run = tmp_path / "run"
     argv = ["--stages", "train", "--run_dir", str(run), "--demo_dir", str(demo), "--train_steps", "5"]
-    assert recipe_s2ef.main([*argv, "--energy_ft_steps", "2", "--energy_ft_branch", "1"]) == 0
+    assert recipe_s2ef.main([*argv, "--energy_ft_steps", "2", "--energy_ft_branch", "1", "--restart_steps", "0"]) == 0
     direct, energy = launched
     assert "--energy_branch" not in direct and flag(energy, "--energy_branch") == "1"
     assert flag(energy, "--init_from") == str(run / "direct" / "model.pt") and flag(energy, "--save_dir") == str(run)
     for bad in (["--energy_ft_branch", "1", "--conservative_steps", "3"], ["--energy_ft_loss", "huber"]):
         with pytest.raises(SystemExit):  # a branch on conservative forces, an unknown loss: refused
             recipe_s2ef.main([*argv, *bad])
+
+
+def test_recipe_s2ef_mlsp_benchmarks_each_split(tmp_path, demo, launched):
+    run = tmp_path / "run"
+    argv = ["--stages", "mlsp", "--run_dir", str(run), "--demo_dir", str(demo), "--mlsp_systems", "7"]
+    assert recipe_s2ef.main(argv) == 0
+    assert [entry(c) for c in launched] == ["sfm.tasks.mlsp_bench"] * 2
+    layout = RunLayout(run, s2ef=".")
+    for cmd, split in zip(launched, ("val_id", "test_id")):
+        assert flag(cmd, "--data") == str(demo / "is2re" / split) and flag(cmd, "--json") == str(layout.mlsp(split))
+        assert flag(cmd, "--num_systems") == "7" and flag(cmd, "--checkpoint") == str(layout.model("s2ef"))
+    with pytest.raises(SystemExit):  # a split the demo world does not have
+        recipe_s2ef.main([*argv, "--mlsp_splits", "val_id test"])
 
 
 def test_recipe_s2ef_place_scores_each_placement_set(tmp_path, demo_world, launched):
@@ -308,8 +336,7 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
         "sfm.data.demo",
         "sfm.data.dense_targets",
         "train_diff",
-        "train_s2ef",
-        "train_s2ef",
+        *["train_s2ef"] * 3,
         "sfm.tasks.eval_s2ef",
         *["gen"] * 6,
         "sfm.tasks.gen_table",
@@ -317,15 +344,17 @@ def test_quickstart_fast_stage_graph(tmp_path, demo, launched):
         "sfm.tasks.report",
     ]
     layout = RunLayout(run)
-    dense, targets, diff, s2ef, energy = launched[:5]  # the recipes' stages with the fast settings
+    dense, targets, diff, s2ef, restart, energy = launched[:6]  # the recipes' stages with the fast settings
     assert flag(dense, "--dense_train") == "12" and flag(dense, "--dense_out") == f"{demo}_dense_train"
     assert "--small" in dense  # the builder checks the small world it extends
     assert flag(targets, "--out") == str(layout.train_set / "data.lmdb")
     assert flag(diff, "--total_num_steps") == "150" and flag(diff, "--warmup_num_steps") == "15"
     assert flag(diff, "--valid_data_path") == str(demo / "is2re" / "val_id")
     assert flag(s2ef, "--total_num_steps") == "150" and flag(s2ef, "--backbone") == "grid_resolution=10"
-    assert flag(energy, "--total_num_steps") == "21"  # the energy fine-tuning in the recipe's proportion
-    assert flag(energy, "--init_from") == str(layout.s2ef_dir / "direct" / "model.pt")
+    # the fine-tunings in the recipe's proportion
+    assert flag(restart, "--total_num_steps") == "21" and flag(energy, "--total_num_steps") == "21"
+    assert flag(restart, "--init_from") == str(layout.s2ef_dir / "direct" / "model.pt")
+    assert flag(energy, "--init_from") == str(layout.s2ef_dir / "restart" / "model.pt")
     assert layout.s2ef_eval("val_id").exists()  # written under a temporary name, then renamed
     assert flag(launched[-2], "--samples") == str(layout.samples("gen", "csp_ode"))
     assert flag(launched[-1], "--demo_dir") == str(demo)

@@ -73,7 +73,7 @@ class Settings:
     conservative_lr: float = 5e-4
     # a second, short cosine cycle of the whole model at a lower peak rate (a warm restart), the training's
     # weights as they were; 0: none. 1000 steps at 5e-4 after the direct training: ML+SP 0.82 val_id /
-    # 0.83 test_id on an earlier build, against 0.84 / 0.77 without (README, energy and forces)
+    # 0.83 test_id on this build and an earlier one, against 0.84 / 0.77 without (unpaired; README, energy and forces)
     restart_steps: int = 1000
     restart_lr: float = 5e-4
     # one round of active learning: the direct model's own relaxations of this many training systems,
@@ -228,7 +228,7 @@ def stages(s: Settings, layout: RunLayout) -> list[Stage]:
     def bind(fn):
         return lambda runner: fn(s, layout, runner)
 
-    energy_ft = (f" + {s.restart_steps} restart" if s.restart_steps else "") + (
+    fine = (f" + {s.restart_steps} restart" if s.restart_steps else "") + (
         f" + {s.energy_ft_steps} energy" if s.energy_ft_steps else ""
     )
 
@@ -236,7 +236,7 @@ def stages(s: Settings, layout: RunLayout) -> list[Stage]:
         Stage("data", f"demo world -> {s.demo_dir}", lambda r: commands.build_demo(r, s.demo_dir, s.nproc)),
         Stage(
             "train",
-            f"S2EF model ({s.model_type}, {s.train_steps}{energy_ft} steps) -> {layout.model('s2ef')}",
+            f"S2EF model ({s.model_type}, {s.train_steps}{fine} steps) -> {layout.model('s2ef')}",
             bind(train),
         ),
         Stage("eval", "S2EF metrics next to the baselines, S2EF val_id and the IS2RE splits", bind(evaluate)),
